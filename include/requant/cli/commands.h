@@ -1,0 +1,22 @@
+#pragma once
+#include <cstdint>
+#include <string>
+
+// The requant-dist subcommands. Each takes parsed options, does its work, and throws rq::Error
+// on failure; main() turns errors into one message and a non-zero exit.
+
+namespace rq::cli {
+
+struct EvalOptions {
+    std::string model;           // HF model folder
+    std::string data;            // text file or token dataset (.safetensors)
+    int64_t     seq_len  = 256;  // windows for text data
+    int64_t     max_seqs = -1;   // -1 = all
+    int64_t     batch    = 8;    // sequences per forward pass
+    int         threads  = 2;    // intra-op threads (fixed default: results depend on it)
+    std::string json;            // results file, empty = none
+};
+
+int run_eval(const EvalOptions& o);
+
+}  // namespace rq::cli

@@ -1,0 +1,49 @@
+#pragma once
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "requant/io/hf_config.h"
+#include "requant/io/safetensors.h"
+
+// A Hugging Face model folder: config.json plus model.safetensors, or shards listed in
+// model.safetensors.index.json. Shards are mapped when first needed; a tensor is materialised
+// (and converted) only when asked for, so a rank that loads a slice of layers touches only
+// those bytes.
+
+namespace rq::io {
+
+class HfCheckpoint {
+public:
+    // Reads config.json and the index (if any). Throws IoError / FormatError / ConfigError.
+    explicit HfCheckpoint(std::string dir);
+
+    const std::string& dir() const { return dir_; }
+    const LlamaConfig& config() const { return config_; }
+    bool               contains(const std::string& name) const;
+    std::vector<std::string> tensor_names() const;  // every tensor of every shard
+
+    // The tensor `name`, checked against `shape`, converted to `dtype`. Throws FormatError if it
+    // is missing and ShapeError if its shape differs, naming the shard file and the tensor.
+    at::Tensor load(const std::string& name, const std::vector<int64_t>& shape,
+                    at::ScalarType dtype) const;
+
+    // Names loaded so far, and those never loaded (llama.cpp's done_getting_tensors check).
+    const std::set<std::string>& used() const { return used_; }
+    std::vector<std::string>     unused() const;
+
+private:
+    const SafetensorsFile& shard(const std::string& file) const;
+
+    std::string                                                     dir_;
+    LlamaConfig                                                     config_;
+    std::map<std::string, std::string>                              weight_map_;  // name → shard
+    mutable std::map<std::string, std::unique_ptr<SafetensorsFile>> shards_;
+    mutable std::set<std::string>                                   used_;
+};
+
+}  // namespace rq::io

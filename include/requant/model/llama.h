@@ -1,0 +1,63 @@
+#pragma once
+#include <cstdint>
+
+#include <ATen/core/Tensor.h>
+
+#include "requant/model/rope.h"
+#include "requant/model/weights.h"
+
+// The Llama decoder as plain functions of (weights, activations), and a pipeline Stage that runs
+// a slice of it forward and backward on its own. Autograd records the graph whenever a weight
+// or the stage input requires gradients; nothing here knows about ranks or transports.
+// Legend: B batch, T sequence, C n_embd, H n_head, Hkv n_head_kv, D head_dim, F n_ff, V vocab.
+
+namespace rq::model {
+
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w, double eps);     // x [.., C]
+at::Tensor attention(const at::Tensor& x, const LayerWeights& w, const LlamaConfig& c,
+                     const RopeTables& rope);                                  // [B, T, C]
+at::Tensor mlp(const at::Tensor& x, const LayerWeights& w);                    // [B, T, C]
+at::Tensor decoder_layer(const at::Tensor& x, const LayerWeights& w, const LlamaConfig& c,
+                         const RopeTables& rope);                              // [B, T, C]
+at::Tensor embed(const at::Tensor& tokens, const at::Tensor& tok_embd);        // int64 [B, T] -> [B, T, C]
+at::Tensor lm_logits(const at::Tensor& x, const at::Tensor& out_norm, const at::Tensor& head,
+                     double eps);                                              // [B, T, V]
+// Next-token cross-entropy per predicted position: logits [B, T, V], tokens [B, T] -> [B, T-1]
+// (position t predicts token t+1; the loss F is the mean over every entry).
+at::Tensor next_token_losses(const at::Tensor& logits, const at::Tensor& tokens);
+
+// One pipeline stage. forward() takes token ids (first stage) or boundary activations, and
+// returns boundary activations or, on the last stage, per-position losses [B, T-1].
+class Stage {
+public:
+    Stage(LlamaConfig config, StageWeights weights, int64_t max_seq_len);
+
+    const LlamaConfig&  config() const { return config_; }
+    const StageRange&   range() const { return weights_.range; }
+    StageWeights&       weights() { return weights_; }
+    const StageWeights& weights() const { return weights_; }
+    at::ScalarType      dtype() const;
+
+    // in: int64 [B, T] tokens on the first stage, else [B, T, C]. tokens: int64 [B, T], needed
+    // on the last stage (targets). Returns [B, T, C], or [B, T-1] losses on the last stage.
+    at::Tensor forward(const at::Tensor& in, const at::Tensor& tokens) const;
+    // Logits of the last stage, [B, T, V] (evaluation and reference checks).
+    at::Tensor forward_logits(const at::Tensor& in) const;
+
+private:
+    at::Tensor hidden(const at::Tensor& in) const;  // embedding (first) + this stage's layers
+
+    LlamaConfig  config_;
+    StageWeights weights_;
+    RopeTables   rope_;
+};
+
+// Runs one stage's backward for one microbatch. `input` is what forward() received (set to
+// require grad before forward() when it is a float activation), `output` what it returned,
+// `grad_output` the gradient of F w.r.t. output (on the last stage: a scalar weight applied to
+// the sum of the losses, e.g. 1/(number of predicted tokens)). Weight gradients accumulate in
+// the linears' .grad(); returns dF/d input ([B, T, C]) or an undefined tensor on the first stage.
+at::Tensor stage_backward(const at::Tensor& input, const at::Tensor& output,
+                          const at::Tensor& grad_output);
+
+}  // namespace rq::model

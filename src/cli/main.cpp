@@ -1,0 +1,68 @@
+// requant-dist: command-line entry point. Parses arguments, dispatches to a subcommand, and is
+// the one place that turns an error into a message and an exit code.
+#include <CLI/CLI.hpp>
+#include <c10/util/Exception.h>
+#include <spdlog/spdlog.h>
+
+#include <cstdio>
+
+#include "requant/cli/commands.h"
+#include "requant/cli/sysinfo.h"
+#include "requant/io/error.h"
+
+#ifndef RQ_VERSION
+#define RQ_VERSION "unknown"
+#endif
+
+namespace {
+
+std::string version_text() {
+    return std::string("requant-dist ") + RQ_VERSION + "\n  libtorch " + rq::cli::torch_version() +
+           " (CPU)\n  BLAS: " + rq::cli::blas_info() + "\n  " + rq::cli::nccl_info();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    CLI::App app{"requant-dist: distributed PQI/ReQuant quantization of Llama models"};
+    app.set_version_flag("--version", version_text);
+    app.require_subcommand(1);
+
+    rq::cli::EvalOptions eo;
+    auto* eval = app.add_subcommand("eval", "Mean next-token loss and perplexity of a model on data");
+    eval->add_option("--model", eo.model, "Hugging Face model folder (config.json, *.safetensors)")
+        ->required()->check(CLI::ExistingDirectory);
+    eval->add_option("--data", eo.data,
+                     "Text file (tokenized with the model's tokenizer.model, no BOS) or a token "
+                     "dataset (.safetensors with an integer 'tokens' tensor [n, L])")
+        ->required()->check(CLI::ExistingFile);
+    eval->add_option("--seq-len", eo.seq_len, "Window length for text data")
+        ->capture_default_str()->check(CLI::Range(int64_t{2}, int64_t{1} << 20));
+    eval->add_option("--max-seqs", eo.max_seqs, "Evaluate only the first n sequences (default: all)")
+        ->check(CLI::PositiveNumber);
+    eval->add_option("--batch", eo.batch, "Sequences per forward pass")
+        ->capture_default_str()->check(CLI::PositiveNumber);
+    eval->add_option("--threads", eo.threads, "Intra-op threads (results depend on it; fixed default)")
+        ->capture_default_str()->check(CLI::Range(1, 1024));
+    eval->add_option("--json", eo.json, "Write loss, perplexity, tokens, seqs to this JSON file");
+
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::ParseError& e) {
+        return app.exit(e);
+    }
+    spdlog::set_pattern("[%H:%M:%S] %v");
+    try {
+        if (*eval) return rq::cli::run_eval(eo);
+    } catch (const rq::Error& e) {
+        std::fprintf(stderr, "requant-dist: error: %s\n", e.what());
+        return 1;
+    } catch (const c10::Error& e) {
+        std::fprintf(stderr, "requant-dist: error (libtorch): %s\n", e.what_without_backtrace());
+        return 1;
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "requant-dist: internal error: %s\n", e.what());
+        return 2;
+    }
+    return 0;
+}

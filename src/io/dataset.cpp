@@ -1,0 +1,67 @@
+// Token sequences from token datasets and text (requant/io/dataset.h).
+#include "requant/io/dataset.h"
+
+#include <ATen/ATen.h>
+
+#include "requant/io/error.h"
+#include "requant/io/mmap_file.h"
+#include "requant/io/safetensors.h"
+#include "requant/io/tokenizer.h"
+
+namespace rq::io {
+
+TokenData load_token_dataset(const std::string& path, int64_t max_seqs) {
+    SafetensorsFile   f(path);
+    const TensorInfo* t = f.find("tokens");
+    if (t == nullptr)
+        throw FormatError(base_name(path) + ": no 'tokens' tensor (a token dataset holds an "
+                          "integer tensor 'tokens' [n, L])");
+    switch (t->dtype) {
+        case DType::I64: case DType::I32: case DType::I16: case DType::U8: break;
+        default:
+            throw FormatError(base_name(path) + ": tensor 'tokens' has dtype " +
+                              dtype_name(t->dtype) + "; token ids must be an integer type");
+    }
+    if (t->shape.size() != 2 || t->shape[0] == 0 || t->shape[1] < 2)
+        throw FormatError(base_name(path) + ": tensor 'tokens' has shape " +
+                          shape_string(t->shape) + "; expected [n, L] with n >= 1, L >= 2");
+    TokenData d;
+    d.source      = path;
+    d.tokens      = f.load("tokens", at::kLong);
+    d.n_available = d.tokens.size(0);
+    d.n_tokens    = d.tokens.numel();
+    if (max_seqs >= 0 && max_seqs < d.n_available) d.tokens = d.tokens.narrow(0, 0, max_seqs).clone();
+    return d;
+}
+
+TokenData load_text_windows(const std::string& text_path, const std::string& tokenizer_path,
+                            int64_t seq_len, int64_t max_seqs) {
+    if (seq_len < 2) throw ConfigError("sequence length must be at least 2, got " + std::to_string(seq_len));
+    Tokenizer  tok(tokenizer_path);
+    MappedFile text(text_path);
+    const auto ids = tok.encode(std::string_view(reinterpret_cast<const char*>(text.data()), text.size()));
+    const int64_t n_win = static_cast<int64_t>(ids.size()) / seq_len;
+    if (n_win == 0)
+        throw ConfigError(base_name(text_path) + ": " + std::to_string(ids.size()) +
+                          " tokens, fewer than one window of " + std::to_string(seq_len));
+    const int64_t n = max_seqs >= 0 ? std::min(n_win, max_seqs) : n_win;
+    TokenData     d;
+    d.source      = text_path;
+    d.n_available = n_win;
+    d.n_tokens    = static_cast<int64_t>(ids.size());
+    d.tokens      = at::empty({n, seq_len}, at::kLong);
+    auto acc      = d.tokens.accessor<int64_t, 2>();
+    for (int64_t i = 0; i < n; ++i)
+        for (int64_t j = 0; j < seq_len; ++j) acc[i][j] = ids[static_cast<std::size_t>(i * seq_len + j)];
+    return d;
+}
+
+TokenData load_eval_data(const std::string& path, const std::string& model_dir, int64_t seq_len,
+                         int64_t max_seqs) {
+    const std::string ext = ".safetensors";
+    if (path.size() >= ext.size() && path.compare(path.size() - ext.size(), ext.size(), ext) == 0)
+        return load_token_dataset(path, max_seqs);
+    return load_text_windows(path, model_dir + "/tokenizer.model", seq_len, max_seqs);
+}
+
+}  // namespace rq::io

@@ -1,0 +1,141 @@
+// sentencepiece tokenizer through the dlopen'ed shim (requant/io/tokenizer.h).
+#include "requant/io/tokenizer.h"
+
+#include <dlfcn.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <mutex>
+
+#include "requant/io/error.h"
+#include "requant/io/mmap_file.h"
+
+#ifndef RQ_SPM_SHIM_FILE
+#error "RQ_SPM_SHIM_FILE must name the shim library (set by CMake)"
+#endif
+
+namespace rq::io {
+namespace {
+
+struct ShimApi {
+    void* (*load)(const char*, char*, std::size_t)                                   = nullptr;
+    void (*free_handle)(void*)                                                       = nullptr;
+    int (*encode)(void*, const char*, std::size_t, int**, std::size_t*, char*, std::size_t) = nullptr;
+    void (*free_buffer)(void*)                                                         = nullptr;
+    int (*decode)(void*, const int*, std::size_t, char**, char*, std::size_t)        = nullptr;
+    int (*vocab_size)(void*)                                                         = nullptr;
+    int (*bos_id)(void*)                                                             = nullptr;
+    int (*eos_id)(void*)                                                             = nullptr;
+};
+
+bool exists(const std::string& p) {
+    struct stat st {};
+    return ::stat(p.c_str(), &st) == 0;
+}
+
+std::string exe_dir() {
+    char        buf[4096];
+    const auto  n = ::readlink("/proc/self/exe", buf, sizeof(buf) - 1);
+    if (n <= 0) return ".";
+    std::string p(buf, static_cast<std::size_t>(n));
+    return p.substr(0, p.find_last_of('/'));
+}
+
+template <typename F>
+void bind(void* lib, const char* name, F& fn, const std::string& path) {
+    fn = reinterpret_cast<F>(::dlsym(lib, name));
+    if (fn == nullptr) throw IoError(path + ": symbol " + name + " not found");
+}
+
+const ShimApi& shim() {
+    static ShimApi     api;
+    static std::string error;
+    static std::once_flag once;
+    std::call_once(once, [] {
+        std::vector<std::string> candidates;
+        if (const char* env = std::getenv("RQ_SPM_SHIM")) candidates.push_back(env);
+        const std::string d = exe_dir();
+        for (const char* sub : {"/", "/../lib/", "/../lib/requant/"})
+            candidates.push_back(d + sub + RQ_SPM_SHIM_FILE);
+        std::string path;
+        for (const auto& c : candidates)
+            if (exists(c)) {
+                path = c;
+                break;
+            }
+        if (path.empty()) {
+            error = std::string("tokenizer shim ") + RQ_SPM_SHIM_FILE + " not found (looked in " +
+                    candidates.back() + " and beside the executable; set RQ_SPM_SHIM)";
+            return;
+        }
+        void* lib = ::dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND);
+        if (lib == nullptr) {
+            error = path + ": cannot load: " + ::dlerror();
+            return;
+        }
+        try {
+            bind(lib, "rq_spm_load", api.load, path);
+            bind(lib, "rq_spm_free", api.free_handle, path);
+            bind(lib, "rq_spm_encode", api.encode, path);
+            bind(lib, "rq_spm_free_buffer", api.free_buffer, path);
+            bind(lib, "rq_spm_decode", api.decode, path);
+            bind(lib, "rq_spm_vocab_size", api.vocab_size, path);
+            bind(lib, "rq_spm_bos_id", api.bos_id, path);
+            bind(lib, "rq_spm_eos_id", api.eos_id, path);
+        } catch (const Error& e) {
+            error = e.what();
+        }
+    });
+    if (!error.empty()) throw IoError(error);
+    return api;
+}
+
+}  // namespace
+
+struct Tokenizer::Impl {
+    std::string path;
+    void*       handle = nullptr;
+};
+
+Tokenizer::Tokenizer(const std::string& model_path) : impl_(std::make_unique<Impl>()) {
+    impl_->path = model_path;
+    // Check readability ourselves: sentencepiece's own message for a missing file is terse.
+    { MappedFile probe(model_path); if (probe.size() == 0) throw FormatError(model_path + ": tokenizer file is empty"); }
+    const ShimApi& api = shim();
+    char           err[512] = {0};
+    impl_->handle          = api.load(model_path.c_str(), err, sizeof(err));
+    if (impl_->handle == nullptr)
+        throw FormatError(model_path + ": not a sentencepiece model: " + err);
+}
+
+Tokenizer::~Tokenizer() {
+    if (impl_ && impl_->handle) shim().free_handle(impl_->handle);
+}
+
+std::vector<int32_t> Tokenizer::encode(std::string_view text) const {
+    int*        ids = nullptr;
+    std::size_t n   = 0;
+    char        err[512] = {0};
+    if (shim().encode(impl_->handle, text.data(), text.size(), &ids, &n, err, sizeof(err)) != 0)
+        throw FormatError(impl_->path + ": encode failed: " + err);
+    std::vector<int32_t> out(ids, ids + n);
+    shim().free_buffer(ids);
+    return out;
+}
+
+std::string Tokenizer::decode(const std::vector<int32_t>& ids) const {
+    char* text     = nullptr;
+    char  err[512] = {0};
+    if (shim().decode(impl_->handle, ids.data(), ids.size(), &text, err, sizeof(err)) != 0)
+        throw FormatError(impl_->path + ": decode failed: " + err);
+    std::string out(text);
+    shim().free_buffer(text);
+    return out;
+}
+
+int Tokenizer::vocab_size() const { return shim().vocab_size(impl_->handle); }
+int Tokenizer::bos_id() const { return shim().bos_id(impl_->handle); }
+int Tokenizer::eos_id() const { return shim().eos_id(impl_->handle); }
+
+}  // namespace rq::io

@@ -1,0 +1,125 @@
+// Llama decoder forward/backward in libtorch, fp32 (or fp64 for gradient checks) on CPU
+// (requant/model/llama.h). Follows Hugging Face's LlamaForCausalLM operation by operation, so
+// the reference logits are reproduced to fp32 rounding.
+// Legend: B batch, T sequence, C n_embd, H n_head, Hkv n_head_kv, R = H/Hkv, D head_dim,
+// F n_ff, V vocab.
+#include "requant/model/llama.h"
+
+#include <ATen/ATen.h>
+#include <ATen/core/Reduction.h>
+
+#include <cmath>
+#include <limits>
+
+#include "requant/io/error.h"
+
+namespace rq::model {
+
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w, double eps) {
+    return x * at::rsqrt(x.pow(2).mean(-1, /*keepdim=*/true) + eps) * w;
+}
+
+at::Tensor attention(const at::Tensor& x, const LayerWeights& w, const LlamaConfig& c,
+                     const RopeTables& rope) {
+    const int64_t B = x.size(0), T = x.size(1), H = c.n_head, Hkv = c.n_head_kv, D = c.head_dim;
+    const int64_t R = H / Hkv;
+    at::Tensor q = at::linear(x, w.wq).view({B, T, H, D}).transpose(1, 2);    // [B, H, T, D]
+    at::Tensor k = at::linear(x, w.wk).view({B, T, Hkv, D}).transpose(1, 2);  // [B, Hkv, T, D]
+    at::Tensor v = at::linear(x, w.wv).view({B, T, Hkv, D}).transpose(1, 2);  // [B, Hkv, T, D]
+    q = apply_rope(q, rope);
+    k = apply_rope(k, rope);
+    // Grouped-query attention without copying K/V: the R query heads that share a KV head are
+    // stacked along the row axis, [B, Hkv, R*T, D], so one matmul serves the whole group.
+    at::Tensor qg     = q.reshape({B, Hkv, R * T, D});
+    at::Tensor scores = at::matmul(qg, k.transpose(2, 3)) * (1.0 / std::sqrt(static_cast<double>(D)));
+    at::Tensor future = at::ones({T, T}, x.options().dtype(at::kBool)).triu(1).repeat({R, 1});
+    scores            = scores.masked_fill(future, -std::numeric_limits<double>::infinity());
+    at::Tensor p      = at::softmax(scores, -1);                                // [B, Hkv, R*T, T]
+    at::Tensor o      = at::matmul(p, v).view({B, H, T, D}).transpose(1, 2);   // [B, T, H, D]
+    return at::linear(o.reshape({B, T, H * D}), w.wo);
+}
+
+at::Tensor mlp(const at::Tensor& x, const LayerWeights& w) {
+    return at::linear(at::silu(at::linear(x, w.w_gate)) * at::linear(x, w.w_up), w.w_down);
+}
+
+at::Tensor decoder_layer(const at::Tensor& x, const LayerWeights& w, const LlamaConfig& c,
+                         const RopeTables& rope) {
+    at::Tensor h = x + attention(rms_norm(x, w.attn_norm, c.rms_norm_eps), w, c, rope);
+    return h + mlp(rms_norm(h, w.ffn_norm, c.rms_norm_eps), w);
+}
+
+at::Tensor embed(const at::Tensor& tokens, const at::Tensor& tok_embd) {
+    return at::embedding(tok_embd, tokens);
+}
+
+at::Tensor lm_logits(const at::Tensor& x, const at::Tensor& out_norm, const at::Tensor& head,
+                     double eps) {
+    return at::linear(rms_norm(x, out_norm, eps), head);
+}
+
+at::Tensor next_token_losses(const at::Tensor& logits, const at::Tensor& tokens) {
+    const int64_t B = logits.size(0), T = logits.size(1), V = logits.size(2);
+    at::Tensor    pred = logits.narrow(1, 0, T - 1).reshape({B * (T - 1), V});
+    at::Tensor    tgt  = tokens.narrow(1, 1, T - 1).reshape({B * (T - 1)});
+    return at::cross_entropy_loss(pred, tgt, {}, at::Reduction::None).view({B, T - 1});
+}
+
+Stage::Stage(LlamaConfig config, StageWeights weights, int64_t max_seq_len)
+    : config_(std::move(config)), weights_(std::move(weights)) {
+    const at::Tensor& any = weights_.range.first ? weights_.tok_embd
+                            : weights_.layers.empty() ? weights_.out_norm
+                                                      : weights_.layers[0].wq;
+    rope_ = rope_tables(config_, max_seq_len, any.scalar_type());
+}
+
+at::ScalarType Stage::dtype() const { return rope_.cos.scalar_type(); }
+
+at::Tensor Stage::hidden(const at::Tensor& in) const {
+    const int64_t T = in.size(1);
+    if (T > rope_.cos.size(0))
+        throw ConfigError("sequence length " + std::to_string(T) + " exceeds the stage's " +
+                          std::to_string(rope_.cos.size(0)) + " positions");
+    at::Tensor x;
+    if (weights_.range.first) {
+        if (in.scalar_type() != at::kLong || in.dim() != 2)
+            throw ShapeError("first stage expects int64 token ids [B, T]");
+        x = embed(in, weights_.tok_embd);
+    } else {
+        if (in.dim() != 3 || in.size(2) != config_.n_embd)
+            throw ShapeError("stage expects activations [B, T, " + std::to_string(config_.n_embd) + "]");
+        x = in;
+    }
+    for (const auto& lw : weights_.layers) x = decoder_layer(x, lw, config_, rope_);
+    return x;
+}
+
+at::Tensor Stage::forward(const at::Tensor& in, const at::Tensor& tokens) const {
+    at::Tensor x = hidden(in);
+    if (!weights_.range.last) return x;
+    const int64_t T = x.size(1);
+    // Position T-1 predicts nothing: leave it out of the head.
+    at::Tensor logits = lm_logits(x.narrow(1, 0, T - 1), weights_.out_norm, weights_.head,
+                                  config_.rms_norm_eps);
+    at::Tensor tgt = tokens.narrow(1, 1, T - 1);
+    const int64_t B = logits.size(0), V = logits.size(2);
+    return at::cross_entropy_loss(logits.reshape({B * (T - 1), V}), tgt.reshape({B * (T - 1)}), {},
+                                  at::Reduction::None)
+        .view({B, T - 1});
+}
+
+at::Tensor Stage::forward_logits(const at::Tensor& in) const {
+    if (!weights_.range.last) throw ConfigError("forward_logits needs the last stage");
+    return lm_logits(hidden(in), weights_.out_norm, weights_.head, config_.rms_norm_eps);
+}
+
+at::Tensor stage_backward(const at::Tensor& input, const at::Tensor& output,
+                          const at::Tensor& grad_output) {
+    at::Tensor g = grad_output.dim() == 0 ? grad_output.to(output.scalar_type()).expand_as(output)
+                                          : grad_output;
+    output.backward(g);
+    if (input.is_floating_point() && input.requires_grad()) return input.grad();
+    return {};
+}
+
+}  // namespace rq::model

@@ -1,0 +1,1 @@
+int rq_placeholder_test_hf_config;
