@@ -49,7 +49,7 @@ int main(int argc, char** argv) {
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {
-        return app.exit(e);
+        return app.exit(e) == 0 ? 0 : 2;  // --help/--version exit 0; bad usage exits 2
     }
     spdlog::set_pattern("[%H:%M:%S] %v");
     try {

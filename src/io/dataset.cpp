@@ -61,7 +61,12 @@ TokenData load_eval_data(const std::string& path, const std::string& model_dir, 
     const std::string ext = ".safetensors";
     if (path.size() >= ext.size() && path.compare(path.size() - ext.size(), ext.size(), ext) == 0)
         return load_token_dataset(path, max_seqs);
-    return load_text_windows(path, model_dir + "/tokenizer.model", seq_len, max_seqs);
+    try {
+        return load_text_windows(path, model_dir + "/tokenizer.model", seq_len, max_seqs);
+    } catch (const IoError& e) {
+        throw IoError(std::string(e.what()) + " (text data needs the model's tokenizer; without "
+                      "one, pass a token dataset: .safetensors with an integer 'tokens' [n, L])");
+    }
 }
 
 }  // namespace rq::io

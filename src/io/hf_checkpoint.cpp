@@ -85,7 +85,7 @@ at::Tensor HfCheckpoint::load(const std::string& name, const std::vector<int64_t
         case DType::F32: case DType::F16: case DType::BF16: case DType::F64: break;
         default:
             throw ShapeError(it->second + ": tensor '" + name + "' has dtype " +
-                             dtype_name(info->dtype) + "; weights must be F32, F16 or BF16");
+                             dtype_name(info->dtype) + "; weights must be F64, F32, F16 or BF16");
     }
     used_.insert(name);
     return f.load(name, dtype);

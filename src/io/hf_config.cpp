@@ -36,6 +36,16 @@ bool get_bool(const json& j, const char* key, const std::string& where, bool fal
     return j[key].get<bool>();
 }
 
+std::string get_str(const json& j, const char* key, const std::string& where,
+                    const std::string& fallback) {
+    if (!j.contains(key) || j[key].is_null()) return fallback;
+    if (!j[key].is_string())
+        throw FormatError(where + "'" + key + "' must be a string, got " + j[key].dump());
+    return j[key].get<std::string>();
+}
+
+bool has(const json& j, const char* key) { return j.contains(key) && !j[key].is_null(); }
+
 }  // namespace
 
 LlamaConfig parse_llama_config(const std::string& json_text, const std::string& origin) {
@@ -48,7 +58,7 @@ LlamaConfig parse_llama_config(const std::string& json_text, const std::string& 
     }
     if (!j.is_object()) throw FormatError(where + "not a JSON object");
 
-    bool is_llama = j.value("model_type", std::string()) == "llama";
+    bool is_llama = get_str(j, "model_type", where, "") == "llama";
     if (j.contains("architectures") && j["architectures"].is_array()) {
         is_llama = false;
         for (const auto& a : j["architectures"])
@@ -57,9 +67,9 @@ LlamaConfig parse_llama_config(const std::string& json_text, const std::string& 
     if (!is_llama)
         throw ConfigError(where + "unsupported architecture " +
                           (j.contains("architectures") ? j["architectures"].dump()
-                                                       : j.value("model_type", "(none)")) +
+                                                       : get_str(j, "model_type", where, "(none)")) +
                           "; requant-dist supports LlamaForCausalLM");
-    const std::string act = j.value("hidden_act", std::string("silu"));
+    const std::string act = get_str(j, "hidden_act", where, "silu");
     if (act != "silu") throw ConfigError(where + "unsupported hidden_act '" + act + "' (silu only)");
     if (get_bool(j, "attention_bias", where, false) || get_bool(j, "mlp_bias", where, false))
         throw ConfigError(where + "attention_bias/mlp_bias are not supported");
@@ -76,19 +86,19 @@ LlamaConfig parse_llama_config(const std::string& json_text, const std::string& 
         throw ConfigError(where + "num_attention_heads (" + std::to_string(c.n_head) +
                           ") is not a multiple of num_key_value_heads (" +
                           std::to_string(c.n_head_kv) + ")");
-    if (!j.contains("head_dim") && c.n_embd % c.n_head != 0)
+    if (!has(j, "head_dim") && c.n_embd % c.n_head != 0)
         throw ConfigError(where + "hidden_size is not a multiple of num_attention_heads");
     c.head_dim = get_int(j, "head_dim", where, c.n_embd / c.n_head);
     if (c.head_dim % 2 != 0) throw ConfigError(where + "head_dim must be even for RoPE");
     c.rms_norm_eps        = get_num(j, "rms_norm_eps", where, 1e-6);
     c.rope_theta          = get_num(j, "rope_theta", where, 10000.0);
     c.tie_word_embeddings = get_bool(j, "tie_word_embeddings", where, false);
-    c.torch_dtype         = j.value("torch_dtype", std::string());
+    c.torch_dtype         = get_str(j, "torch_dtype", where, "");
 
-    if (j.contains("rope_scaling") && !j["rope_scaling"].is_null()) {
+    if (has(j, "rope_scaling")) {
         const json& rs = j["rope_scaling"];
         if (!rs.is_object()) throw FormatError(where + "rope_scaling must be an object");
-        std::string type = rs.value("rope_type", rs.value("type", std::string()));
+        std::string type = get_str(rs, "rope_type", where + "rope_scaling: ", get_str(rs, "type", where + "rope_scaling: ", ""));
         if (type != "llama3" && type != "default")
             throw ConfigError(where + "unsupported rope_scaling type '" + type +
                               "' (supported: llama3, default)");

@@ -103,7 +103,10 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : file_(path) {
             if (!d.is_number_integer() || d.get<int64_t>() < 0)
                 throw FormatError(at_t + "has an invalid shape " + e["shape"].dump());
             info.shape.push_back(d.get<int64_t>());
-            numel *= static_cast<std::uint64_t>(info.shape.back());
+            const auto dim = static_cast<std::uint64_t>(info.shape.back());
+            if (dim != 0 && numel > UINT64_MAX / 8 / dim)
+                throw FormatError(at_t + "has a shape too large to address " + e["shape"].dump());
+            numel *= dim;
         }
         const auto& off = e["data_offsets"];
         if (!off.is_array() || off.size() != 2 || !off[0].is_number_unsigned() ||
@@ -170,7 +173,7 @@ void write_safetensors(const std::string& path, const std::map<std::string, at::
         const char* dtn  = nullptr;
         for (const auto& r : kDTypes)
             if (r.st == c.scalar_type()) dtn = r.name;
-        if (dtn == nullptr) throw FormatError(path + ": tensor '" + name + "' has an unsupported dtype");
+        if (dtn == nullptr) throw FormatError(base_name(path) + ": tensor '" + name + "' has an unsupported dtype");
         const std::uint64_t n = c.numel() * c.element_size();
         hdr[name] = {{"dtype", dtn}, {"shape", c.sizes().vec()}, {"data_offsets", {off, off + n}}};
         off += n;
@@ -191,7 +194,11 @@ void write_safetensors(const std::string& path, const std::map<std::string, at::
             out.write(static_cast<const char*>(b.data_ptr()),
                       static_cast<std::streamsize>(b.numel() * b.element_size()));
         out.flush();
-        if (!out) throw IoError(tmp + ": write failed: " + errno_string());
+        if (!out) {
+            const std::string why = errno_string();
+            std::remove(tmp.c_str());
+            throw IoError(tmp + ": write failed: " + why);
+        }
     }
     if (std::rename(tmp.c_str(), path.c_str()) != 0)
         throw IoError(path + ": cannot rename into place: " + errno_string());

@@ -39,7 +39,7 @@ RQ_SPM_EXPORT int rq_spm_encode(void* h, const char* text, std::size_t len, int*
                                 std::size_t* n, char* err, std::size_t errlen) {
     std::vector<int> out;
     const auto       st = static_cast<sentencepiece::SentencePieceProcessor*>(h)->Encode(
-        std::string(text, len), &out);
+        len ? std::string(text, len) : std::string(), &out);
     if (!st.ok()) {
         set_error(err, errlen, st.ToString());
         return 1;
@@ -56,9 +56,9 @@ RQ_SPM_EXPORT int rq_spm_encode(void* h, const char* text, std::size_t len, int*
 
 RQ_SPM_EXPORT void rq_spm_free_buffer(void* p) { std::free(p); }
 
-// Decodes ids into a malloc'ed NUL-terminated string the caller frees with rq_spm_free_buffer.
-RQ_SPM_EXPORT int rq_spm_decode(void* h, const int* ids, std::size_t n, char** text, char* err,
-                                std::size_t errlen) {
+// Decodes ids into a malloc'ed string of *len bytes (NUL-terminated too) the caller frees with rq_spm_free_buffer.
+RQ_SPM_EXPORT int rq_spm_decode(void* h, const int* ids, std::size_t n, char** text,
+                                std::size_t* len, char* err, std::size_t errlen) {
     std::string out;
     const auto  st = static_cast<sentencepiece::SentencePieceProcessor*>(h)->Decode(
         std::vector<int>(ids, ids + n), &out);
@@ -69,6 +69,7 @@ RQ_SPM_EXPORT int rq_spm_decode(void* h, const int* ids, std::size_t n, char** t
     *text = static_cast<char*>(std::malloc(out.size() + 1));
     if (*text == nullptr) return 1;
     std::memcpy(*text, out.c_str(), out.size() + 1);
+    *len = out.size();  // the text may hold NUL bytes (byte-fallback pieces)
     return 0;
 }
 

@@ -23,7 +23,7 @@ struct ShimApi {
     void (*free_handle)(void*)                                                       = nullptr;
     int (*encode)(void*, const char*, std::size_t, int**, std::size_t*, char*, std::size_t) = nullptr;
     void (*free_buffer)(void*)                                                         = nullptr;
-    int (*decode)(void*, const int*, std::size_t, char**, char*, std::size_t)        = nullptr;
+    int (*decode)(void*, const int*, std::size_t, char**, std::size_t*, char*, std::size_t) = nullptr;
     int (*vocab_size)(void*)                                                         = nullptr;
     int (*bos_id)(void*)                                                             = nullptr;
     int (*eos_id)(void*)                                                             = nullptr;
@@ -125,11 +125,12 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text) const {
 }
 
 std::string Tokenizer::decode(const std::vector<int32_t>& ids) const {
-    char* text     = nullptr;
-    char  err[512] = {0};
-    if (shim().decode(impl_->handle, ids.data(), ids.size(), &text, err, sizeof(err)) != 0)
+    char*       text     = nullptr;
+    std::size_t len      = 0;
+    char        err[512] = {0};
+    if (shim().decode(impl_->handle, ids.data(), ids.size(), &text, &len, err, sizeof(err)) != 0)
         throw FormatError(impl_->path + ": decode failed: " + err);
-    std::string out(text);
+    std::string out(text, len);
     shim().free_buffer(text);
     return out;
 }

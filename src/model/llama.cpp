@@ -115,6 +115,7 @@ at::Tensor Stage::forward_logits(const at::Tensor& in) const {
 
 at::Tensor stage_backward(const at::Tensor& input, const at::Tensor& output,
                           const at::Tensor& grad_output) {
+    if (!output.requires_grad()) return {};  // nothing in this stage needs a gradient
     at::Tensor g = grad_output.dim() == 0 ? grad_output.to(output.scalar_type()).expand_as(output)
                                           : grad_output;
     output.backward(g);

@@ -1,0 +1,20 @@
+# Sourced by the launch/ scripts: the repository root, the build folder, and the runtime
+# environment every launcher sets (BUILD-NOTES §8). Prints what it sets.
+RQ_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+RQ_BUILD=${RQ_BUILD:-$RQ_ROOT/build}
+RQ_SHARED=${RQ_SHARED:-$(cd "$RQ_ROOT/.." && pwd)/shared}
+RQ_BIN=$RQ_BUILD/bin/requant-dist
+
+# First touch of fresh memory is ~100x slower without transparent huge pages on these VMs.
+export GLIBC_TUNABLES=${GLIBC_TUNABLES:-glibc.malloc.hugetlb=1}
+# OpenBLAS and ATen's OpenMP threads share the cores: idle threads must not spin.
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
+# mpirun as root (containers, CI)
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+
+rq_need_shared() {
+  if [ ! -d "$RQ_SHARED/models" ]; then
+    echo "error: bundled models not found at $RQ_SHARED/models (set RQ_SHARED)" >&2
+    exit 1
+  fi
+}
