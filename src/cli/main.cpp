@@ -24,6 +24,7 @@ std::string version_text() {
 }  // namespace
 
 int main(int argc, char** argv) {
+    rq::cli::reexec_with_runtime_env(argv);
     CLI::App app{"requant-dist: distributed PQI/ReQuant quantization of Llama models"};
     app.set_version_flag("--version", version_text);
     app.require_subcommand(1);

@@ -3,6 +3,9 @@
 
 #include <ATen/Parallel.h>
 #include <dlfcn.h>
+#include <unistd.h>
+
+#include <cstdlib>
 #include <torch/csrc/api/include/torch/version.h>
 
 namespace rq::cli {
@@ -33,6 +36,21 @@ std::string blas_info() {
 void set_threads(int n) {
     at::set_num_threads(n);
     if (auto set = lookup<void (*)(int)>("openblas_set_num_threads")) set(n);
+}
+
+void reexec_with_runtime_env(char** argv) {
+    if (std::getenv("RQ_KEEP_ENV") != nullptr) return;
+    bool changed = false;
+    if (std::getenv("OMP_WAIT_POLICY") == nullptr) {
+        ::setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
+        changed = true;
+    }
+    if (std::getenv("GLIBC_TUNABLES") == nullptr) {
+        ::setenv("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1", 1);
+        changed = true;
+    }
+    ::setenv("RQ_KEEP_ENV", "1", 1);  // never loop
+    if (changed) ::execv("/proc/self/exe", argv);
 }
 
 std::string torch_version() { return TORCH_VERSION; }

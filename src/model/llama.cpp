@@ -29,12 +29,16 @@ at::Tensor attention(const at::Tensor& x, const LayerWeights& w, const LlamaConf
     q = apply_rope(q, rope);
     k = apply_rope(k, rope);
     // Grouped-query attention without copying K/V: the R query heads that share a KV head are
-    // stacked along the row axis, [B, Hkv, R*T, D], so one matmul serves the whole group.
-    at::Tensor qg     = q.reshape({B, Hkv, R * T, D});
-    at::Tensor scores = at::matmul(qg, k.transpose(2, 3)) * (1.0 / std::sqrt(static_cast<double>(D)));
-    at::Tensor future = at::ones({T, T}, x.options().dtype(at::kBool)).triu(1).repeat({R, 1});
-    scores            = scores.masked_fill(future, -std::numeric_limits<double>::infinity());
-    at::Tensor p      = at::softmax(scores, -1);                                // [B, Hkv, R*T, T]
+    // stacked along the row axis, [B*Hkv, R*T, D], so one matmul serves the whole group. The
+    // causal mask is added inside the GEMM (baddbmm): a separate masked_fill pass over the
+    // scores costs a third of the attention time on CPU.
+    at::Tensor qg   = q.reshape({B * Hkv, R * T, D});
+    at::Tensor kt   = k.transpose(2, 3).reshape({B * Hkv, D, T});
+    at::Tensor mask = at::full({T, T}, -std::numeric_limits<double>::infinity(), x.options())
+                          .triu(1).repeat({R, 1});                              // [R*T, T]
+    at::Tensor scores = at::baddbmm(mask.expand({B * Hkv, R * T, T}), qg, kt, 1.0,
+                                    1.0 / std::sqrt(static_cast<double>(D)));
+    at::Tensor p      = at::softmax(scores, -1).view({B, Hkv, R * T, T});
     at::Tensor o      = at::matmul(p, v).view({B, H, T, D}).transpose(1, 2);   // [B, T, H, D]
     return at::linear(o.reshape({B, T, H * D}), w.wo);
 }

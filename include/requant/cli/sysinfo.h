@@ -15,6 +15,14 @@ bool        blas_is_openblas();
 // n from the machine or the rank count: ATen's reductions depend on it.
 void set_threads(int n);
 
+// Re-executes the program once with OMP_WAIT_POLICY=PASSIVE and
+// GLIBC_TUNABLES=glibc.malloc.hugetlb=1 where the user left them unset. Both are read only at
+// process start; spinning OpenMP workers fight OpenBLAS's threads for the cores (3x slower
+// forward+backward measured on 2 cores), and fresh memory without huge pages faults at
+// ~0.2 GB/s on these VMs. Returns normally when nothing needs changing (or exec fails).
+// Set RQ_KEEP_ENV=1 to opt out.
+void reexec_with_runtime_env(char** argv);
+
 std::string torch_version();  // "1.13.0"
 std::string nccl_info();      // "NCCL 2.28.9 (compiled in)" or "NCCL: not compiled in"
 
