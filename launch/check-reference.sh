@@ -15,7 +15,8 @@ row() {  # row WANT_LOSS WANT_PPL eval-args...
   local l p; l=$(sed -n 's/.*"loss": *\([0-9.e+-]*\).*/\1/p' "$tmp/e.json"); p=$(sed -n 's/.*"perplexity": *\([0-9.e+-]*\).*/\1/p' "$tmp/e.json")
   local s; s=$(sed -n 's/.*"seqs": *\([0-9]*\).*/\1/p' "$tmp/e.json")
   if awk -v l="$l" -v wl="$wl" -v p="$p" -v wp="$wp" 'BEGIN{a=l-wl;if(a<0)a=-a;b=p-wp;if(b<0)b=-b;exit !(a<=wl*1e-4 && (wp=="-" || b<=wp*1e-4))}'; then
-    printf "ok    %-60s seqs %5s  loss %.6f (%s)  ppl %.4f (%s)  %ds\n" "$(basename "${@: -1}") ${*:2:1}" "$s" "$l" "$wl" "$p" "$wp" $((SECONDS-t0))
+    printf "ok    %-20s %-26s seqs %5s  loss %.6f (%s)  ppl %.4f (%s)  %ds\n" "$(basename "$2")" \
+      "$(basename "$4")" "$s" "$l" "$wl" "$p" "$wp" $((SECONDS-t0))
   else
     printf "FAIL  %s: loss %s (want %s) ppl %s (want %s)\n" "$*" "$l" "$wl" "$p" "$wp"; fails=$((fails+1))
   fi

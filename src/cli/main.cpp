@@ -1,8 +1,8 @@
 // requant-dist: command-line entry point. Parses arguments, dispatches to a subcommand, and is
 // the one place that turns an error into a message and an exit code.
-#include <CLI/CLI.hpp>
 #include <c10/util/Exception.h>
 #include <spdlog/spdlog.h>
+#include <CLI/CLI.hpp>
 
 #include <cstdio>
 
@@ -30,21 +30,29 @@ int main(int argc, char** argv) {
     app.require_subcommand(1);
 
     rq::cli::EvalOptions eo;
-    auto* eval = app.add_subcommand("eval", "Mean next-token loss and perplexity of a model on data");
+    auto*                eval =
+        app.add_subcommand("eval", "Mean next-token loss and perplexity of a model on data");
     eval->add_option("--model", eo.model, "Hugging Face model folder (config.json, *.safetensors)")
-        ->required()->check(CLI::ExistingDirectory);
+        ->required()
+        ->check(CLI::ExistingDirectory);
     eval->add_option("--data", eo.data,
                      "Text file (tokenized with the model's tokenizer.model, no BOS) or a token "
                      "dataset (.safetensors with an integer 'tokens' tensor [n, L])")
-        ->required()->check(CLI::ExistingFile);
-    eval->add_option("--seq-len", eo.seq_len, "Window length for text data")
-        ->capture_default_str()->check(CLI::Range(int64_t{2}, int64_t{1} << 20));
-    eval->add_option("--max-seqs", eo.max_seqs, "Evaluate only the first n sequences (default: all)")
+        ->required()
+        ->check(CLI::ExistingFile);
+    auto* seq_len_opt = eval->add_option("--seq-len", eo.seq_len, "Window length for text data")
+                            ->capture_default_str()
+                            ->check(CLI::Range(int64_t{2}, int64_t{1} << 20));
+    eval->add_option("--max-seqs", eo.max_seqs,
+                     "Evaluate only the first n sequences (default: all)")
         ->check(CLI::PositiveNumber);
     eval->add_option("--batch", eo.batch, "Sequences per forward pass")
-        ->capture_default_str()->check(CLI::PositiveNumber);
-    eval->add_option("--threads", eo.threads, "Intra-op threads (results depend on it; fixed default)")
-        ->capture_default_str()->check(CLI::Range(1, 1024));
+        ->capture_default_str()
+        ->check(CLI::PositiveNumber);
+    eval->add_option("--threads", eo.threads,
+                     "Intra-op threads (results depend on it; fixed default)")
+        ->capture_default_str()
+        ->check(CLI::Range(1, 1024));
     eval->add_option("--json", eo.json, "Write loss, perplexity, tokens, seqs to this JSON file");
 
     try {
@@ -52,9 +60,12 @@ int main(int argc, char** argv) {
     } catch (const CLI::ParseError& e) {
         return app.exit(e) == 0 ? 0 : 2;  // --help/--version exit 0; bad usage exits 2
     }
-    spdlog::set_pattern("[%H:%M:%S] %v");
+    spdlog::set_pattern("[%H:%M:%S %l] %v");
     try {
-        if (*eval) return rq::cli::run_eval(eo);
+        if (*eval) {
+            eo.seq_len_given = seq_len_opt->count() > 0;
+            return rq::cli::run_eval(eo);
+        }
     } catch (const rq::Error& e) {
         std::fprintf(stderr, "requant-dist: error: %s\n", e.what());
         return 1;

@@ -9,15 +9,21 @@ namespace rq::cli {
 
 std::string format_duration(double s) {
     char buf[64];
-    if (s < 60) std::snprintf(buf, sizeof buf, "%.0f s", s);
-    else if (s < 3600) std::snprintf(buf, sizeof buf, "%d min %02d s", int(s) / 60, int(s) % 60);
-    else std::snprintf(buf, sizeof buf, "%d h %02d min", int(s) / 3600, int(s) % 3600 / 60);
+    if (s < 60)
+        std::snprintf(buf, sizeof buf, "%.0f s", s);
+    else if (s < 3600)
+        std::snprintf(buf, sizeof buf, "%d min %02d s", int(s) / 60, int(s) % 60);
+    else
+        std::snprintf(buf, sizeof buf, "%d h %02d min", int(s) / 3600, int(s) % 3600 / 60);
     return buf;
 }
 
 Progress::Progress(std::string label, int64_t total, std::string unit)
-    : label_(std::move(label)), unit_(std::move(unit)), total_(total),
-      tty_(::isatty(STDERR_FILENO) == 1), start_(std::chrono::steady_clock::now()),
+    : label_(std::move(label)),
+      unit_(std::move(unit)),
+      total_(total),
+      tty_(::isatty(STDERR_FILENO) == 1),
+      start_(std::chrono::steady_clock::now()),
       last_print_(start_) {}
 
 double Progress::elapsed_s() const {
@@ -25,11 +31,11 @@ double Progress::elapsed_s() const {
 }
 
 void Progress::update(int64_t done) {
-    done_                = done;
-    const auto   now     = std::chrono::steady_clock::now();
-    const double elapsed = elapsed_s();
-    const double eta     = done > 0 ? elapsed * double(total_ - done) / double(done) : 0.0;
-    const std::string eta_s = done > 0 ? format_duration(eta) : "?";
+    done_                     = done;
+    const auto        now     = std::chrono::steady_clock::now();
+    const double      elapsed = elapsed_s();
+    const double      eta     = done > 0 ? elapsed * double(total_ - done) / double(done) : 0.0;
+    const std::string eta_s   = done > 0 ? format_duration(eta) : "?";
     if (tty_) {
         constexpr int kWidth = 30;
         const int     fill   = total_ > 0 ? int(kWidth * done / total_) : kWidth;

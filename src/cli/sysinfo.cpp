@@ -5,8 +5,8 @@
 #include <dlfcn.h>
 #include <unistd.h>
 
-#include <cstdlib>
 #include <torch/csrc/api/include/torch/version.h>
+#include <cstdlib>
 
 namespace rq::cli {
 
@@ -21,15 +21,19 @@ F lookup(const char* name) {
 }
 }  // namespace
 
-bool blas_is_openblas() { return lookup<char* (*)()>("openblas_get_config") != nullptr; }
+bool blas_is_openblas() {
+    return lookup<char* (*)()>("openblas_get_config") != nullptr;
+}
 
 std::string blas_info() {
     auto config = lookup<char* (*)()>("openblas_get_config");
     if (config == nullptr)
         return "reference BLAS (not OpenBLAS: expect ~6 GFLOP/s; install libopenblas0-pthread)";
     std::string s = config();  // "OpenBLAS 0.3.21 DYNAMIC_ARCH ..."
-    if (auto core = lookup<char* (*)()>("openblas_get_corename")) s += std::string(" core=") + core();
-    if (auto nt = lookup<int (*)()>("openblas_get_num_threads")) s += " threads=" + std::to_string(nt());
+    if (auto core = lookup<char* (*)()>("openblas_get_corename"))
+        s += std::string(" core=") + core();
+    if (auto nt = lookup<int (*)()>("openblas_get_num_threads"))
+        s += " threads=" + std::to_string(nt());
     return s;
 }
 
@@ -53,7 +57,9 @@ void reexec_with_runtime_env(char** argv) {
     if (changed) ::execv("/proc/self/exe", argv);
 }
 
-std::string torch_version() { return TORCH_VERSION; }
+std::string torch_version() {
+    return TORCH_VERSION;
+}
 
 std::string nccl_info() {
 #ifdef RQ_HAVE_NCCL

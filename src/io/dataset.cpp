@@ -14,10 +14,15 @@ TokenData load_token_dataset(const std::string& path, int64_t max_seqs) {
     SafetensorsFile   f(path);
     const TensorInfo* t = f.find("tokens");
     if (t == nullptr)
-        throw FormatError(base_name(path) + ": no 'tokens' tensor (a token dataset holds an "
+        throw FormatError(base_name(path) +
+                          ": no 'tokens' tensor (a token dataset holds an "
                           "integer tensor 'tokens' [n, L])");
     switch (t->dtype) {
-        case DType::I64: case DType::I32: case DType::I16: case DType::U8: break;
+        case DType::I64:
+        case DType::I32:
+        case DType::I16:
+        case DType::U8:
+            break;
         default:
             throw FormatError(base_name(path) + ": tensor 'tokens' has dtype " +
                               dtype_name(t->dtype) + "; token ids must be an integer type");
@@ -30,16 +35,19 @@ TokenData load_token_dataset(const std::string& path, int64_t max_seqs) {
     d.tokens      = f.load("tokens", at::kLong);
     d.n_available = d.tokens.size(0);
     d.n_tokens    = d.tokens.numel();
-    if (max_seqs >= 0 && max_seqs < d.n_available) d.tokens = d.tokens.narrow(0, 0, max_seqs).clone();
+    if (max_seqs >= 0 && max_seqs < d.n_available)
+        d.tokens = d.tokens.narrow(0, 0, max_seqs).clone();
     return d;
 }
 
 TokenData load_text_windows(const std::string& text_path, const std::string& tokenizer_path,
                             int64_t seq_len, int64_t max_seqs) {
-    if (seq_len < 2) throw ConfigError("sequence length must be at least 2, got " + std::to_string(seq_len));
+    if (seq_len < 2)
+        throw ConfigError("sequence length must be at least 2, got " + std::to_string(seq_len));
     Tokenizer  tok(tokenizer_path);
     MappedFile text(text_path);
-    const auto ids = tok.encode(std::string_view(reinterpret_cast<const char*>(text.data()), text.size()));
+    const auto ids =
+        tok.encode(std::string_view(reinterpret_cast<const char*>(text.data()), text.size()));
     const int64_t n_win = static_cast<int64_t>(ids.size()) / seq_len;
     if (n_win == 0)
         throw ConfigError(base_name(text_path) + ": " + std::to_string(ids.size()) +
@@ -52,7 +60,8 @@ TokenData load_text_windows(const std::string& text_path, const std::string& tok
     d.tokens      = at::empty({n, seq_len}, at::kLong);
     auto acc      = d.tokens.accessor<int64_t, 2>();
     for (int64_t i = 0; i < n; ++i)
-        for (int64_t j = 0; j < seq_len; ++j) acc[i][j] = ids[static_cast<std::size_t>(i * seq_len + j)];
+        for (int64_t j = 0; j < seq_len; ++j)
+            acc[i][j] = ids[static_cast<std::size_t>(i * seq_len + j)];
     return d;
 }
 
@@ -64,7 +73,8 @@ TokenData load_eval_data(const std::string& path, const std::string& model_dir, 
     try {
         return load_text_windows(path, model_dir + "/tokenizer.model", seq_len, max_seqs);
     } catch (const IoError& e) {
-        throw IoError(std::string(e.what()) + " (text data needs the model's tokenizer; without "
+        throw IoError(std::string(e.what()) +
+                      " (text data needs the model's tokenizer; without "
                       "one, pass a token dataset: .safetensors with an integer 'tokens' [n, L])");
     }
 }

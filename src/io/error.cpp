@@ -6,6 +6,8 @@
 
 namespace rq {
 
-std::string errno_string() { return std::strerror(errno); }
+std::string errno_string() {
+    return std::strerror(errno);
+}
 
 }  // namespace rq

@@ -60,7 +60,9 @@ const SafetensorsFile& HfCheckpoint::shard(const std::string& file) const {
     return *slot;
 }
 
-bool HfCheckpoint::contains(const std::string& name) const { return weight_map_.count(name) > 0; }
+bool HfCheckpoint::contains(const std::string& name) const {
+    return weight_map_.count(name) > 0;
+}
 
 std::vector<std::string> HfCheckpoint::tensor_names() const {
     std::vector<std::string> names;
@@ -82,7 +84,11 @@ at::Tensor HfCheckpoint::load(const std::string& name, const std::vector<int64_t
         throw ShapeError(it->second + ": tensor '" + name + "' has wrong shape; expected " +
                          shape_string(shape) + ", got " + shape_string(info->shape));
     switch (info->dtype) {
-        case DType::F32: case DType::F16: case DType::BF16: case DType::F64: break;
+        case DType::F32:
+        case DType::F16:
+        case DType::BF16:
+        case DType::F64:
+            break;
         default:
             throw ShapeError(it->second + ": tensor '" + name + "' has dtype " +
                              dtype_name(info->dtype) + "; weights must be F64, F32, F16 or BF16");

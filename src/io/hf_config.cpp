@@ -44,7 +44,9 @@ std::string get_str(const json& j, const char* key, const std::string& where,
     return j[key].get<std::string>();
 }
 
-bool has(const json& j, const char* key) { return j.contains(key) && !j[key].is_null(); }
+bool has(const json& j, const char* key) {
+    return j.contains(key) && !j[key].is_null();
+}
 
 }  // namespace
 
@@ -66,11 +68,13 @@ LlamaConfig parse_llama_config(const std::string& json_text, const std::string& 
     }
     if (!is_llama)
         throw ConfigError(where + "unsupported architecture " +
-                          (j.contains("architectures") ? j["architectures"].dump()
-                                                       : get_str(j, "model_type", where, "(none)")) +
+                          (j.contains("architectures")
+                               ? j["architectures"].dump()
+                               : get_str(j, "model_type", where, "(none)")) +
                           "; requant-dist supports LlamaForCausalLM");
     const std::string act = get_str(j, "hidden_act", where, "silu");
-    if (act != "silu") throw ConfigError(where + "unsupported hidden_act '" + act + "' (silu only)");
+    if (act != "silu")
+        throw ConfigError(where + "unsupported hidden_act '" + act + "' (silu only)");
     if (get_bool(j, "attention_bias", where, false) || get_bool(j, "mlp_bias", where, false))
         throw ConfigError(where + "attention_bias/mlp_bias are not supported");
 
@@ -98,13 +102,15 @@ LlamaConfig parse_llama_config(const std::string& json_text, const std::string& 
     if (has(j, "rope_scaling")) {
         const json& rs = j["rope_scaling"];
         if (!rs.is_object()) throw FormatError(where + "rope_scaling must be an object");
-        std::string type = get_str(rs, "rope_type", where + "rope_scaling: ", get_str(rs, "type", where + "rope_scaling: ", ""));
+        std::string type =
+            get_str(rs, "rope_type",
+                    where + "rope_scaling: ", get_str(rs, "type", where + "rope_scaling: ", ""));
         if (type != "llama3" && type != "default")
             throw ConfigError(where + "unsupported rope_scaling type '" + type +
                               "' (supported: llama3, default)");
         c.rope.type = type;
         if (type == "llama3") {
-            const std::string w = where + "rope_scaling: ";
+            const std::string w          = where + "rope_scaling: ";
             c.rope.factor                = get_num(rs, "factor", w, -1);
             c.rope.low_freq_factor       = get_num(rs, "low_freq_factor", w, -1);
             c.rope.high_freq_factor      = get_num(rs, "high_freq_factor", w, -1);

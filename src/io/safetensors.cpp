@@ -22,11 +22,11 @@ struct DTypeRow {
     at::ScalarType st;
 };
 constexpr DTypeRow kDTypes[] = {
-    {DType::F64, "F64", 8, at::kDouble},    {DType::F32, "F32", 4, at::kFloat},
-    {DType::F16, "F16", 2, at::kHalf},      {DType::BF16, "BF16", 2, at::kBFloat16},
-    {DType::I64, "I64", 8, at::kLong},      {DType::I32, "I32", 4, at::kInt},
-    {DType::I16, "I16", 2, at::kShort},     {DType::I8, "I8", 1, at::kChar},
-    {DType::U8, "U8", 1, at::kByte},        {DType::Bool, "BOOL", 1, at::kBool},
+    {DType::F64, "F64", 8, at::kDouble}, {DType::F32, "F32", 4, at::kFloat},
+    {DType::F16, "F16", 2, at::kHalf},   {DType::BF16, "BF16", 2, at::kBFloat16},
+    {DType::I64, "I64", 8, at::kLong},   {DType::I32, "I32", 4, at::kInt},
+    {DType::I16, "I16", 2, at::kShort},  {DType::I8, "I8", 1, at::kChar},
+    {DType::U8, "U8", 1, at::kByte},     {DType::Bool, "BOOL", 1, at::kBool},
 };
 
 const DTypeRow& row(DType dt) {
@@ -43,9 +43,15 @@ std::uint64_t read_le64(const std::uint8_t* p) {
 
 }  // namespace
 
-const char*    dtype_name(DType dt) { return row(dt).name; }
-std::size_t    dtype_size(DType dt) { return row(dt).size; }
-at::ScalarType dtype_scalar_type(DType dt) { return row(dt).st; }
+const char* dtype_name(DType dt) {
+    return row(dt).name;
+}
+std::size_t dtype_size(DType dt) {
+    return row(dt).size;
+}
+at::ScalarType dtype_scalar_type(DType dt) {
+    return row(dt).st;
+}
 
 std::string shape_string(const std::vector<int64_t>& shape) {
     std::string s = "[";
@@ -64,9 +70,9 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : file_(path) {
         throw FormatError(where + "header length " + std::to_string(n_header) +
                           " runs beyond the end of the file (" + std::to_string(size) +
                           " bytes; is the file truncated or not safetensors?)");
-    data_offset_                 = 8 + n_header;
-    const std::uint64_t n_data   = size - data_offset_;
-    const char*         hdr      = reinterpret_cast<const char*>(file_.data() + 8);
+    data_offset_               = 8 + n_header;
+    const std::uint64_t n_data = size - data_offset_;
+    const char*         hdr    = reinterpret_cast<const char*>(file_.data() + 8);
 
     nlohmann::json j;
     try {
@@ -169,11 +175,12 @@ void write_safetensors(const std::string& path, const std::map<std::string, at::
     std::vector<at::Tensor> blobs;
     std::uint64_t           off = 0;
     for (const auto& [name, tensor] : tensors) {
-        at::Tensor c     = tensor.contiguous().cpu();
-        const char* dtn  = nullptr;
+        at::Tensor  c   = tensor.contiguous().cpu();
+        const char* dtn = nullptr;
         for (const auto& r : kDTypes)
             if (r.st == c.scalar_type()) dtn = r.name;
-        if (dtn == nullptr) throw FormatError(base_name(path) + ": tensor '" + name + "' has an unsupported dtype");
+        if (dtn == nullptr)
+            throw FormatError(base_name(path) + ": tensor '" + name + "' has an unsupported dtype");
         const std::uint64_t n = c.numel() * c.element_size();
         hdr[name] = {{"dtype", dtn}, {"shape", c.sizes().vec()}, {"data_offsets", {off, off + n}}};
         off += n;

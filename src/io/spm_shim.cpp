@@ -31,7 +31,9 @@ RQ_SPM_EXPORT void* rq_spm_load(const char* path, char* err, std::size_t errlen)
     return sp;
 }
 
-RQ_SPM_EXPORT void rq_spm_free(void* h) { delete static_cast<sentencepiece::SentencePieceProcessor*>(h); }
+RQ_SPM_EXPORT void rq_spm_free(void* h) {
+    delete static_cast<sentencepiece::SentencePieceProcessor*>(h);
+}
 
 // Encodes text (no BOS/EOS) into a malloc'ed array the caller frees with rq_spm_free_buffer.
 // Returns 0 on success.
@@ -39,7 +41,7 @@ RQ_SPM_EXPORT int rq_spm_encode(void* h, const char* text, std::size_t len, int*
                                 std::size_t* n, char* err, std::size_t errlen) {
     std::vector<int> out;
     const auto       st = static_cast<sentencepiece::SentencePieceProcessor*>(h)->Encode(
-        len ? std::string(text, len) : std::string(), &out);
+              len ? std::string(text, len) : std::string(), &out);
     if (!st.ok()) {
         set_error(err, errlen, st.ToString());
         return 1;
@@ -54,14 +56,17 @@ RQ_SPM_EXPORT int rq_spm_encode(void* h, const char* text, std::size_t len, int*
     return 0;
 }
 
-RQ_SPM_EXPORT void rq_spm_free_buffer(void* p) { std::free(p); }
+RQ_SPM_EXPORT void rq_spm_free_buffer(void* p) {
+    std::free(p);
+}
 
-// Decodes ids into a malloc'ed string of *len bytes (NUL-terminated too) the caller frees with rq_spm_free_buffer.
+// Decodes ids into a malloc'ed string of *len bytes (NUL-terminated too) the caller frees with
+// rq_spm_free_buffer.
 RQ_SPM_EXPORT int rq_spm_decode(void* h, const int* ids, std::size_t n, char** text,
                                 std::size_t* len, char* err, std::size_t errlen) {
     std::string out;
     const auto  st = static_cast<sentencepiece::SentencePieceProcessor*>(h)->Decode(
-        std::vector<int>(ids, ids + n), &out);
+         std::vector<int>(ids, ids + n), &out);
     if (!st.ok()) {
         set_error(err, errlen, st.ToString());
         return 1;

@@ -19,14 +19,16 @@ namespace rq::io {
 namespace {
 
 struct ShimApi {
-    void* (*load)(const char*, char*, std::size_t)                                   = nullptr;
-    void (*free_handle)(void*)                                                       = nullptr;
-    int (*encode)(void*, const char*, std::size_t, int**, std::size_t*, char*, std::size_t) = nullptr;
-    void (*free_buffer)(void*)                                                         = nullptr;
-    int (*decode)(void*, const int*, std::size_t, char**, std::size_t*, char*, std::size_t) = nullptr;
-    int (*vocab_size)(void*)                                                         = nullptr;
-    int (*bos_id)(void*)                                                             = nullptr;
-    int (*eos_id)(void*)                                                             = nullptr;
+    void* (*load)(const char*, char*, std::size_t) = nullptr;
+    void (*free_handle)(void*)                     = nullptr;
+    int (*encode)(void*, const char*, std::size_t, int**, std::size_t*, char*,
+                  std::size_t)                     = nullptr;
+    void (*free_buffer)(void*)                     = nullptr;
+    int (*decode)(void*, const int*, std::size_t, char**, std::size_t*, char*,
+                  std::size_t)                     = nullptr;
+    int (*vocab_size)(void*)                       = nullptr;
+    int (*bos_id)(void*)                           = nullptr;
+    int (*eos_id)(void*)                           = nullptr;
 };
 
 bool exists(const std::string& p) {
@@ -35,8 +37,8 @@ bool exists(const std::string& p) {
 }
 
 std::string exe_dir() {
-    char        buf[4096];
-    const auto  n = ::readlink("/proc/self/exe", buf, sizeof(buf) - 1);
+    char       buf[4096];
+    const auto n = ::readlink("/proc/self/exe", buf, sizeof(buf) - 1);
     if (n <= 0) return ".";
     std::string p(buf, static_cast<std::size_t>(n));
     return p.substr(0, p.find_last_of('/'));
@@ -49,8 +51,8 @@ void bind(void* lib, const char* name, F& fn, const std::string& path) {
 }
 
 const ShimApi& shim() {
-    static ShimApi     api;
-    static std::string error;
+    static ShimApi        api;
+    static std::string    error;
     static std::once_flag once;
     std::call_once(once, [] {
         std::vector<std::string> candidates;
@@ -101,10 +103,13 @@ struct Tokenizer::Impl {
 Tokenizer::Tokenizer(const std::string& model_path) : impl_(std::make_unique<Impl>()) {
     impl_->path = model_path;
     // Check readability ourselves: sentencepiece's own message for a missing file is terse.
-    { MappedFile probe(model_path); if (probe.size() == 0) throw FormatError(model_path + ": tokenizer file is empty"); }
-    const ShimApi& api = shim();
+    {
+        MappedFile probe(model_path);
+        if (probe.size() == 0) throw FormatError(model_path + ": tokenizer file is empty");
+    }
+    const ShimApi& api      = shim();
     char           err[512] = {0};
-    impl_->handle          = api.load(model_path.c_str(), err, sizeof(err));
+    impl_->handle           = api.load(model_path.c_str(), err, sizeof(err));
     if (impl_->handle == nullptr)
         throw FormatError(model_path + ": not a sentencepiece model: " + err);
 }
@@ -114,8 +119,8 @@ Tokenizer::~Tokenizer() {
 }
 
 std::vector<int32_t> Tokenizer::encode(std::string_view text) const {
-    int*        ids = nullptr;
-    std::size_t n   = 0;
+    int*        ids      = nullptr;
+    std::size_t n        = 0;
     char        err[512] = {0};
     if (shim().encode(impl_->handle, text.data(), text.size(), &ids, &n, err, sizeof(err)) != 0)
         throw FormatError(impl_->path + ": encode failed: " + err);
@@ -135,8 +140,14 @@ std::string Tokenizer::decode(const std::vector<int32_t>& ids) const {
     return out;
 }
 
-int Tokenizer::vocab_size() const { return shim().vocab_size(impl_->handle); }
-int Tokenizer::bos_id() const { return shim().bos_id(impl_->handle); }
-int Tokenizer::eos_id() const { return shim().eos_id(impl_->handle); }
+int Tokenizer::vocab_size() const {
+    return shim().vocab_size(impl_->handle);
+}
+int Tokenizer::bos_id() const {
+    return shim().bos_id(impl_->handle);
+}
+int Tokenizer::eos_id() const {
+    return shim().eos_id(impl_->handle);
+}
 
 }  // namespace rq::io

@@ -9,7 +9,9 @@
 
 namespace rq::model {
 
-double EvalResult::perplexity() const { return std::exp(mean_loss()); }
+double EvalResult::perplexity() const {
+    return std::exp(mean_loss());
+}
 
 void check_token_ids(const at::Tensor& tokens, int64_t n_vocab, const std::string& source) {
     const int64_t lo = tokens.min().item<int64_t>(), hi = tokens.max().item<int64_t>();

@@ -23,11 +23,11 @@ at::Tensor attention(const at::Tensor& x, const LayerWeights& w, const LlamaConf
                      const RopeTables& rope) {
     const int64_t B = x.size(0), T = x.size(1), H = c.n_head, Hkv = c.n_head_kv, D = c.head_dim;
     const int64_t R = H / Hkv;
-    at::Tensor q = at::linear(x, w.wq).view({B, T, H, D}).transpose(1, 2);    // [B, H, T, D]
-    at::Tensor k = at::linear(x, w.wk).view({B, T, Hkv, D}).transpose(1, 2);  // [B, Hkv, T, D]
-    at::Tensor v = at::linear(x, w.wv).view({B, T, Hkv, D}).transpose(1, 2);  // [B, Hkv, T, D]
-    q = apply_rope(q, rope);
-    k = apply_rope(k, rope);
+    at::Tensor    q = at::linear(x, w.wq).view({B, T, H, D}).transpose(1, 2);    // [B, H, T, D]
+    at::Tensor    k = at::linear(x, w.wk).view({B, T, Hkv, D}).transpose(1, 2);  // [B, Hkv, T, D]
+    at::Tensor    v = at::linear(x, w.wv).view({B, T, Hkv, D}).transpose(1, 2);  // [B, Hkv, T, D]
+    q               = apply_rope(q, rope);
+    k               = apply_rope(k, rope);
     // Grouped-query attention without copying K/V: the R query heads that share a KV head are
     // stacked along the row axis, [B*Hkv, R*T, D], so one matmul serves the whole group. The
     // causal mask is added inside the GEMM (baddbmm): a separate masked_fill pass over the
@@ -35,11 +35,12 @@ at::Tensor attention(const at::Tensor& x, const LayerWeights& w, const LlamaConf
     at::Tensor qg   = q.reshape({B * Hkv, R * T, D});
     at::Tensor kt   = k.transpose(2, 3).reshape({B * Hkv, D, T});
     at::Tensor mask = at::full({T, T}, -std::numeric_limits<double>::infinity(), x.options())
-                          .triu(1).repeat({R, 1});                              // [R*T, T]
+                          .triu(1)
+                          .repeat({R, 1});  // [R*T, T]
     at::Tensor scores = at::baddbmm(mask.expand({B * Hkv, R * T, T}), qg, kt, 1.0,
                                     1.0 / std::sqrt(static_cast<double>(D)));
     at::Tensor p      = at::softmax(scores, -1).view({B, Hkv, R * T, T});
-    at::Tensor o      = at::matmul(p, v).view({B, H, T, D}).transpose(1, 2);   // [B, T, H, D]
+    at::Tensor o      = at::matmul(p, v).view({B, H, T, D}).transpose(1, 2);  // [B, T, H, D]
     return at::linear(o.reshape({B, T, H * D}), w.wo);
 }
 
@@ -71,13 +72,15 @@ at::Tensor next_token_losses(const at::Tensor& logits, const at::Tensor& tokens)
 
 Stage::Stage(LlamaConfig config, StageWeights weights, int64_t max_seq_len)
     : config_(std::move(config)), weights_(std::move(weights)) {
-    const at::Tensor& any = weights_.range.first ? weights_.tok_embd
+    const at::Tensor& any = weights_.range.first      ? weights_.tok_embd
                             : weights_.layers.empty() ? weights_.out_norm
                                                       : weights_.layers[0].wq;
-    rope_ = rope_tables(config_, max_seq_len, any.scalar_type());
+    rope_                 = rope_tables(config_, max_seq_len, any.scalar_type());
 }
 
-at::ScalarType Stage::dtype() const { return rope_.cos.scalar_type(); }
+at::ScalarType Stage::dtype() const {
+    return rope_.cos.scalar_type();
+}
 
 at::Tensor Stage::hidden(const at::Tensor& in) const {
     const int64_t T = in.size(1);
@@ -91,7 +94,8 @@ at::Tensor Stage::hidden(const at::Tensor& in) const {
         x = embed(in, weights_.tok_embd);
     } else {
         if (in.dim() != 3 || in.size(2) != config_.n_embd)
-            throw ShapeError("stage expects activations [B, T, " + std::to_string(config_.n_embd) + "]");
+            throw ShapeError("stage expects activations [B, T, " + std::to_string(config_.n_embd) +
+                             "]");
         x = in;
     }
     for (const auto& lw : weights_.layers) x = decoder_layer(x, lw, config_, rope_);
@@ -103,9 +107,9 @@ at::Tensor Stage::forward(const at::Tensor& in, const at::Tensor& tokens) const 
     if (!weights_.range.last) return x;
     const int64_t T = x.size(1);
     // Position T-1 predicts nothing: leave it out of the head.
-    at::Tensor logits = lm_logits(x.narrow(1, 0, T - 1), weights_.out_norm, weights_.head,
-                                  config_.rms_norm_eps);
-    at::Tensor tgt = tokens.narrow(1, 1, T - 1);
+    at::Tensor logits =
+        lm_logits(x.narrow(1, 0, T - 1), weights_.out_norm, weights_.head, config_.rms_norm_eps);
+    at::Tensor    tgt = tokens.narrow(1, 1, T - 1);
     const int64_t B = logits.size(0), V = logits.size(2);
     return at::cross_entropy_loss(logits.reshape({B * (T - 1), V}), tgt.reshape({B * (T - 1)}), {},
                                   at::Reduction::None)

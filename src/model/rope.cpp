@@ -16,21 +16,21 @@ at::Tensor rope_inv_freq(const io::LlamaConfig& c) {
     // llama3: wavelengths longer than original_ctx/low_freq_factor are divided by `factor`,
     // shorter than original_ctx/high_freq_factor are kept, and the band between is blended.
     const double factor = c.rope.factor, lo = c.rope.low_freq_factor, hi = c.rope.high_freq_factor;
-    const double old_ctx = static_cast<double>(c.rope.original_max_position);
+    const double old_ctx     = static_cast<double>(c.rope.original_max_position);
     const double low_wavelen = old_ctx / lo, high_wavelen = old_ctx / hi;
-    at::Tensor   wavelen     = 2 * M_PI / inv;
-    at::Tensor   scaled      = at::where(wavelen > low_wavelen, inv / factor, inv);
-    at::Tensor   smooth      = (old_ctx / wavelen - lo) / (hi - lo);
-    at::Tensor   blended     = (1 - smooth) * scaled / factor + smooth * scaled;
-    at::Tensor   is_medium   = (wavelen >= high_wavelen).logical_and(wavelen <= low_wavelen);
+    at::Tensor   wavelen   = 2 * M_PI / inv;
+    at::Tensor   scaled    = at::where(wavelen > low_wavelen, inv / factor, inv);
+    at::Tensor   smooth    = (old_ctx / wavelen - lo) / (hi - lo);
+    at::Tensor   blended   = (1 - smooth) * scaled / factor + smooth * scaled;
+    at::Tensor   is_medium = (wavelen >= high_wavelen).logical_and(wavelen <= low_wavelen);
     return at::where(is_medium, blended, scaled);
 }
 
 RopeTables rope_tables(const io::LlamaConfig& c, int64_t n_pos, at::ScalarType dtype) {
-    at::Tensor inv   = rope_inv_freq(c);                                 // [D/2]
-    at::Tensor pos   = at::arange(n_pos, at::kLong).to(at::kFloat);      // [T]
-    at::Tensor freqs = at::outer(pos, inv);                              // [T, D/2] fp32
-    at::Tensor emb   = at::cat({freqs, freqs}, -1);                      // [T, D]
+    at::Tensor inv   = rope_inv_freq(c);                             // [D/2]
+    at::Tensor pos   = at::arange(n_pos, at::kLong).to(at::kFloat);  // [T]
+    at::Tensor freqs = at::outer(pos, inv);                          // [T, D/2] fp32
+    at::Tensor emb   = at::cat({freqs, freqs}, -1);                  // [T, D]
     return {emb.cos().to(dtype), emb.sin().to(dtype)};
 }
 

@@ -10,26 +10,40 @@ namespace rq::model {
 
 const char* linear_name(Linear l) {
     switch (l) {
-        case Linear::Q: return "q_proj";
-        case Linear::K: return "k_proj";
-        case Linear::V: return "v_proj";
-        case Linear::O: return "o_proj";
-        case Linear::Gate: return "gate_proj";
-        case Linear::Up: return "up_proj";
-        case Linear::Down: return "down_proj";
+        case Linear::Q:
+            return "q_proj";
+        case Linear::K:
+            return "k_proj";
+        case Linear::V:
+            return "v_proj";
+        case Linear::O:
+            return "o_proj";
+        case Linear::Gate:
+            return "gate_proj";
+        case Linear::Up:
+            return "up_proj";
+        case Linear::Down:
+            return "down_proj";
     }
     return "?";
 }
 
 at::Tensor& LayerWeights::linear(Linear l) {
     switch (l) {
-        case Linear::Q: return wq;
-        case Linear::K: return wk;
-        case Linear::V: return wv;
-        case Linear::O: return wo;
-        case Linear::Gate: return w_gate;
-        case Linear::Up: return w_up;
-        case Linear::Down: return w_down;
+        case Linear::Q:
+            return wq;
+        case Linear::K:
+            return wk;
+        case Linear::V:
+            return wv;
+        case Linear::O:
+            return wo;
+        case Linear::Gate:
+            return w_gate;
+        case Linear::Up:
+            return w_up;
+        case Linear::Down:
+            return w_down;
     }
     throw Error("internal: bad Linear");
 }
@@ -37,7 +51,9 @@ const at::Tensor& LayerWeights::linear(Linear l) const {
     return const_cast<LayerWeights*>(this)->linear(l);
 }
 
-StageRange whole_model(const LlamaConfig& c) { return {0, c.n_layer, true, true}; }
+StageRange whole_model(const LlamaConfig& c) {
+    return {0, c.n_layer, true, true};
+}
 
 std::string linear_tensor_name(int64_t il, Linear l) {
     const bool attn = l == Linear::Q || l == Linear::K || l == Linear::V || l == Linear::O;
@@ -51,11 +67,18 @@ namespace {
 std::vector<int64_t> linear_shape(const LlamaConfig& c, Linear l) {
     const int64_t q = c.n_head * c.head_dim, kv = c.n_head_kv * c.head_dim;
     switch (l) {
-        case Linear::Q: return {q, c.n_embd};
-        case Linear::K: case Linear::V: return {kv, c.n_embd};
-        case Linear::O: return {c.n_embd, q};
-        case Linear::Gate: case Linear::Up: return {c.n_ff, c.n_embd};
-        case Linear::Down: return {c.n_embd, c.n_ff};
+        case Linear::Q:
+            return {q, c.n_embd};
+        case Linear::K:
+        case Linear::V:
+            return {kv, c.n_embd};
+        case Linear::O:
+            return {c.n_embd, q};
+        case Linear::Gate:
+        case Linear::Up:
+            return {c.n_ff, c.n_embd};
+        case Linear::Down:
+            return {c.n_embd, c.n_ff};
     }
     return {};
 }
@@ -74,7 +97,7 @@ StageWeights load_stage_weights(const io::HfCheckpoint& ckpt, const StageRange& 
     const LlamaConfig& c = ckpt.config();
     check_range(c, range);
     StageWeights w;
-    w.range = range;
+    w.range                       = range;
     const std::vector<int64_t> vc = {c.n_vocab, c.n_embd};
     if (range.first) w.tok_embd = ckpt.load("model.embed_tokens.weight", vc, dtype);
     for (int64_t il = range.layer_begin; il < range.layer_end; ++il) {
@@ -82,14 +105,16 @@ StageWeights load_stage_weights(const io::HfCheckpoint& ckpt, const StageRange& 
         LayerWeights      lw;
         lw.attn_norm = ckpt.load(p + "input_layernorm.weight", {c.n_embd}, dtype);
         lw.ffn_norm  = ckpt.load(p + "post_attention_layernorm.weight", {c.n_embd}, dtype);
-        for (Linear l : kLinears) lw.linear(l) = ckpt.load(linear_tensor_name(il, l), linear_shape(c, l), dtype);
+        for (Linear l : kLinears)
+            lw.linear(l) = ckpt.load(linear_tensor_name(il, l), linear_shape(c, l), dtype);
         w.layers.push_back(std::move(lw));
     }
     if (range.last) {
         w.out_norm = ckpt.load("model.norm.weight", {c.n_embd}, dtype);
         if (c.tie_word_embeddings) {
             if (ckpt.contains("lm_head.weight"))
-                throw ShapeError(ckpt.dir() + ": tie_word_embeddings is true but the checkpoint "
+                throw ShapeError(ckpt.dir() +
+                                 ": tie_word_embeddings is true but the checkpoint "
                                  "has its own 'lm_head.weight'");
             w.head = range.first ? w.tok_embd : ckpt.load("model.embed_tokens.weight", vc, dtype);
         } else {
@@ -101,7 +126,8 @@ StageWeights load_stage_weights(const io::HfCheckpoint& ckpt, const StageRange& 
             if (name.size() > 12 && name.compare(name.size() - 12, 12, "rotary_emb.inv_freq") == 0)
                 continue;  // a buffer some exporters keep; recomputed from the config
             throw ShapeError(ckpt.dir() + ": tensor '" + name + "' is not used by a " +
-                             std::to_string(c.n_layer) + "-layer Llama; config.json and the "
+                             std::to_string(c.n_layer) +
+                             "-layer Llama; config.json and the "
                              "weights disagree");
         }
     }
@@ -111,17 +137,17 @@ StageWeights load_stage_weights(const io::HfCheckpoint& ckpt, const StageRange& 
 StageWeights random_stage_weights(const LlamaConfig& c, const StageRange& range,
                                   at::ScalarType dtype, uint64_t seed) {
     check_range(c, range);
-    at::Generator gen = at::detail::createCPUGenerator(seed);
-    const auto    opt = at::TensorOptions().dtype(dtype);
-    auto randn = [&](std::vector<int64_t> shape, double std) {
+    at::Generator gen   = at::detail::createCPUGenerator(seed);
+    const auto    opt   = at::TensorOptions().dtype(dtype);
+    auto          randn = [&](std::vector<int64_t> shape, double std) {
         return at::normal(0.0, std, shape, gen, opt);
     };
-    auto norm = [&] { return 1.0 + randn({c.n_embd}, 0.1); };
+    auto         norm = [&] { return 1.0 + randn({c.n_embd}, 0.1); };
     StageWeights w;
     w.range = range;
     // The embedding is shared with the head when tied: draw it whenever either end is present,
     // from its own generator, so every stage split sees the same values.
-    at::Generator egen = at::detail::createCPUGenerator(seed ^ 0x9e3779b97f4a7c15ULL);
+    at::Generator    egen = at::detail::createCPUGenerator(seed ^ 0x9e3779b97f4a7c15ULL);
     const at::Tensor embd = at::normal(0.0, 0.5, {c.n_vocab, c.n_embd}, egen, opt);
     if (range.first) w.tok_embd = embd;
     for (int64_t il = 0; il < c.n_layer; ++il) {

@@ -43,15 +43,23 @@ Args parse(int argc, char** argv) {
     Args a;
     for (int i = 1; i + 1 < argc; i += 2) {
         const std::string k = argv[i], v = argv[i + 1];
-        if (k == "--model") a.model = v;
-        else if (k == "--seq-len") a.seq_len = std::stoll(v);
-        else if (k == "--batch") a.batch = std::stoll(v);
-        else if (k == "--threads") a.threads = std::stoi(v);
-        else if (k == "--min-seconds") a.min_s = std::stod(v);
-        else throw std::runtime_error("unknown option " + k);
+        if (k == "--model")
+            a.model = v;
+        else if (k == "--seq-len")
+            a.seq_len = std::stoll(v);
+        else if (k == "--batch")
+            a.batch = std::stoll(v);
+        else if (k == "--threads")
+            a.threads = std::stoi(v);
+        else if (k == "--min-seconds")
+            a.min_s = std::stod(v);
+        else
+            throw std::runtime_error("unknown option " + k);
     }
-    if (a.model.empty()) throw std::runtime_error("usage: bench_model --model DIR [--seq-len L] "
-                                                  "[--batch B] [--threads N] [--min-seconds S]");
+    if (a.model.empty())
+        throw std::runtime_error(
+            "usage: bench_model --model DIR [--seq-len L] "
+            "[--batch B] [--threads N] [--min-seconds S]");
     return a;
 }
 
@@ -60,7 +68,8 @@ Args parse(int argc, char** argv) {
 int main(int argc, char** argv) try {
     const Args a = parse(argc, argv);
     rq::cli::set_threads(a.threads);
-    std::printf("# BLAS     : %s\n# threads  : %d (ATen intra-op and OpenBLAS)\n", rq::cli::blas_info().c_str(), a.threads);
+    std::printf("# BLAS     : %s\n# threads  : %d (ATen intra-op and OpenBLAS)\n",
+                rq::cli::blas_info().c_str(), a.threads);
     std::printf("# OPENBLAS_CORETYPE=%s  GLIBC_TUNABLES=%s\n",
                 std::getenv("OPENBLAS_CORETYPE") ? std::getenv("OPENBLAS_CORETYPE") : "(unset)",
                 std::getenv("GLIBC_TUNABLES") ? std::getenv("GLIBC_TUNABLES") : "(unset)");
@@ -74,43 +83,52 @@ int main(int argc, char** argv) try {
     // --- model ---
     rq::io::HfCheckpoint ckpt(a.model);
     const auto&          c = ckpt.config();
-    rq::model::Stage     stage(c, rq::model::load_stage_weights(ckpt, rq::model::whole_model(c), at::kFloat),
-                               a.seq_len);
-    at::Generator        gen = at::detail::createCPUGenerator(1);
-    at::Tensor           tok = at::randint(0, c.n_vocab, {a.batch, a.seq_len}, gen, at::kLong);
-    const double         ntok = double(a.batch * a.seq_len);
+    rq::model::Stage     stage(
+            c, rq::model::load_stage_weights(ckpt, rq::model::whole_model(c), at::kFloat), a.seq_len);
+    at::Generator gen  = at::detail::createCPUGenerator(1);
+    at::Tensor    tok  = at::randint(0, c.n_vocab, {a.batch, a.seq_len}, gen, at::kLong);
+    const double  ntok = double(a.batch * a.seq_len);
 
-    const double t_fwd = time_it([&] {
-        at::NoGradGuard g;
-        stage.forward(tok, tok);
-    }, 1, a.min_s);
+    const double t_fwd = time_it(
+        [&] {
+            at::NoGradGuard g;
+            stage.forward(tok, tok);
+        },
+        1, a.min_s);
     rq::model::enable_linear_grads(stage.weights());
-    const double t_fb = time_it([&] {
-        at::Tensor out = stage.forward(tok, tok);
-        rq::model::stage_backward(tok, out, at::scalar_tensor(1.0 / out.numel()));
-    }, 1, a.min_s);
+    const double t_fb = time_it(
+        [&] {
+            at::Tensor out = stage.forward(tok, tok);
+            rq::model::stage_backward(tok, out, at::scalar_tensor(1.0 / out.numel()));
+        },
+        1, a.min_s);
 
     // Analytic FLOPs per token. N_lin = linear weights in decoder layers; attention computes the
     // full T x T score matrix (QK^T and PV: 4*T*H*D per layer per token); the head uses T-1 of T
     // positions. Backward: 2x forward for layers (input and weight grads), 1x for the head (the
     // tied embedding gets no gradient).
-    const double L = double(c.n_layer), T = double(a.seq_len), H = double(c.n_head), D = double(c.head_dim);
-    const double n_lin = L * double(c.n_embd) * D * (2 * H + 2 * c.n_head_kv) + L * 3.0 * c.n_embd * c.n_ff;
+    const double L = double(c.n_layer), T = double(a.seq_len), H = double(c.n_head),
+                 D = double(c.head_dim);
+    const double n_lin =
+        L * double(c.n_embd) * D * (2 * H + 2 * c.n_head_kv) + L * 3.0 * c.n_embd * c.n_ff;
     const double f_layers = 2 * n_lin + 4 * L * T * H * D;
     const double f_head   = 2.0 * c.n_embd * c.n_vocab * (T - 1) / T;
     const double f_fwd = f_layers + f_head, f_fb = 3 * f_layers + 2 * f_head;
 
     const double fwd_tps = ntok / t_fwd, fb_tps = ntok / t_fb;
     const double fwd_g = fwd_tps * f_fwd / 1e9, fb_g = fb_tps * f_fb / 1e9;
-    std::printf("# FLOPs/token: forward = 2*N_lin + 4*L*T*H*D + 2*C*V*(T-1)/T = %.3g,  "
-                "fwd+bwd = 3*(2*N_lin + 4*L*T*H*D) + 2*(2*C*V*(T-1)/T) = %.3g   (N_lin = %.0f)\n",
-                f_fwd, f_fb, n_lin);
-    std::printf("# %-22s %10s %12s %10s %10s\n", "what", "shape", "tokens/s", "GFLOP/s", "roofline");
-    std::printf("  %-22s %10s %12s %10.1f %9.0f%%\n", "gemm fp32 (roofline)", "2048^3", "-", gemm_g, 100.0);
+    std::printf(
+        "# FLOPs/token: forward = 2*N_lin + 4*L*T*H*D + 2*C*V*(T-1)/T = %.3g,  "
+        "fwd+bwd = 3*(2*N_lin + 4*L*T*H*D) + 2*(2*C*V*(T-1)/T) = %.3g   (N_lin = %.0f)\n",
+        f_fwd, f_fb, n_lin);
+    std::printf("# %-22s %10s %12s %10s %10s\n", "what", "shape", "tokens/s", "GFLOP/s",
+                "roofline");
+    std::printf("  %-22s %10s %12s %10.1f %9.0f%%\n", "gemm fp32 (roofline)", "2048^3", "-", gemm_g,
+                100.0);
     std::printf("  %-22s %4lldx%-5lld %12.0f %10.1f %9.1f%%\n", "forward", (long long)a.batch,
                 (long long)a.seq_len, fwd_tps, fwd_g, 100 * fwd_g / gemm_g);
-    std::printf("  %-22s %4lldx%-5lld %12.0f %10.1f %9.1f%%\n", "forward+backward", (long long)a.batch,
-                (long long)a.seq_len, fb_tps, fb_g, 100 * fb_g / gemm_g);
+    std::printf("  %-22s %4lldx%-5lld %12.0f %10.1f %9.1f%%\n", "forward+backward",
+                (long long)a.batch, (long long)a.seq_len, fb_tps, fb_g, 100 * fb_g / gemm_g);
     std::printf("# forward+backward at %.1f%% of the GEMM roofline (target >= 40%%): %s\n",
                 100 * fb_g / gemm_g, fb_g / gemm_g >= 0.4 ? "OK" : "BELOW TARGET");
     return 0;

@@ -10,7 +10,9 @@
 
 namespace rq::test {
 
-inline std::string shared_dir() { return RQ_SHARED_DIR; }
+inline std::string shared_dir() {
+    return RQ_SHARED_DIR;
+}
 
 inline std::string shared_path(const std::string& rel) {
     const std::string p = shared_dir() + "/" + rel;

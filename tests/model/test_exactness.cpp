@@ -39,26 +39,27 @@ double report_maxdiff(const char* what, const at::Tensor& got, const at::Tensor&
 
 void check_reference(const std::string& name) {
     io::SafetensorsFile ref(test::shared_path("models/" + name + "/reference.safetensors"));
-    at::Tensor tokens = ref.load("tokens", at::kLong);              // [4, T]
-    at::Tensor logits = ref.load("logits", at::kFloat);             // [4, T, V]
-    at::Tensor losses = ref.load("loss_per_sequence", at::kDouble); // [4]
-    Stage      m      = load_model(name, tokens.size(1));
-    at::NoGradGuard g;
-    at::Tensor got = m.forward_logits(tokens);
+    at::Tensor          tokens = ref.load("tokens", at::kLong);               // [4, T]
+    at::Tensor          logits = ref.load("logits", at::kFloat);              // [4, T, V]
+    at::Tensor          losses = ref.load("loss_per_sequence", at::kDouble);  // [4]
+    Stage               m      = load_model(name, tokens.size(1));
+    at::NoGradGuard     g;
+    at::Tensor          got = m.forward_logits(tokens);
     EXPECT_LE(report_maxdiff((name + " logits").c_str(), got, logits), kLogitTol);
     at::Tensor per_seq = m.forward(tokens, tokens).to(at::kDouble).mean(1);  // [4]
     report_maxdiff((name + " loss/seq").c_str(), per_seq, losses);
     for (int64_t i = 0; i < 4; ++i)
         EXPECT_NEAR(per_seq[i].item<double>(), losses[i].item<double>(),
-                    kLossRel * losses[i].item<double>()) << name << " sequence " << i;
+                    kLossRel * losses[i].item<double>())
+            << name << " sequence " << i;
 }
 
 void check_loss(const std::string& model, const std::string& data, int64_t max_seqs,
                 double want_loss, double want_ppl) {
     io::HfCheckpoint ckpt(test::shared_path("models/" + model));
     io::TokenData    d = io::load_eval_data(test::shared_path(data), ckpt.dir(), 256, max_seqs);
-    Stage            m(ckpt.config(), load_stage_weights(ckpt, whole_model(ckpt.config()), at::kFloat),
-                       d.tokens.size(1));
+    Stage m(ckpt.config(), load_stage_weights(ckpt, whole_model(ckpt.config()), at::kFloat),
+            d.tokens.size(1));
     const EvalResult r = evaluate(m, d.tokens, 8);
     std::printf("%s on %s (%lld seqs): loss %.6f (want %.6f)  ppl %.4f (want %.4f)\n",
                 model.c_str(), data.c_str(), (long long)r.n_seqs, r.mean_loss(), want_loss,
@@ -67,9 +68,15 @@ void check_loss(const std::string& model, const std::string& data, int64_t max_s
     EXPECT_NEAR(r.perplexity(), want_ppl, kLossRel * want_ppl);
 }
 
-TEST(Exactness, Llama7mLogits) { check_reference("llama-7m-en"); }
-TEST(Exactness, Stories260kLogits) { check_reference("stories260k"); }
-TEST(Exactness, Llama3TinyRandomLogits) { check_reference("llama3-tiny-random"); }
+TEST(Exactness, Llama7mLogits) {
+    check_reference("llama-7m-en");
+}
+TEST(Exactness, Stories260kLogits) {
+    check_reference("stories260k");
+}
+TEST(Exactness, Llama3TinyRandomLogits) {
+    check_reference("llama3-tiny-random");
+}
 
 TEST(Exactness, Stories260kPerplexity) {
     check_loss("stories260k", "models/stories260k/eval-tokens.safetensors", -1, 2.858844, 17.4413);

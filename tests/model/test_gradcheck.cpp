@@ -10,9 +10,10 @@
 namespace rq::model {
 namespace {
 
-constexpr double kEps     = 1e-6;  // central-difference step (fp64: truncation ~eps², rounding ~1e-10/eps)
-constexpr double kRelTol  = 1e-6;
-constexpr double kAbsTol  = 1e-9;
+constexpr double kEps =
+    1e-6;  // central-difference step (fp64: truncation ~eps², rounding ~1e-10/eps)
+constexpr double kRelTol = 1e-6;
+constexpr double kAbsTol = 1e-9;
 
 double loss_of(const Stage& s, const at::Tensor& in, const at::Tensor& tok) {
     at::NoGradGuard g;
@@ -26,14 +27,14 @@ void check_close(double fd, double ad, const std::string& what) {
 class GradCheck : public ::testing::TestWithParam<bool> {};
 
 TEST_P(GradCheck, LinearWeightsMatchFiniteDifferences) {
-    const auto c   = test::tiny_config(GetParam());
+    const auto c = test::tiny_config(GetParam());
     Stage      s(c, random_stage_weights(c, whole_model(c), at::kDouble, 7), 16);
     at::Tensor tok = test::tiny_tokens(c, 2, 11, 3);
     enable_linear_grads(s.weights());
     at::Tensor out = s.forward(tok, tok);
     stage_backward(tok, out, at::scalar_tensor(1.0 / out.numel(), at::kDouble));
 
-    at::Generator gen = at::detail::createCPUGenerator(11);
+    at::Generator gen     = at::detail::createCPUGenerator(11);
     int           checked = 0;
     for (std::size_t il = 0; il < s.weights().layers.size(); ++il)
         for (Linear l : kLinears) {
@@ -74,10 +75,10 @@ TEST_P(GradCheck, LinearWeightsMatchFiniteDifferences) {
 
 // dF/d(input activations) of a middle stage: what a pipeline sends to the previous rank.
 TEST_P(GradCheck, BoundaryGradientMatchesFiniteDifferences) {
-    const auto c    = test::tiny_config(GetParam());
+    const auto c = test::tiny_config(GetParam());
     Stage      head(c, random_stage_weights(c, {0, 1, true, false}, at::kDouble, 7), 16);
     Stage      tail(c, random_stage_weights(c, {1, 3, false, true}, at::kDouble, 7), 16);
-    at::Tensor tok  = test::tiny_tokens(c, 2, 9, 5);
+    at::Tensor tok = test::tiny_tokens(c, 2, 9, 5);
     at::Tensor x;
     {
         at::NoGradGuard g;
@@ -90,7 +91,7 @@ TEST_P(GradCheck, BoundaryGradientMatchesFiniteDifferences) {
     ASSERT_EQ(gx.sizes(), x.sizes());
     at::Tensor xd = x.detach().clone();
     for (int64_t i : {0L, 17L, 100L, xd.numel() - 1}) {
-        at::Tensor f  = xd.view({-1});
+        at::Tensor   f  = xd.view({-1});
         const double x0 = f[i].item<double>();
         f[i].fill_(x0 + kEps);
         const double fp = loss_of(tail, xd, tok);

@@ -5,8 +5,8 @@
 #include <gtest/gtest.h>
 
 #include "../common/shared_dir.h"
-#include "requant/io/error.h"
 #include "requant/io/dataset.h"
+#include "requant/io/error.h"
 #include "requant/io/hf_checkpoint.h"
 #include "requant/model/llama.h"
 #include "tiny_model.h"
@@ -53,10 +53,11 @@ Grads run_split(const io::HfCheckpoint& ckpt, const std::vector<int64_t>& cuts,
 
 TEST(Stage, SplitEqualsWholeBitwiseStories260k) {
     io::HfCheckpoint ckpt(test::shared_path("models/stories260k"));
-    io::TokenData    d = io::load_token_dataset(
-        test::shared_path("models/stories260k/calib-tokens.safetensors"), 4);
+    io::TokenData    d =
+        io::load_token_dataset(test::shared_path("models/stories260k/calib-tokens.safetensors"), 4);
     const Grads whole = run_split(ckpt, {0, 5}, d.tokens);
-    for (const auto& cuts : std::vector<std::vector<int64_t>>{{0, 2, 5}, {0, 1, 3, 5}, {0, 0, 5, 5}}) {
+    for (const auto& cuts :
+         std::vector<std::vector<int64_t>>{{0, 2, 5}, {0, 1, 3, 5}, {0, 0, 5, 5}}) {
         const Grads split = run_split(ckpt, cuts, d.tokens);
         EXPECT_EQ(split.loss, whole.loss);
         ASSERT_EQ(split.grads.size(), whole.grads.size());

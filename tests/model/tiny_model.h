@@ -9,18 +9,18 @@ namespace rq::test {
 
 inline io::LlamaConfig tiny_config(bool tied) {
     io::LlamaConfig c;
-    c.n_vocab      = 37;
-    c.n_embd       = 24;
-    c.n_ff         = 40;
-    c.n_layer      = 3;
-    c.n_head       = 4;
-    c.n_head_kv    = 2;
-    c.head_dim     = 6;
-    c.n_ctx_train  = 64;
-    c.rms_norm_eps = 1e-5;
-    c.rope_theta   = 500000.0;
-    c.rope.type    = "llama3";
-    c.rope.factor  = 8.0;
+    c.n_vocab                    = 37;
+    c.n_embd                     = 24;
+    c.n_ff                       = 40;
+    c.n_layer                    = 3;
+    c.n_head                     = 4;
+    c.n_head_kv                  = 2;
+    c.head_dim                   = 6;
+    c.n_ctx_train                = 64;
+    c.rms_norm_eps               = 1e-5;
+    c.rope_theta                 = 500000.0;
+    c.rope.type                  = "llama3";
+    c.rope.factor                = 8.0;
     c.rope.low_freq_factor       = 1.0;
     c.rope.high_freq_factor      = 4.0;
     c.rope.original_max_position = 16;

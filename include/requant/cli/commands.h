@@ -8,13 +8,14 @@
 namespace rq::cli {
 
 struct EvalOptions {
-    std::string model;           // HF model folder
-    std::string data;            // text file or token dataset (.safetensors)
-    int64_t     seq_len  = 256;  // windows for text data
-    int64_t     max_seqs = -1;   // -1 = all
-    int64_t     batch    = 8;    // sequences per forward pass
-    int         threads  = 2;    // intra-op threads (fixed default: results depend on it)
-    std::string json;            // results file, empty = none
+    std::string model;                  // HF model folder
+    std::string data;                   // text file or token dataset (.safetensors)
+    int64_t     seq_len       = 256;    // windows for text data
+    bool        seq_len_given = false;  // --seq-len was on the command line
+    int64_t     max_seqs      = -1;     // -1 = all
+    int64_t     batch         = 8;      // sequences per forward pass
+    int         threads       = 2;      // intra-op threads (fixed default: results depend on it)
+    std::string json;                   // results file, empty = none
 };
 
 int run_eval(const EvalOptions& o);

@@ -9,13 +9,13 @@
 namespace rq::cli {
 
 class Progress {
-public:
+  public:
     Progress(std::string label, int64_t total, std::string unit);
-    void update(int64_t done);  // done in [0, total]
-    void finish();              // final line with the elapsed time
+    void   update(int64_t done);  // done in [0, total]
+    void   finish();              // final line with the elapsed time
     double elapsed_s() const;
 
-private:
+  private:
     std::string                           label_, unit_;
     int64_t                               total_, done_ = 0;
     bool                                  tty_;

@@ -10,10 +10,10 @@
 namespace rq::io {
 
 struct TokenData {
-    at::Tensor  tokens;          // int64 [N, T]
-    int64_t     n_available = 0; // windows/rows in the source before max_seqs was applied
-    int64_t     n_tokens    = 0; // tokens in the source (text: after encoding)
-    std::string source;          // the data file
+    at::Tensor  tokens;           // int64 [N, T]
+    int64_t     n_available = 0;  // windows/rows in the source before max_seqs was applied
+    int64_t     n_tokens    = 0;  // tokens in the source (text: after encoding)
+    std::string source;           // the data file
 };
 
 // A safetensors file with an integer `tokens` tensor [N, T]; other tensors are ignored.

@@ -8,23 +8,23 @@
 namespace rq {
 
 class Error : public std::runtime_error {
-public:
+  public:
     explicit Error(const std::string& what) : std::runtime_error(what) {}
 };
 class IoError : public Error {  // a file cannot be opened, read, mapped or written
-public:
+  public:
     using Error::Error;
 };
 class FormatError : public Error {  // a file's bytes do not follow its format
-public:
+  public:
     using Error::Error;
 };
 class ShapeError : public Error {  // a tensor's shape or dtype disagrees with the config
-public:
+  public:
     using Error::Error;
 };
 class ConfigError : public Error {  // a config, job or option value is invalid or unsupported
-public:
+  public:
     using Error::Error;
 };
 

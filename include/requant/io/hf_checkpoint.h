@@ -18,13 +18,13 @@
 namespace rq::io {
 
 class HfCheckpoint {
-public:
+  public:
     // Reads config.json and the index (if any). Throws IoError / FormatError / ConfigError.
     explicit HfCheckpoint(std::string dir);
 
-    const std::string& dir() const { return dir_; }
-    const LlamaConfig& config() const { return config_; }
-    bool               contains(const std::string& name) const;
+    const std::string&       dir() const { return dir_; }
+    const LlamaConfig&       config() const { return config_; }
+    bool                     contains(const std::string& name) const;
     std::vector<std::string> tensor_names() const;  // every tensor of every shard
 
     // The tensor `name`, checked against `shape`, converted to `dtype`. Throws FormatError if it
@@ -36,7 +36,7 @@ public:
     const std::set<std::string>& used() const { return used_; }
     std::vector<std::string>     unused() const;
 
-private:
+  private:
     const SafetensorsFile& shard(const std::string& file) const;
 
     std::string                                                     dir_;

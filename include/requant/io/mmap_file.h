@@ -9,7 +9,7 @@
 namespace rq::io {
 
 class MappedFile {
-public:
+  public:
     // Throws IoError naming the path when the file cannot be opened, stat'ed or mapped.
     explicit MappedFile(std::string path);
     ~MappedFile();
@@ -20,7 +20,7 @@ public:
     std::size_t         size() const { return size_; }
     const std::string&  path() const { return path_; }
 
-private:
+  private:
     std::string         path_;
     const std::uint8_t* data_ = nullptr;
     std::size_t         size_ = 0;

@@ -26,13 +26,13 @@ struct TensorInfo {
     std::uint64_t        end   = 0;
 };
 
-const char*    dtype_name(DType dt);           // "BF16", ...
-std::size_t    dtype_size(DType dt);           // bytes per element
-at::ScalarType dtype_scalar_type(DType dt);    // at::kBFloat16, ...
+const char*    dtype_name(DType dt);                             // "BF16", ...
+std::size_t    dtype_size(DType dt);                             // bytes per element
+at::ScalarType dtype_scalar_type(DType dt);                      // at::kBFloat16, ...
 std::string    shape_string(const std::vector<int64_t>& shape);  // "[256, 4096]"
 
 class SafetensorsFile {
-public:
+  public:
     // Maps the file and validates the header: throws IoError (open/map) or FormatError naming
     // the file (and tensor) for truncation, a header length beyond the file, bad JSON, unknown
     // dtypes, negative shapes, offsets out of range, overlapping, or disagreeing with the shape.
@@ -49,7 +49,7 @@ public:
     // As load(), keeping the stored dtype.
     at::Tensor load(const std::string& name) const;
 
-private:
+  private:
     MappedFile                         file_;
     std::uint64_t                      data_offset_ = 0;  // 8 + header length
     std::vector<TensorInfo>            tensors_;          // in file order

@@ -12,7 +12,7 @@
 namespace rq::io {
 
 class Tokenizer {
-public:
+  public:
     // Throws IoError if the file or the shim cannot be found, FormatError if sentencepiece
     // cannot parse the model.
     explicit Tokenizer(const std::string& model_path);
@@ -26,7 +26,7 @@ public:
     int                  bos_id() const;
     int                  eos_id() const;
 
-private:
+  private:
     struct Impl;
     std::unique_ptr<Impl> impl_;
 };

@@ -13,15 +13,16 @@
 
 namespace rq::model {
 
-at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w, double eps);     // x [.., C]
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w, double eps);  // x [.., C]
 at::Tensor attention(const at::Tensor& x, const LayerWeights& w, const LlamaConfig& c,
-                     const RopeTables& rope);                                  // [B, T, C]
-at::Tensor mlp(const at::Tensor& x, const LayerWeights& w);                    // [B, T, C]
+                     const RopeTables& rope);                // [B, T, C]
+at::Tensor mlp(const at::Tensor& x, const LayerWeights& w);  // [B, T, C]
 at::Tensor decoder_layer(const at::Tensor& x, const LayerWeights& w, const LlamaConfig& c,
-                         const RopeTables& rope);                              // [B, T, C]
-at::Tensor embed(const at::Tensor& tokens, const at::Tensor& tok_embd);        // int64 [B, T] -> [B, T, C]
+                         const RopeTables& rope);  // [B, T, C]
+at::Tensor embed(const at::Tensor& tokens,
+                 const at::Tensor& tok_embd);  // int64 [B, T] -> [B, T, C]
 at::Tensor lm_logits(const at::Tensor& x, const at::Tensor& out_norm, const at::Tensor& head,
-                     double eps);                                              // [B, T, V]
+                     double eps);  // [B, T, V]
 // Next-token cross-entropy per predicted position: logits [B, T, V], tokens [B, T] -> [B, T-1]
 // (position t predicts token t+1; the loss F is the mean over every entry).
 at::Tensor next_token_losses(const at::Tensor& logits, const at::Tensor& tokens);
@@ -29,7 +30,7 @@ at::Tensor next_token_losses(const at::Tensor& logits, const at::Tensor& tokens)
 // One pipeline stage. forward() takes token ids (first stage) or boundary activations, and
 // returns boundary activations or, on the last stage, per-position losses [B, T-1].
 class Stage {
-public:
+  public:
     Stage(LlamaConfig config, StageWeights weights, int64_t max_seq_len);
 
     const LlamaConfig&  config() const { return config_; }
@@ -44,7 +45,7 @@ public:
     // Logits of the last stage, [B, T, V] (evaluation and reference checks).
     at::Tensor forward_logits(const at::Tensor& in) const;
 
-private:
+  private:
     at::Tensor hidden(const at::Tensor& in) const;  // embedding (first) + this stage's layers
 
     LlamaConfig  config_;

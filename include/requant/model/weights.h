@@ -21,7 +21,7 @@ using io::LlamaConfig;
 enum class Linear { Q, K, V, O, Gate, Up, Down };
 constexpr std::array<Linear, 7> kLinears = {Linear::Q,    Linear::K,  Linear::V,   Linear::O,
                                             Linear::Gate, Linear::Up, Linear::Down};
-const char* linear_name(Linear l);  // "q_proj", ... (HF module names)
+const char*                     linear_name(Linear l);  // "q_proj", ... (HF module names)
 
 struct LayerWeights {
     at::Tensor attn_norm;  // [C]
