@@ -1,4 +1,6 @@
-// requant-dist eval: loss and perplexity of a model on a text file or token dataset.
+// requant-dist eval: loss and perplexity of a model on a text file or token dataset, on one
+// process or across an MPI pipeline (mpirun -np P): rank 0 reads and tokenizes the data and
+// broadcasts it, each rank loads only its stage's tensors, microbatches stream through.
 #include <ATen/ATen.h>
 #include <spdlog/spdlog.h>
 
@@ -9,6 +11,11 @@
 #include "requant/cli/commands.h"
 #include "requant/cli/progress.h"
 #include "requant/cli/sysinfo.h"
+#include "requant/dist/control.h"
+#include "requant/dist/mpi_env.h"
+#include "requant/dist/partition.h"
+#include "requant/dist/schedule.h"
+#include "requant/dist/transport.h"
 #include "requant/io/dataset.h"
 #include "requant/io/error.h"
 #include "requant/io/hf_checkpoint.h"
@@ -16,46 +23,86 @@
 
 namespace rq::cli {
 
+namespace {
+
+// Rank 0's token tensor on every rank.
+at::Tensor share_tokens(dist::Transport& t, at::Tensor tokens) {
+    std::vector<int64_t> shape = tokens.defined() ? tokens.sizes().vec() : std::vector<int64_t>{};
+    dist::broadcast_object(shape, 0, t.rank());
+    if (t.rank() != 0) tokens = at::empty(shape, at::kLong);
+    t.broadcast(tokens, 0)->wait();
+    return tokens;
+}
+
+void print_ranks(const std::vector<dist::RankStatus>& all) {
+    std::fprintf(stderr, "  rank  host          layers     peak RSS (MiB)   busy (s)   wall (s)\n");
+    for (const auto& s : all)
+        std::fprintf(stderr, "  %4d  %-12s  [%3lld,%3lld)  %14.1f  %9.2f  %9.2f\n", s.rank,
+                     s.host.c_str(), (long long)s.layer_begin, (long long)s.layer_end,
+                     s.peak_rss / 1048576.0, s.busy_s, s.wall_s);
+}
+
+}  // namespace
+
 int run_eval(const EvalOptions& o) {
     set_threads(o.threads);
-    io::HfCheckpoint ckpt(o.model);
-    const auto&      cfg = ckpt.config();
-    spdlog::info("model {}: {} layers, hidden {}, {} heads ({} kv), vocab {}, {:.2f} M params",
-                 o.model, cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.n_head_kv, cfg.n_vocab,
-                 io::n_params(cfg) / 1e6);
-    io::TokenData data = io::load_eval_data(o.data, ckpt.dir(), o.seq_len, o.max_seqs);
-    const int64_t N = data.tokens.size(0), T = data.tokens.size(1);
-    if (o.seq_len_given && T != o.seq_len)
-        spdlog::warn("--seq-len {} ignored: {} is a token dataset of sequences of {}", o.seq_len,
-                     io::base_name(o.data), T);
-    model::check_token_ids(data.tokens, cfg.n_vocab, io::base_name(o.data));
-    spdlog::info("data {}: {} tokens, {} sequences of {} (using {}); {} threads, {}", o.data,
-                 data.n_tokens, data.n_available, T, N, o.threads, blas_info());
+    auto              transport = dist::make_mpi_transport();
+    const int         rank = transport->rank(), P = transport->size();
+    io::HfCheckpoint  ckpt(o.model);
+    const auto&       cfg = ckpt.config();
 
-    model::Stage stage(cfg, model::load_stage_weights(ckpt, model::whole_model(cfg), at::kFloat),
-                       T);
-    Progress     progress("eval", N, "seqs");
-    const auto   r =
-        model::evaluate(stage, data.tokens, o.batch, [&](int64_t done) { progress.update(done); });
-    progress.finish();
-    const double secs = progress.elapsed_s();
+    at::Tensor tokens;
+    int64_t    n_available = 0;
+    if (rank == 0) {
+        spdlog::info("model {}: {} layers, hidden {}, {} heads ({} kv), vocab {}, {:.2f} M params",
+                     o.model, cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.n_head_kv, cfg.n_vocab,
+                     io::n_params(cfg) / 1e6);
+        io::TokenData data = io::load_eval_data(o.data, ckpt.dir(), o.seq_len, o.max_seqs);
+        model::check_token_ids(data.tokens, cfg.n_vocab, io::base_name(o.data));
+        tokens      = data.tokens;
+        n_available = data.n_available;
+        if (o.seq_len_given && tokens.size(1) != o.seq_len)
+            spdlog::warn("--seq-len {} ignored: {} is a token dataset of sequences of {}", o.seq_len,
+                         io::base_name(o.data), tokens.size(1));
+        spdlog::info("data {}: {} tokens, {} sequences of {} (using {}); {} ranks x {} threads, {}",
+                     o.data, data.n_tokens, n_available, tokens.size(1), tokens.size(0), P,
+                     o.threads, blas_info());
+    }
+    tokens          = share_tokens(*transport, tokens);
+    const int64_t N = tokens.size(0), T = tokens.size(1);
 
-    std::printf(
-        "loss %.6f  perplexity %.4f  (%lld sequences x %lld tokens, %lld predictions, "
-        "%.0f tokens/s)\n",
-        r.mean_loss(), r.perplexity(), (long long)N, (long long)T, (long long)r.n_predicted,
-        double(N * T) / secs);
+    const dist::PipelinePlan plan = dist::plan_pipeline(cfg, P, T);
+    if (rank == 0 && P > 1) std::fprintf(stderr, "%s", dist::format_plan(plan).c_str());
+    const auto&  range = plan.stages[std::size_t(rank)].range;
+    model::Stage stage(cfg, model::load_stage_weights(ckpt, range, at::kFloat), T);
+    dist::PipelineRunner runner(stage, *transport, o.batch);
+
+    const int64_t M = (N + o.batch - 1) / o.batch;
+    Progress      progress("eval", M, "microbatches");
+    const auto    loss = runner.forward(tokens, [&](int64_t done) {
+        if (rank == 0) progress.update(done);
+    });
+    if (rank == 0) progress.finish();
+
+    dist::RankStatus me{rank, dist::host_name(), range.layer_begin, range.layer_end,
+                        dist::peak_rss_bytes(), runner.stats().wall_s, runner.stats().busy_s};
+    const auto all = dist::gather_objects(me, 0);
+    if (rank != 0) return 0;
+    if (P > 1) print_ranks(all);
+
+    const double secs = runner.stats().wall_s, ppl = std::exp(loss.mean());
+    std::printf("loss %.6f  perplexity %.4f  (%lld sequences x %lld tokens, %lld predictions, "
+                "%d ranks, %.0f tokens/s)\n",
+                loss.mean(), ppl, (long long)N, (long long)T, (long long)loss.n_predicted, P,
+                double(N * T) / secs);
     if (!o.json.empty()) {
-        nlohmann::json j = {{"loss", r.mean_loss()},
-                            {"perplexity", r.perplexity()},
-                            {"tokens", r.n_predicted},
-                            {"seqs", r.n_seqs},
-                            {"seq_len", T},
-                            {"model", o.model},
-                            {"data", o.data},
-                            {"seconds", secs},
-                            {"threads", o.threads}};
-        std::ofstream  out(o.json);
+        nlohmann::json j = {{"loss", loss.mean()},      {"perplexity", ppl},
+                            {"tokens", loss.n_predicted}, {"seqs", N},
+                            {"seq_len", T},             {"model", o.model},
+                            {"data", o.data},           {"seconds", secs},
+                            {"threads", o.threads},     {"ranks", P}};
+        for (const auto& s : all) j["peak_rss_bytes"].push_back(s.peak_rss);
+        std::ofstream out(o.json);
         if (!out) throw IoError(o.json + ": cannot write: " + errno_string());
         out << j.dump(2) << "\n";
     }

@@ -5,9 +5,12 @@
 #include <CLI/CLI.hpp>
 
 #include <cstdio>
+#include <optional>
 
 #include "requant/cli/commands.h"
 #include "requant/cli/sysinfo.h"
+#include "requant/dist/control.h"
+#include "requant/dist/mpi_env.h"
 #include "requant/io/error.h"
 
 #ifndef RQ_VERSION
@@ -60,21 +63,35 @@ int main(int argc, char** argv) {
     } catch (const CLI::ParseError& e) {
         return app.exit(e) == 0 ? 0 : 2;  // --help/--version exit 0; bad usage exits 2
     }
-    spdlog::set_pattern("[%H:%M:%S %l] %v");
+    // One MPI job: every rank parses the same command line; rank 0's parse is broadcast so all
+    // ranks act on identical options. An error on any rank is printed by that rank and ends
+    // every rank (MPI_Abort): a rank that died alone would leave its peers hung.
+    int                             rank = 0, size = 1;
+    std::optional<rq::dist::MpiEnv> mpi;  // outlives the handlers below: abort needs MPI alive
     try {
+        mpi.emplace(&argc, &argv);
+        rank = mpi->rank();
+        size = mpi->size();
+        spdlog::set_pattern(size > 1 ? "[%H:%M:%S %l rank " + std::to_string(rank) + "] %v"
+                                     : "[%H:%M:%S %l] %v");
+        if (rank != 0) spdlog::set_level(spdlog::level::warn);
+        int rc = 0;
         if (*eval) {
             eo.seq_len_given = seq_len_opt->count() > 0;
-            return rq::cli::run_eval(eo);
+            rq::dist::broadcast_object(eo, 0, rank);
+            rc = rq::cli::run_eval(eo);
         }
+        return rc;
     } catch (const rq::Error& e) {
-        std::fprintf(stderr, "requant-dist: error: %s\n", e.what());
-        return 1;
+        std::fprintf(stderr, "%srequant-dist: error: %s\n",
+                     size > 1 ? ("[rank " + std::to_string(rank) + "] ").c_str() : "", e.what());
     } catch (const c10::Error& e) {
-        std::fprintf(stderr, "requant-dist: error (libtorch): %s\n", e.what_without_backtrace());
-        return 1;
+        std::fprintf(stderr, "[rank %d] requant-dist: error (libtorch): %s\n", rank,
+                     e.what_without_backtrace());
     } catch (const std::exception& e) {
-        std::fprintf(stderr, "requant-dist: internal error: %s\n", e.what());
-        return 2;
+        std::fprintf(stderr, "[rank %d] requant-dist: internal error: %s\n", rank, e.what());
     }
-    return 0;
+    std::fflush(stderr);
+    if (size > 1) rq::dist::abort_job(1);
+    return 1;
 }

@@ -16,6 +16,11 @@ struct EvalOptions {
     int64_t     batch         = 8;      // sequences per forward pass
     int         threads       = 2;      // intra-op threads (fixed default: results depend on it)
     std::string json;                   // results file, empty = none
+
+    template <class Ar>
+    void serialize(Ar& ar, unsigned /*version*/) {  // broadcast from rank 0 to every rank
+        ar & model & data & seq_len & seq_len_given & max_seqs & batch & threads & json;
+    }
 };
 
 int run_eval(const EvalOptions& o);

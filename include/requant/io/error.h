@@ -28,6 +28,15 @@ class ConfigError : public Error {  // a config, job or option value is invalid 
     using Error::Error;
 };
 
+class MpiError : public Error {  // an MPI call failed (message has file:line and MPI's text)
+public:
+    using Error::Error;
+};
+class NcclError : public Error {  // an NCCL or CUDA runtime call failed
+public:
+    using Error::Error;
+};
+
 // "<errno text>" for the current errno, for IoError messages.
 std::string errno_string();
 
