@@ -1,19 +1,45 @@
 #!/usr/bin/env bash
-# Benchmarks, one run, results as ratios: the fp32 GEMM roofline of this machine and the BLAS in
-# use, then forward and forward+backward throughput of llama-7m-en at sequence length 256 and
-# their fraction of the roofline. Needs a build (launch/setup.sh).
-# Environment: RQ_BENCH_THREADS (default 2), RQ_BENCH_BATCH (8), RQ_BENCH_SECONDS (3).
+# Benchmarks, one run, results as ratios. Needs a build (launch/setup.sh).
+#  1. the fp32 GEMM roofline and the BLAS in use; llama-7m-en forward and forward+backward at
+#     sequence length 256 and their fraction of the roofline (FLOPs counted analytically);
+#  2. the 1F1B pipeline: forward+backward tokens/s for P = 1 and P = 2 on llama-7m-en, the
+#     measured bubble against the ideal (P-1)/(M+P-1), peak RSS per rank for P = 1, 2, 4;
+#  3. peak RSS per rank for P = 1, 2, 4 on a synthetic 1.3 GB (BF16) model in HF layout, written
+#     once to $RQ_BENCH_TMP (default /tmp/requant-synth-1b3).
+# Environment: RQ_BENCH_THREADS (2), RQ_BENCH_BATCH (8), RQ_BENCH_SECONDS (3), RQ_BENCH_SYNTH (1).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 rq_need_shared
 # OpenBLAS 0.3.21 may take an AVX-512 EPYC for Haswell; SkylakeX kernels are then ~2x faster.
 # Only where the CPU has AVX-512 (else SIGILL), and only in launchers and benchmarks.
 if [ -z "${OPENBLAS_CORETYPE:-}" ] && grep -q avx512f /proc/cpuinfo; then
-  if ! "$RQ_BUILD/bin/requant-dist" --version | grep -qiE "core=(SkylakeX|Cooperlake|SapphireRapids)"; then
+  if ! "$RQ_BIN" --version | grep -qiE "core=(SkylakeX|Cooperlake|SapphireRapids)"; then
     export OPENBLAS_CORETYPE=SkylakeX
   fi
 fi
+M7=$RQ_SHARED/models/llama-7m-en
 echo "# machine  : $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
 echo "# env      : OMP_WAIT_POLICY=$OMP_WAIT_POLICY OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-(auto)}"
-"$RQ_BUILD/bin/bench_model" --model "$RQ_SHARED/models/llama-7m-en" --seq-len 256 \
-  --batch "${RQ_BENCH_BATCH:-8}" --threads "${RQ_BENCH_THREADS:-2}" --min-seconds "${RQ_BENCH_SECONDS:-3}"
+echo "## 1. single process vs the GEMM roofline"
+"$RQ_BUILD/bin/bench_model" --model "$M7" --seq-len 256 --batch "${RQ_BENCH_BATCH:-8}" \
+  --threads "${RQ_BENCH_THREADS:-2}" --min-seconds "${RQ_BENCH_SECONDS:-3}"
+
+echo "## 2. 1F1B pipeline, llama-7m-en, 32 sequences x 256, microbatch 2 (M = 16)"
+BP="$RQ_BUILD/bin/bench_pipeline --model $M7 --seqs 32 --seq-len 256 --microbatch 2 --reps 2"
+out=$(mktemp); trap 'rm -f "$out"' EXIT
+$BP --threads 2 | tee -a "$out"
+mpirun -np 2 $BP --threads 1 | tee -a "$out"
+mpirun -np 2 $BP --threads 2 | tee -a "$out"
+mpirun -np 4 --oversubscribe $BP --threads 1 | tee -a "$out"
+awk '/P=1 threads=2/ {p1=$4} /P=2 threads=1/ {p2=$4} END {
+  printf "# P=2 (1 thread/rank) / P=1 (2 threads) forward+backward throughput: %.2fx\n", p2/p1 }' "$out"
+
+if [ "${RQ_BENCH_SYNTH:-1}" = 1 ]; then
+  SYN=${RQ_BENCH_TMP:-/tmp/requant-synth-1b3}
+  [ -f "$SYN/model.safetensors.index.json" ] || "$RQ_BUILD/bin/make_synthetic_model" "$SYN"
+  echo "## 3. synthetic model $(du -sh "$SYN" | cut -f1) (BF16 on disk, fp32 in memory), forward, peak RSS per rank"
+  for np in 1 2 4; do
+    mpirun -np $np --oversubscribe "$RQ_BUILD/bin/bench_pipeline" --model "$SYN" --seqs 2 \
+      --seq-len 32 --microbatch 1 --reps 1 --forward-only 1 --threads 1
+  done
+fi

@@ -40,6 +40,15 @@ MappedFile::~MappedFile() {
     if (data_ != nullptr) ::munmap(const_cast<std::uint8_t*>(data_), size_);
 }
 
+void MappedFile::release(std::size_t offset, std::size_t len) const {
+    if (data_ == nullptr || len == 0) return;
+    const std::size_t page  = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
+    const std::size_t begin = (offset + page - 1) / page * page;  // whole pages inside the range
+    const std::size_t end   = (offset + len) / page * page;
+    if (end > begin)
+        ::madvise(const_cast<std::uint8_t*>(data_) + begin, end - begin, MADV_DONTNEED);
+}
+
 std::string base_name(const std::string& path) {
     const auto slash = path.find_last_of('/');
     return slash == std::string::npos ? path : path.substr(slash + 1);

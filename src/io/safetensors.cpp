@@ -163,8 +163,10 @@ at::Tensor SafetensorsFile::load(const std::string& name, at::ScalarType dtype) 
     // and the result must outlive the map.
     const auto st  = dtype_scalar_type(t->dtype);
     at::Tensor raw = at::empty(t->shape, at::TensorOptions().dtype(st));
-    if (t->end > t->begin)
+    if (t->end > t->begin) {
         std::memcpy(raw.data_ptr(), file_.data() + data_offset_ + t->begin, t->end - t->begin);
+        file_.release(data_offset_ + t->begin, t->end - t->begin);
+    }
     return st == dtype ? raw : raw.to(dtype);
 }
 

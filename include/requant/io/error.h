@@ -29,11 +29,11 @@ class ConfigError : public Error {  // a config, job or option value is invalid 
 };
 
 class MpiError : public Error {  // an MPI call failed (message has file:line and MPI's text)
-public:
+  public:
     using Error::Error;
 };
 class NcclError : public Error {  // an NCCL or CUDA runtime call failed
-public:
+  public:
     using Error::Error;
 };
 

@@ -19,6 +19,10 @@ class MappedFile {
     const std::uint8_t* data() const { return data_; }
     std::size_t         size() const { return size_; }
     const std::string&  path() const { return path_; }
+    // Drops the pages of [offset, offset+len) from this process's resident set (they are clean
+    // file pages; a later read faults them back in). Used after a tensor has been copied out,
+    // so a rank's memory holds its tensors once, not twice.
+    void release(std::size_t offset, std::size_t len) const;
 
   private:
     std::string         path_;

@@ -1,0 +1,86 @@
+// bench_pipeline: forward+backward throughput of the 1F1B pipeline under mpirun, the measured
+// bubble fraction against the ideal (P-1)/(M+P-1), and peak memory per rank.
+// Usage: mpirun -np P bench_pipeline --model DIR [--seqs N] [--seq-len T] [--microbatch B]
+//        [--threads n] [--reps R] [--forward-only 1]
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <chrono>
+#include <cstdio>
+#include <string>
+
+#include "requant/cli/sysinfo.h"
+#include "requant/dist/control.h"
+#include "requant/dist/mpi_env.h"
+#include "requant/dist/partition.h"
+#include "requant/dist/schedule.h"
+#include "requant/io/hf_checkpoint.h"
+
+int main(int argc, char** argv) {
+    rq::dist::MpiEnv env(&argc, &argv);
+    try {
+        std::string model;
+        int64_t     N = 16, T = 256, mb = 2, reps = 2;
+        int         threads  = 1;
+        bool        fwd_only = false;
+        for (int i = 1; i + 1 < argc; i += 2) {
+            const std::string k = argv[i], v = argv[i + 1];
+            if (k == "--model")
+                model = v;
+            else if (k == "--seqs")
+                N = std::stoll(v);
+            else if (k == "--seq-len")
+                T = std::stoll(v);
+            else if (k == "--microbatch")
+                mb = std::stoll(v);
+            else if (k == "--threads")
+                threads = std::stoi(v);
+            else if (k == "--reps")
+                reps = std::stoll(v);
+            else if (k == "--forward-only")
+                fwd_only = v == "1";
+            else
+                throw std::runtime_error("unknown option " + k);
+        }
+        rq::cli::set_threads(threads);
+        auto                 t = rq::dist::make_mpi_transport();
+        rq::io::HfCheckpoint ckpt(model);
+        const auto           plan  = rq::dist::plan_pipeline(ckpt.config(), t->size(), T);
+        const auto&          range = plan.stages[std::size_t(t->rank())].range;
+        rq::model::Stage     stage(ckpt.config(),
+                                   rq::model::load_stage_weights(ckpt, range, at::kFloat), T);
+        if (!fwd_only) rq::model::enable_linear_grads(stage.weights());
+        at::Generator            g   = at::detail::createCPUGenerator(1);
+        at::Tensor               tok = at::randint(0, ckpt.config().n_vocab, {N, T}, g, at::kLong);
+        rq::dist::PipelineRunner runner(stage, *t, mb);
+        auto pass = [&] { fwd_only ? runner.forward(tok) : runner.forward_backward(tok); };
+        pass();  // warm-up
+        double wall = 0, busy = 0;
+        for (int64_t r = 0; r < reps; ++r) {
+            pass();
+            wall += runner.stats().wall_s;
+            busy += runner.stats().busy_s;
+        }
+        rq::dist::RankStatus me{t->rank(),       rq::dist::host_name(),      range.layer_begin,
+                                range.layer_end, rq::dist::peak_rss_bytes(), wall / reps,
+                                busy / reps};
+        const auto           all = rq::dist::gather_objects(me, 0);
+        if (t->rank() == 0) {
+            const int64_t M    = (N + mb - 1) / mb;
+            double        wmax = 0, bubble = 0;
+            for (const auto& s : all)
+                wmax = std::max(wmax, s.wall_s), bubble += 1 - s.busy_s / s.wall_s;
+            bubble /= double(all.size());
+            std::printf("  %-8s P=%d threads=%d  %6.0f tokens/s", fwd_only ? "fwd" : "fwd+bwd",
+                        t->size(), threads, double(N * T) / wmax);
+            std::printf("    M=%lld  bubble %.3f (ideal %.3f)  peak RSS/rank MiB:", (long long)M,
+                        bubble, rq::dist::PipelineRunner::ideal_bubble(t->size(), M));
+            for (const auto& s : all) std::printf(" %.0f", s.peak_rss / 1048576.0);
+            std::printf("\n");
+        }
+        return 0;
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "[rank %d] bench_pipeline: %s\n", env.rank(), e.what());
+        rq::dist::abort_job(1);
+    }
+}
