@@ -35,21 +35,24 @@ at::Tensor share_tokens(dist::Transport& t, at::Tensor tokens) {
 }
 
 void print_ranks(const std::vector<dist::RankStatus>& all) {
-    std::fprintf(stderr, "  rank  host          layers     peak RSS (MiB)   busy (s)   wall (s)\n");
+    std::fprintf(stderr,
+                 "  rank  host          layers     tensors  loaded (MiB)  peak RSS (MiB)  busy (s) "
+                 " wall (s)\n");
     for (const auto& s : all)
-        std::fprintf(stderr, "  %4d  %-12s  [%3lld,%3lld)  %14.1f  %9.2f  %9.2f\n", s.rank,
-                     s.host.c_str(), (long long)s.layer_begin, (long long)s.layer_end,
-                     s.peak_rss / 1048576.0, s.busy_s, s.wall_s);
+        std::fprintf(stderr, "  %4d  %-12s  [%3lld,%3lld)  %7lld  %12.1f  %14.1f  %8.2f  %8.2f\n",
+                     s.rank, s.host.c_str(), (long long)s.layer_begin, (long long)s.layer_end,
+                     (long long)s.n_tensors, s.n_bytes / 1048576.0, s.peak_rss / 1048576.0,
+                     s.busy_s, s.wall_s);
 }
 
 }  // namespace
 
 int run_eval(const EvalOptions& o) {
     set_threads(o.threads);
-    auto              transport = dist::make_mpi_transport();
-    const int         rank = transport->rank(), P = transport->size();
-    io::HfCheckpoint  ckpt(o.model);
-    const auto&       cfg = ckpt.config();
+    auto             transport = dist::make_mpi_transport();
+    const int        rank = transport->rank(), P = transport->size();
+    io::HfCheckpoint ckpt(o.model);
+    const auto&      cfg = ckpt.config();
 
     at::Tensor tokens;
     int64_t    n_available = 0;
@@ -62,8 +65,8 @@ int run_eval(const EvalOptions& o) {
         tokens      = data.tokens;
         n_available = data.n_available;
         if (o.seq_len_given && tokens.size(1) != o.seq_len)
-            spdlog::warn("--seq-len {} ignored: {} is a token dataset of sequences of {}", o.seq_len,
-                         io::base_name(o.data), tokens.size(1));
+            spdlog::warn("--seq-len {} ignored: {} is a token dataset of sequences of {}",
+                         o.seq_len, io::base_name(o.data), tokens.size(1));
         spdlog::info("data {}: {} tokens, {} sequences of {} (using {}); {} ranks x {} threads, {}",
                      o.data, data.n_tokens, n_available, tokens.size(1), tokens.size(0), P,
                      o.threads, blas_info());
@@ -73,8 +76,8 @@ int run_eval(const EvalOptions& o) {
 
     const dist::PipelinePlan plan = dist::plan_pipeline(cfg, P, T);
     if (rank == 0 && P > 1) std::fprintf(stderr, "%s", dist::format_plan(plan).c_str());
-    const auto&  range = plan.stages[std::size_t(rank)].range;
-    model::Stage stage(cfg, model::load_stage_weights(ckpt, range, at::kFloat), T);
+    const auto&          range = plan.stages[std::size_t(rank)].range;
+    model::Stage         stage(cfg, model::load_stage_weights(ckpt, range, at::kFloat), T);
     dist::PipelineRunner runner(stage, *transport, o.batch);
 
     const int64_t M = (N + o.batch - 1) / o.batch;
@@ -84,23 +87,31 @@ int run_eval(const EvalOptions& o) {
     });
     if (rank == 0) progress.finish();
 
-    dist::RankStatus me{rank, dist::host_name(), range.layer_begin, range.layer_end,
-                        dist::peak_rss_bytes(), runner.stats().wall_s, runner.stats().busy_s};
-    const auto all = dist::gather_objects(me, 0);
+    dist::RankStatus me{rank,
+                        dist::host_name(),
+                        range.layer_begin,
+                        range.layer_end,
+                        dist::peak_rss_bytes(),
+                        runner.stats().wall_s,
+                        runner.stats().busy_s,
+                        int64_t(ckpt.used().size()),
+                        int64_t(ckpt.bytes_loaded())};
+    const auto       all = dist::gather_objects(me, 0);
     if (rank != 0) return 0;
     if (P > 1) print_ranks(all);
 
     const double secs = runner.stats().wall_s, ppl = std::exp(loss.mean());
-    std::printf("loss %.6f  perplexity %.4f  (%lld sequences x %lld tokens, %lld predictions, "
-                "%d ranks, %.0f tokens/s)\n",
-                loss.mean(), ppl, (long long)N, (long long)T, (long long)loss.n_predicted, P,
-                double(N * T) / secs);
+    std::printf(
+        "loss %.6f  perplexity %.4f  (%lld sequences x %lld tokens, %lld predictions, "
+        "%d ranks, %.0f tokens/s)\n",
+        loss.mean(), ppl, (long long)N, (long long)T, (long long)loss.n_predicted, P,
+        double(N * T) / secs);
     if (!o.json.empty()) {
-        nlohmann::json j = {{"loss", loss.mean()},      {"perplexity", ppl},
-                            {"tokens", loss.n_predicted}, {"seqs", N},
-                            {"seq_len", T},             {"model", o.model},
-                            {"data", o.data},           {"seconds", secs},
-                            {"threads", o.threads},     {"ranks", P}};
+        nlohmann::json j = {
+            {"loss", loss.mean()}, {"perplexity", ppl}, {"tokens", loss.n_predicted},
+            {"seqs", N},           {"seq_len", T},      {"model", o.model},
+            {"data", o.data},      {"seconds", secs},   {"threads", o.threads},
+            {"ranks", P}};
         for (const auto& s : all) j["peak_rss_bytes"].push_back(s.peak_rss);
         std::ofstream out(o.json);
         if (!out) throw IoError(o.json + ": cannot write: " + errno_string());

@@ -93,7 +93,7 @@ at::Tensor HfCheckpoint::load(const std::string& name, const std::vector<int64_t
             throw ShapeError(it->second + ": tensor '" + name + "' has dtype " +
                              dtype_name(info->dtype) + "; weights must be F64, F32, F16 or BF16");
     }
-    used_.insert(name);
+    if (used_.insert(name).second) bytes_loaded_ += info->end - info->begin;
     return f.load(name, dtype);
 }
 

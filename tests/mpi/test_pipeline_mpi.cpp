@@ -56,7 +56,10 @@ TEST(Control, BroadcastAndGatherObjects) {
     const auto all = gather_objects(s, 0);
     if (t->rank() == 0) {
         ASSERT_EQ(int(all.size()), t->size());
-        for (int r = 0; r < t->size(); ++r) EXPECT_EQ(all[r].host, "h" + std::to_string(r));
+        for (int r = 0; r < t->size(); ++r) {
+            EXPECT_EQ(all[r].host, "h" + std::to_string(r));
+            EXPECT_EQ(all[r].n_tensors, 9);
+        }
     }
     std::vector<int64_t> v;
     if (t->rank() == 0) v = {3, 1, 4, 1, 5};

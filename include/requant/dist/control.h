@@ -20,13 +20,15 @@ struct RankStatus {
     int         rank = 0;
     std::string host;
     int64_t     layer_begin = 0, layer_end = 0;  // the stage's decoder layers
-    int64_t     peak_rss    = 0;                 // bytes
-    double      wall_s      = 0;                 // schedule wall time
-    double      busy_s      = 0;                 // time spent computing (not waiting)
+    int64_t     peak_rss  = 0;                   // bytes
+    double      wall_s    = 0;                   // schedule wall time
+    double      busy_s    = 0;                   // time spent computing (not waiting)
+    int64_t     n_tensors = 0;                   // manifest: tensors this rank loaded
+    int64_t     n_bytes   = 0;                   // manifest: their bytes as stored
 
     template <class Ar>
     void serialize(Ar& ar, unsigned /*version*/) {
-        ar & rank & host & layer_begin & layer_end & peak_rss & wall_s & busy_s;
+        ar& rank& host& layer_begin& layer_end& peak_rss& wall_s& busy_s& n_tensors& n_bytes;
     }
 };
 
@@ -38,14 +40,14 @@ template <class T>
 void broadcast_object(T& obj, int root, int my_rank) {
     std::string bytes;
     if (my_rank == root) {
-        std::ostringstream os;
+        std::ostringstream              os;
         boost::archive::binary_oarchive ar(os);
         ar << obj;
         bytes = os.str();
     }
     broadcast_bytes(bytes, root);
     if (my_rank != root) {
-        std::istringstream is(bytes);
+        std::istringstream              is(bytes);
         boost::archive::binary_iarchive ar(is);
         ar >> obj;
     }
@@ -60,7 +62,7 @@ std::vector<T> gather_objects(const T& mine, int root) {
     }
     std::vector<T> out;
     for (const auto& b : gather_bytes(os.str(), root)) {
-        std::istringstream is(b);
+        std::istringstream              is(b);
         boost::archive::binary_iarchive ar(is);
         out.emplace_back();
         ar >> out.back();

@@ -35,6 +35,7 @@ class HfCheckpoint {
     // Names loaded so far, and those never loaded (llama.cpp's done_getting_tensors check).
     const std::set<std::string>& used() const { return used_; }
     std::vector<std::string>     unused() const;
+    std::uint64_t                bytes_loaded() const { return bytes_loaded_; }  // as stored
 
   private:
     const SafetensorsFile& shard(const std::string& file) const;
@@ -44,6 +45,7 @@ class HfCheckpoint {
     std::map<std::string, std::string>                              weight_map_;  // name → shard
     mutable std::map<std::string, std::unique_ptr<SafetensorsFile>> shards_;
     mutable std::set<std::string>                                   used_;
+    mutable std::uint64_t                                           bytes_loaded_ = 0;
 };
 
 }  // namespace rq::io
