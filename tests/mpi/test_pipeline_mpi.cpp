@@ -51,8 +51,8 @@ TEST(Transport, BroadcastAndDeterministicAllreduce) {
 
 TEST(Control, BroadcastAndGatherObjects) {
     auto       t = make_mpi_transport();
-    RankStatus s{t->rank(), "h" + std::to_string(t->rank()), t->rank(), t->rank() + 1, 42, 1.5,
-                 0.5};
+    RankStatus s{
+        t->rank(), "h" + std::to_string(t->rank()), t->rank(), t->rank() + 1, 42, 1.5, 0.5, 9, 7};
     const auto all = gather_objects(s, 0);
     if (t->rank() == 0) {
         ASSERT_EQ(int(all.size()), t->size());

@@ -19,7 +19,9 @@ struct EvalOptions {
 
     template <class Ar>
     void serialize(Ar& ar, unsigned /*version*/) {  // broadcast from rank 0 to every rank
+        // clang-format off
         ar & model & data & seq_len & seq_len_given & max_seqs & batch & threads & json;
+        // clang-format on
     }
 };
 

@@ -28,7 +28,9 @@ struct RankStatus {
 
     template <class Ar>
     void serialize(Ar& ar, unsigned /*version*/) {
-        ar& rank& host& layer_begin& layer_end& peak_rss& wall_s& busy_s& n_tensors& n_bytes;
+        // clang-format off
+        ar & rank & host & layer_begin & layer_end & peak_rss & wall_s & busy_s & n_tensors & n_bytes;
+        // clang-format on
     }
 };
 
