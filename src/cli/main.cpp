@@ -58,6 +58,13 @@ int main(int argc, char** argv) {
         ->check(CLI::Range(1, 1024));
     eval->add_option("--json", eo.json, "Write loss, perplexity, tokens, seqs to this JSON file");
 
+    rq::cli::RunOptions ro;
+    auto*               run =
+        app.add_subcommand("run", "Quantize a model as a job file says, across the MPI ranks");
+    run->add_option("job", ro.job, "Job file (TOML)")->required()->check(CLI::ExistingFile);
+    run->add_option("--out", ro.out, "Run directory (overrides run.out)");
+    run->add_option("--set", ro.overrides, "Override one job key: section.key=value (repeatable)");
+
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {
@@ -80,6 +87,9 @@ int main(int argc, char** argv) {
             eo.seq_len_given = seq_len_opt->count() > 0;
             rq::dist::broadcast_object(eo, 0, rank);
             rc = rq::cli::run_eval(eo);
+        } else if (*run) {
+            rq::dist::broadcast_object(ro, 0, rank);
+            rc = rq::cli::run_run(ro);
         }
         return rc;
     } catch (const rq::Error& e) {

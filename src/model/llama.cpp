@@ -15,12 +15,30 @@
 
 namespace rq::model {
 
+LinearInput linear_input(Linear l) {
+    switch (l) {
+        case Linear::Q:
+        case Linear::K:
+        case Linear::V:
+            return LinearInput::Attn;
+        case Linear::O:
+            return LinearInput::AttnOut;
+        case Linear::Gate:
+        case Linear::Up:
+            return LinearInput::Mlp;
+        case Linear::Down:
+            return LinearInput::MlpOut;
+    }
+    return LinearInput::Attn;
+}
+
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w, double eps) {
     return x * at::rsqrt(x.pow(2).mean(-1, /*keepdim=*/true) + eps) * w;
 }
 
 at::Tensor attention(const at::Tensor& x, const LayerWeights& w, const LlamaConfig& c,
-                     const RopeTables& rope) {
+                     const RopeTables& rope, LinearObserver* obs, int64_t layer) {
+    if (obs) obs->observe(layer, LinearInput::Attn, x);
     const int64_t B = x.size(0), T = x.size(1), H = c.n_head, Hkv = c.n_head_kv, D = c.head_dim;
     const int64_t R = H / Hkv;
     at::Tensor    q = at::linear(x, w.wq).view({B, T, H, D}).transpose(1, 2);    // [B, H, T, D]
@@ -41,17 +59,22 @@ at::Tensor attention(const at::Tensor& x, const LayerWeights& w, const LlamaConf
                                     1.0 / std::sqrt(static_cast<double>(D)));
     at::Tensor p      = at::softmax(scores, -1).view({B, Hkv, R * T, T});
     at::Tensor o      = at::matmul(p, v).view({B, H, T, D}).transpose(1, 2);  // [B, T, H, D]
-    return at::linear(o.reshape({B, T, H * D}), w.wo);
+    at::Tensor oc     = o.reshape({B, T, H * D});
+    if (obs) obs->observe(layer, LinearInput::AttnOut, oc);
+    return at::linear(oc, w.wo);
 }
 
-at::Tensor mlp(const at::Tensor& x, const LayerWeights& w) {
-    return at::linear(at::silu(at::linear(x, w.w_gate)) * at::linear(x, w.w_up), w.w_down);
+at::Tensor mlp(const at::Tensor& x, const LayerWeights& w, LinearObserver* obs, int64_t layer) {
+    if (obs) obs->observe(layer, LinearInput::Mlp, x);
+    at::Tensor h = at::silu(at::linear(x, w.w_gate)) * at::linear(x, w.w_up);
+    if (obs) obs->observe(layer, LinearInput::MlpOut, h);
+    return at::linear(h, w.w_down);
 }
 
 at::Tensor decoder_layer(const at::Tensor& x, const LayerWeights& w, const LlamaConfig& c,
-                         const RopeTables& rope) {
-    at::Tensor h = x + attention(rms_norm(x, w.attn_norm, c.rms_norm_eps), w, c, rope);
-    return h + mlp(rms_norm(h, w.ffn_norm, c.rms_norm_eps), w);
+                         const RopeTables& rope, LinearObserver* obs, int64_t layer) {
+    at::Tensor h = x + attention(rms_norm(x, w.attn_norm, c.rms_norm_eps), w, c, rope, obs, layer);
+    return h + mlp(rms_norm(h, w.ffn_norm, c.rms_norm_eps), w, obs, layer);
 }
 
 at::Tensor embed(const at::Tensor& tokens, const at::Tensor& tok_embd) {
@@ -98,8 +121,22 @@ at::Tensor Stage::hidden(const at::Tensor& in) const {
                              "]");
         x = in;
     }
-    for (const auto& lw : weights_.layers) x = decoder_layer(x, lw, config_, rope_);
+    for (std::size_t i = 0; i < weights_.layers.size(); ++i)
+        x = decoder_layer(x, weights_.layers[i], config_, rope_, observer_,
+                          weights_.range.layer_begin + int64_t(i));
     return x;
+}
+
+at::Tensor Stage::forward_layer(int64_t layer, const at::Tensor& x) const {
+    const int64_t i = layer - weights_.range.layer_begin;
+    if (i < 0 || i >= int64_t(weights_.layers.size()))
+        throw ConfigError("layer " + std::to_string(layer) + " is not in this stage");
+    return decoder_layer(x, weights_.layers[std::size_t(i)], config_, rope_, observer_, layer);
+}
+
+at::Tensor Stage::embed_tokens(const at::Tensor& tokens) const {
+    if (!weights_.range.first) throw ConfigError("embed_tokens needs the first stage");
+    return embed(tokens, weights_.tok_embd);
 }
 
 at::Tensor Stage::forward(const at::Tensor& in, const at::Tensor& tokens) const {

@@ -1,6 +1,10 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <vector>
+
+#include <boost/serialization/string.hpp>
+#include <boost/serialization/vector.hpp>
 
 // The requant-dist subcommands. Each takes parsed options, does its work, and throws rq::Error
 // on failure; main() turns errors into one message and a non-zero exit.
@@ -26,5 +30,20 @@ struct EvalOptions {
 };
 
 int run_eval(const EvalOptions& o);
+
+struct RunOptions {
+    std::string              job;        // JOB.toml
+    std::string              out;        // --out, overrides run.out when set
+    std::vector<std::string> overrides;  // --set section.key=value
+
+    template <class Ar>
+    void serialize(Ar& ar, unsigned /*version*/) {
+        // clang-format off
+        ar & job & out & overrides;
+        // clang-format on
+    }
+};
+
+int run_run(const RunOptions& o);
 
 }  // namespace rq::cli

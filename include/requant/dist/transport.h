@@ -21,7 +21,7 @@
 namespace rq::dist {
 
 class Work {
-public:
+  public:
     virtual ~Work() = default;
     // Blocks until the operation has completed locally (send buffer reusable / recv data
     // arrived). Throws on failure. Idempotent.
@@ -31,8 +31,8 @@ public:
 };
 
 class Transport {
-public:
-    virtual ~Transport() = default;
+  public:
+    virtual ~Transport()             = default;
     virtual const char* name() const = 0;  // "mpi" | "nccl"
     virtual int         rank() const = 0;
     virtual int         size() const = 0;
@@ -59,5 +59,10 @@ std::unique_ptr<Transport> make_nccl_transport(int device);
 std::unique_ptr<Transport> make_transport(const std::string& kind);
 
 bool nccl_compiled_in();
+
+// Root's tensor on every rank: the shape travels first, then the data (collective). `t` is
+// ignored off root; `dtype` must be the dtype of root's tensor.
+at::Tensor broadcast_tensor(Transport& t, const at::Tensor& root_tensor, int root,
+                            at::ScalarType dtype);
 
 }  // namespace rq::dist

@@ -13,6 +13,18 @@
 
 namespace rq::model {
 
+// The four distinct inputs of a layer's linears: q/k/v share one, gate/up share one.
+enum class LinearInput { Attn, AttnOut, Mlp, MlpOut };
+LinearInput linear_input(Linear l);
+
+// Sees the input of every linear of a stage's layers during forward, for quantizer statistics
+// (X^T X, activation magnitudes). x: [B, T, in_features]; absolute layer index.
+class LinearObserver {
+  public:
+    virtual ~LinearObserver()                                                   = default;
+    virtual void observe(int64_t layer, LinearInput which, const at::Tensor& x) = 0;
+};
+
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w, double eps);  // x [.., C]
 at::Tensor attention(const at::Tensor& x, const LayerWeights& w, const LlamaConfig& c,
                      const RopeTables& rope);                // [B, T, C]
@@ -44,13 +56,22 @@ class Stage {
     at::Tensor forward(const at::Tensor& in, const at::Tensor& tokens) const;
     // Logits of the last stage, [B, T, V] (evaluation and reference checks).
     at::Tensor forward_logits(const at::Tensor& in) const;
+    // One decoder layer of this stage (absolute index), for layer-by-layer (sequential)
+    // quantization: x [B, T, C] -> [B, T, C].
+    at::Tensor forward_layer(int64_t layer, const at::Tensor& x) const;
+    // Embedding of the first stage: int64 [B, T] -> [B, T, C].
+    at::Tensor embed_tokens(const at::Tensor& tokens) const;
+
+    // Observer of linear inputs during forward (not owned; nullptr = none).
+    void set_observer(LinearObserver* obs) { observer_ = obs; }
 
   private:
     at::Tensor hidden(const at::Tensor& in) const;  // embedding (first) + this stage's layers
 
-    LlamaConfig  config_;
-    StageWeights weights_;
-    RopeTables   rope_;
+    LlamaConfig     config_;
+    StageWeights    weights_;
+    RopeTables      rope_;
+    LinearObserver* observer_ = nullptr;
 };
 
 // Runs one stage's backward for one microbatch. `input` is what forward() received (set to

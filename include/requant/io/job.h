@@ -1,0 +1,141 @@
+#pragma once
+#include <string>
+#include <vector>
+
+#include <boost/serialization/string.hpp>
+#include <boost/serialization/vector.hpp>
+
+// The job file (TOML) of `requant-dist run|sensitivity|plan`: one table per concern, every key
+// checked (unknown keys, wrong types and out-of-range values are errors), relative paths made
+// absolute against the job file's folder, and `--set section.key=value` overrides applied before
+// validation. DESIGN.md §7 lists the keys; this header is their reference. Reading models or data
+// is not done here: a Job only names them.
+
+namespace rq::io {
+
+struct JobModel {
+    std::string path;  // Hugging Face model folder (required)
+
+    template <class Ar>
+    void serialize(Ar& ar, unsigned /*version*/) {
+        // clang-format off
+        ar & path;
+        // clang-format on
+    }
+};
+
+struct JobData {
+    std::string              calibration;             // text file or tokens .safetensors (required)
+    int                      calibration_seqs = 128;  // first n windows in file order, >= 1
+    int                      seq_len          = 256;  // tokens per window, >= 2
+    std::vector<std::string> eval;                    // text or token files to evaluate on
+    int                      eval_max_seqs = 64;      // windows per eval file; -1 = all
+
+    template <class Ar>
+    void serialize(Ar& ar, unsigned /*version*/) {
+        // clang-format off
+        ar & calibration & calibration_seqs & seq_len & eval & eval_max_seqs;
+        // clang-format on
+    }
+};
+
+struct JobQuant {
+    std::string method       = "rtn";  // rtn | gptq | awq | squeezellm
+    int         bits         = 4;      // 2..8
+    int         group_size   = 128;    // G; 0 = per output channel, else >= 2 (any value)
+    bool        sequential   = false;  // layers see quantized inputs; file default: gptq only
+    double      damp         = 0.01;   // GPTQ: dampening, fraction of mean diag(H), [0, 1)
+    bool        act_order    = false;  // GPTQ: columns in order of decreasing diag(H)
+    int         block_size   = 128;    // GPTQ: lazy-batch block width, >= 1
+    int         awq_grid     = 20;     // AWQ: grid points searched for the scale exponent, >= 1
+    int         kmeans_iters = 50;     // SqueezeLLM: weighted k-means iterations, >= 1
+
+    template <class Ar>
+    void serialize(Ar& ar, unsigned /*version*/) {
+        // clang-format off
+        ar & method & bits & group_size & sequential & damp & act_order & block_size & awq_grid
+           & kmeans_iters;
+        // clang-format on
+    }
+};
+
+struct JobRequant {
+    double      outlier_ratio      = 0;         // fraction of weights kept as outliers, [0, 1)
+    std::string outlier_select     = "none";    // adaptive (Alg. 1) | fixed | none
+    double      significant_ratio  = 0;         // fraction kept as significant weights, [0, 1)
+    double      step_ratio         = 0;         // fraction detached per Alg. 2 step, [0, 1)
+    std::string scope              = "global";  // global | linear: where ratios are budgeted
+    std::string significant_select = "pqi";     // pqi | fisher | random
+    bool        signed_ranking     = true;      // rank by signed PQI (false: by |PQI|)
+
+    template <class Ar>
+    void serialize(Ar& ar, unsigned /*version*/) {
+        // clang-format off
+        ar & outlier_ratio & outlier_select & significant_ratio & step_ratio & scope
+           & significant_select & signed_ranking;
+        // clang-format on
+    }
+};
+
+struct JobSensitivity {
+    int         nodes = 32;          // quadrature nodes of the PQI integral, >= 1
+    std::string rule  = "midpoint";  // left | right | midpoint | trapezoid
+
+    template <class Ar>
+    void serialize(Ar& ar, unsigned /*version*/) {
+        // clang-format off
+        ar & nodes & rule;
+        // clang-format on
+    }
+};
+
+struct JobRun {
+    std::string out        = "";     // run folder; default <job folder>/runs/<job file stem>
+    int         microbatch = 4;      // sequences per pipeline microbatch, >= 1
+    int         threads    = 2;      // intra-op threads per rank, >= 1
+    std::string transport  = "mpi";  // mpi | nccl
+
+    template <class Ar>
+    void serialize(Ar& ar, unsigned /*version*/) {
+        // clang-format off
+        ar & out & microbatch & threads & transport;
+        // clang-format on
+    }
+};
+
+// A parsed, validated job. Paths are absolute; every default is resolved.
+struct Job {
+    JobModel       model;
+    JobData        data;
+    JobQuant       quant;
+    JobRequant     requant;
+    JobSensitivity sensitivity;
+    JobRun         run;
+
+    template <class Ar>
+    void serialize(Ar& ar, unsigned /*version*/) {
+        // clang-format off
+        ar & model & data & quant & requant & sensitivity & run;
+        // clang-format on
+    }
+};
+
+bool operator==(const Job& a, const Job& b);
+bool operator!=(const Job& a, const Job& b);
+
+// Reads and parses a job file. Throws IoError if it cannot be read, else as parse_job.
+Job load_job(const std::string& path, const std::vector<std::string>& overrides = {});
+
+// Parses job TOML. `origin_path` names the file in messages, gives the folder that relative
+// paths resolve against and the stem of the default run.out. `overrides` are "section.key=value"
+// strings, value parsed as TOML (a bare word that is not TOML is a string), applied in order
+// before validation. Throws FormatError (TOML syntax) or ConfigError (unknown table or key,
+// wrong type, missing required key, value out of range, malformed override).
+Job parse_job(const std::string& toml_text, const std::string& origin_path,
+              const std::vector<std::string>& overrides = {});
+
+// Every key of `job` as TOML, in a fixed order (tables and keys as above): written to
+// OUT/job.toml and used to fingerprint runs. parse_job of the result gives back an equal Job.
+std::string job_to_toml(const Job& job);
+
+}  // namespace rq::io

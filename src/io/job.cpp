@@ -1,0 +1,413 @@
+// Job files (requant/io/job.h): TOML text -> schema check -> overrides -> typed, validated Job,
+// and back to normalised TOML. Nothing here opens models or data; paths are only resolved.
+#include "requant/io/job.h"
+
+#include <climits>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <initializer_list>
+#include <iomanip>
+#include <sstream>
+#include <tuple>
+#include <utility>
+
+#include <toml++/toml.h>
+
+#include "requant/io/error.h"
+
+namespace rq::io {
+namespace {
+
+namespace fs = std::filesystem;
+
+// Every table and key a job file may hold, in job_to_toml order.
+const std::vector<std::pair<std::string, std::vector<std::string>>> kSchema = {
+    {"model", {"path"}},
+    {"data", {"calibration", "calibration_seqs", "seq_len", "eval", "eval_max_seqs"}},
+    {"quant",
+     {"method", "bits", "group_size", "sequential", "damp", "act_order", "block_size", "awq_grid",
+      "kmeans_iters"}},
+    {"requant",
+     {"outlier_ratio", "outlier_select", "significant_ratio", "step_ratio", "scope",
+      "significant_select", "signed_ranking"}},
+    {"sensitivity", {"nodes", "rule"}},
+    {"run", {"out", "microbatch", "threads", "transport"}},
+};
+
+const std::vector<std::string>* schema_keys(const std::string& section) {
+    for (const auto& [name, keys] : kSchema)
+        if (name == section) return &keys;
+    return nullptr;
+}
+
+bool known_key(const std::string& section, const std::string& key) {
+    const auto* keys = schema_keys(section);
+    if (!keys) return false;
+    for (const auto& k : *keys)
+        if (k == key) return true;
+    return false;
+}
+
+std::string type_name(const toml::node& n) {
+    std::ostringstream os;
+    os << n.type();  // "string", "integer", "floating-point", "boolean", "array", "table", ...
+    return os.str();
+}
+
+// Unknown tables and keys are errors: a typo must not be silently ignored.
+void check_schema(const toml::table& root, const std::string& origin) {
+    for (const auto& [section, node] : root) {
+        const std::string s(section.str());
+        if (!schema_keys(s)) {
+            throw ConfigError(origin + ": unknown " + (node.is_table() ? "table" : "key") + " '" +
+                              s + "'");
+        }
+        if (!node.is_table())
+            throw ConfigError(origin + ": '" + s + "' must be a table, got " + type_name(node));
+        for (const auto& [key, value] : *node.as_table())
+            if (!known_key(s, std::string(key.str())))
+                throw ConfigError(origin + ": unknown key '" + s + "." + std::string(key.str()) +
+                                  "'");
+    }
+}
+
+std::string trim(const std::string& s) {
+    const auto b = s.find_first_not_of(" \t\r\n");
+    const auto e = s.find_last_not_of(" \t\r\n");
+    return b == std::string::npos ? "" : s.substr(b, e - b + 1);
+}
+
+// One "--set section.key=value" applied to the parsed file. The value is parsed as a TOML value;
+// text that is not one (a bare word such as gptq) is taken as a string.
+void apply_override(toml::table& root, const std::string& set, const std::string& origin) {
+    const std::string where = origin + ": --set " + set + ": ";
+    const auto        eq    = set.find('=');
+    const std::string key   = trim(set.substr(0, eq));
+    const auto        dot   = key.find('.');
+    if (eq == std::string::npos || dot == std::string::npos || key.find('.', dot + 1) != key.npos)
+        throw ConfigError(where + "expected section.key=value");
+    const std::string section = key.substr(0, dot), name = key.substr(dot + 1);
+    if (!known_key(section, name))
+        throw ConfigError(origin + ": unknown key '" + key + "' (--set " + set + ")");
+    const std::string text = trim(set.substr(eq + 1));
+
+    toml::table parsed;
+    try {
+        parsed = toml::parse("v = " + text);
+    } catch (const toml::parse_error&) {
+        parsed = toml::table{};
+    }
+    toml::node* table_node = root.get(section);
+    if (!table_node) table_node = &root.insert_or_assign(section, toml::table{}).first->second;
+    toml::table* table = table_node->as_table();  // check_schema has made sure it is one
+    if (parsed.size() == 1 && parsed.get("v"))
+        table->insert_or_assign(name, *parsed.get("v"));
+    else
+        table->insert_or_assign(name, text);
+}
+
+// Typed reads from the checked table; errors name the file and the dotted key.
+struct Reader {
+    const toml::table& root;
+    const std::string& origin;
+
+    [[noreturn]] void fail(const std::string& key, const std::string& what) const {
+        throw ConfigError(origin + ": '" + key + "' " + what);
+    }
+    const toml::node* find(const char* section, const char* key) const {
+        const toml::table* t = root.get_as<toml::table>(section);
+        return t ? t->get(key) : nullptr;
+    }
+    // Each read leaves `out` alone and returns false when the key is absent.
+    bool read(const char* section, const char* key, int& out) const {
+        const toml::node* n = find(section, key);
+        if (!n) return false;
+        if (!n->is_integer())
+            fail(dotted(section, key), "must be an integer, got " + type_name(*n));
+        const int64_t v = n->as_integer()->get();
+        if (v < INT_MIN || v > INT_MAX)
+            fail(dotted(section, key), "is out of range: " + std::to_string(v));
+        out = static_cast<int>(v);
+        return true;
+    }
+    bool read(const char* section, const char* key, double& out) const {
+        const toml::node* n = find(section, key);
+        if (!n) return false;
+        if (n->is_integer())
+            out = static_cast<double>(n->as_integer()->get());
+        else if (n->is_floating_point())
+            out = n->as_floating_point()->get();
+        else
+            fail(dotted(section, key), "must be a number, got " + type_name(*n));
+        return true;
+    }
+    bool read(const char* section, const char* key, bool& out) const {
+        const toml::node* n = find(section, key);
+        if (!n) return false;
+        if (!n->is_boolean())
+            fail(dotted(section, key), "must be true or false, got " + type_name(*n));
+        out = n->as_boolean()->get();
+        return true;
+    }
+    bool read(const char* section, const char* key, std::string& out) const {
+        const toml::node* n = find(section, key);
+        if (!n) return false;
+        if (!n->is_string()) fail(dotted(section, key), "must be a string, got " + type_name(*n));
+        out = n->as_string()->get();
+        return true;
+    }
+    bool read(const char* section, const char* key, std::vector<std::string>& out) const {
+        const toml::node* n = find(section, key);
+        if (!n) return false;
+        if (!n->is_array())
+            fail(dotted(section, key), "must be an array of strings, got " + type_name(*n));
+        out.clear();
+        for (const auto& e : *n->as_array()) {
+            if (!e.is_string())
+                fail(dotted(section, key),
+                     "must be an array of strings, got an element of type " + type_name(e));
+            out.push_back(e.as_string()->get());
+        }
+        return true;
+    }
+    static std::string dotted(const char* section, const char* key) {
+        return std::string(section) + "." + key;
+    }
+};
+
+// Shortest decimal text that reads back as the same double, always with '.' or an exponent so
+// that TOML sees a float.
+std::string format_double(double v) {
+    char buf[64];
+    for (int prec = 15; prec <= 17; ++prec) {
+        std::snprintf(buf, sizeof(buf), "%.*g", prec, v);
+        if (std::strtod(buf, nullptr) == v) break;
+    }
+    std::string s(buf);
+    if (s.find_first_of(".eEn") == std::string::npos) s += ".0";
+    return s;
+}
+
+// ---- value checks ----------------------------------------------------------------------------
+
+void at_least(const Reader& r, const char* key, int v, int lo) {
+    if (v < lo) r.fail(key, "must be >= " + std::to_string(lo) + ", got " + std::to_string(v));
+}
+
+void in_range(const Reader& r, const char* key, int v, int lo, int hi) {
+    if (v < lo || v > hi)
+        r.fail(key, "must be in " + std::to_string(lo) + ".." + std::to_string(hi) + ", got " +
+                        std::to_string(v));
+}
+
+void fraction(const Reader& r, const char* key, double v) {
+    if (!(v >= 0.0 && v < 1.0))  // also refuses nan
+        r.fail(key, "must be a fraction in [0, 1), got " + format_double(v));
+}
+
+void one_of(const Reader& r, const char* key, const std::string& v,
+            std::initializer_list<const char*> allowed) {
+    std::string list;
+    for (const char* a : allowed) {
+        if (v == a) return;
+        list += (list.empty() ? "" : ", ") + std::string(a);
+    }
+    r.fail(key, "is '" + v + "'; allowed: " + list);
+}
+
+void not_empty(const Reader& r, const char* key, const std::string& v) {
+    if (v.empty()) r.fail(key, "must not be empty");
+}
+
+std::string resolve(const fs::path& dir, const std::string& p) {
+    const fs::path path(p);
+    return path.is_absolute() ? p : (dir / path).lexically_normal().string();
+}
+
+auto fields(const JobData& d) {
+    return std::tie(d.calibration, d.calibration_seqs, d.seq_len, d.eval, d.eval_max_seqs);
+}
+auto fields(const JobQuant& q) {
+    return std::tie(q.method, q.bits, q.group_size, q.sequential, q.damp, q.act_order, q.block_size,
+                    q.awq_grid, q.kmeans_iters);
+}
+auto fields(const JobRequant& q) {
+    return std::tie(q.outlier_ratio, q.outlier_select, q.significant_ratio, q.step_ratio, q.scope,
+                    q.significant_select, q.signed_ranking);
+}
+auto fields(const JobRun& r) {
+    return std::tie(r.out, r.microbatch, r.threads, r.transport);
+}
+
+}  // namespace
+
+bool operator==(const Job& a, const Job& b) {
+    return a.model.path == b.model.path && fields(a.data) == fields(b.data) &&
+           fields(a.quant) == fields(b.quant) && fields(a.requant) == fields(b.requant) &&
+           a.sensitivity.nodes == b.sensitivity.nodes && a.sensitivity.rule == b.sensitivity.rule &&
+           fields(a.run) == fields(b.run);
+}
+
+bool operator!=(const Job& a, const Job& b) {
+    return !(a == b);
+}
+
+Job load_job(const std::string& path, const std::vector<std::string>& overrides) {
+    std::ifstream f(path, std::ios::binary);
+    if (!f) throw IoError(path + ": cannot open job file: " + errno_string());
+    std::error_code ec;
+    if (fs::is_directory(path, ec)) throw IoError(path + ": is a folder, not a job file");
+    std::ostringstream text;
+    text << f.rdbuf();
+    if (f.bad()) throw IoError(path + ": cannot read job file: " + errno_string());
+    return parse_job(text.str(), path, overrides);
+}
+
+Job parse_job(const std::string& toml_text, const std::string& origin_path,
+              const std::vector<std::string>& overrides) {
+    const std::string& origin = origin_path;
+    toml::table        root;
+    try {
+        root = toml::parse(toml_text, origin_path);
+    } catch (const toml::parse_error& e) {
+        throw FormatError(origin + ":" + std::to_string(e.source().begin.line) + ":" +
+                          std::to_string(e.source().begin.column) +
+                          ": not valid TOML: " + std::string(e.description()));
+    }
+    check_schema(root, origin);
+    for (const auto& set : overrides) apply_override(root, set, origin);
+
+    const Reader r{root, origin};
+    Job          j;
+    if (!r.read("model", "path", j.model.path)) r.fail("model.path", "is required");
+    not_empty(r, "model.path", j.model.path);
+
+    JobData& d = j.data;
+    if (!r.read("data", "calibration", d.calibration)) r.fail("data.calibration", "is required");
+    not_empty(r, "data.calibration", d.calibration);
+    r.read("data", "calibration_seqs", d.calibration_seqs);
+    r.read("data", "seq_len", d.seq_len);
+    r.read("data", "eval", d.eval);
+    r.read("data", "eval_max_seqs", d.eval_max_seqs);
+    at_least(r, "data.calibration_seqs", d.calibration_seqs, 1);
+    at_least(r, "data.seq_len", d.seq_len, 2);
+    for (const auto& e : d.eval) not_empty(r, "data.eval", e);
+    if (d.eval_max_seqs == 0 || d.eval_max_seqs < -1)
+        r.fail("data.eval_max_seqs",
+               "must be -1 (all) or >= 1, got " + std::to_string(d.eval_max_seqs));
+
+    JobQuant& q = j.quant;
+    r.read("quant", "method", q.method);
+    one_of(r, "quant.method", q.method, {"rtn", "gptq", "awq", "squeezellm"});
+    r.read("quant", "bits", q.bits);
+    in_range(r, "quant.bits", q.bits, 2, 8);
+    r.read("quant", "group_size", q.group_size);
+    if (q.group_size < 0 || q.group_size == 1)
+        r.fail("quant.group_size",
+               "must be 0 (per output channel) or >= 2, got " + std::to_string(q.group_size));
+    const bool sequential_set = r.read("quant", "sequential", q.sequential);
+    if (!sequential_set) q.sequential = (q.method == "gptq");  // as the reference codes do
+    r.read("quant", "damp", q.damp);
+    fraction(r, "quant.damp", q.damp);
+    r.read("quant", "act_order", q.act_order);
+    r.read("quant", "block_size", q.block_size);
+    at_least(r, "quant.block_size", q.block_size, 1);
+    r.read("quant", "awq_grid", q.awq_grid);
+    at_least(r, "quant.awq_grid", q.awq_grid, 1);
+    r.read("quant", "kmeans_iters", q.kmeans_iters);
+    at_least(r, "quant.kmeans_iters", q.kmeans_iters, 1);
+
+    JobRequant& rq = j.requant;
+    r.read("requant", "outlier_ratio", rq.outlier_ratio);
+    fraction(r, "requant.outlier_ratio", rq.outlier_ratio);
+    r.read("requant", "outlier_select", rq.outlier_select);
+    one_of(r, "requant.outlier_select", rq.outlier_select, {"adaptive", "fixed", "none"});
+    r.read("requant", "significant_ratio", rq.significant_ratio);
+    fraction(r, "requant.significant_ratio", rq.significant_ratio);
+    r.read("requant", "step_ratio", rq.step_ratio);
+    fraction(r, "requant.step_ratio", rq.step_ratio);
+    r.read("requant", "scope", rq.scope);
+    one_of(r, "requant.scope", rq.scope, {"global", "linear"});
+    r.read("requant", "significant_select", rq.significant_select);
+    one_of(r, "requant.significant_select", rq.significant_select, {"pqi", "fisher", "random"});
+    r.read("requant", "signed_ranking", rq.signed_ranking);
+
+    JobSensitivity& s = j.sensitivity;
+    r.read("sensitivity", "nodes", s.nodes);
+    at_least(r, "sensitivity.nodes", s.nodes, 1);
+    r.read("sensitivity", "rule", s.rule);
+    one_of(r, "sensitivity.rule", s.rule, {"left", "right", "midpoint", "trapezoid"});
+
+    JobRun&        run = j.run;
+    const fs::path origin_fs(origin_path);
+    run.out = "runs/" + origin_fs.stem().string();
+    r.read("run", "out", run.out);
+    not_empty(r, "run.out", run.out);
+    r.read("run", "microbatch", run.microbatch);
+    at_least(r, "run.microbatch", run.microbatch, 1);
+    r.read("run", "threads", run.threads);
+    at_least(r, "run.threads", run.threads, 1);
+    r.read("run", "transport", run.transport);
+    one_of(r, "run.transport", run.transport, {"mpi", "nccl"});
+
+    // Relative paths are relative to the job file's folder, not to the working directory.
+    const fs::path dir = fs::absolute(origin_fs).parent_path();
+    j.model.path       = resolve(dir, j.model.path);
+    d.calibration      = resolve(dir, d.calibration);
+    for (auto& e : d.eval) e = resolve(dir, e);
+    run.out = resolve(dir, run.out);
+    return j;
+}
+
+std::string job_to_toml(const Job& j) {
+    std::ostringstream os;
+    const auto         put = [&os](const char* key, const auto& value) {
+        os << std::left << std::setw(18) << key << " = " << value << '\n';
+    };
+    const auto str  = [](const std::string& s) { return toml::value<std::string>(s); };
+    const auto num  = [](int v) { return toml::value<int64_t>(v); };
+    const auto flag = [](bool v) { return v ? "true" : "false"; };
+
+    os << "# requant-dist job, normalised: every key, paths absolute, defaults resolved.\n";
+    os << "\n[model]\n";
+    put("path", str(j.model.path));
+    os << "\n[data]\n";
+    put("calibration", str(j.data.calibration));
+    put("calibration_seqs", num(j.data.calibration_seqs));
+    put("seq_len", num(j.data.seq_len));
+    toml::array eval;
+    for (const auto& e : j.data.eval) eval.push_back(e);
+    put("eval", eval);
+    put("eval_max_seqs", num(j.data.eval_max_seqs));
+    os << "\n[quant]\n";
+    put("method", str(j.quant.method));
+    put("bits", num(j.quant.bits));
+    put("group_size", num(j.quant.group_size));
+    put("sequential", flag(j.quant.sequential));
+    put("damp", format_double(j.quant.damp));
+    put("act_order", flag(j.quant.act_order));
+    put("block_size", num(j.quant.block_size));
+    put("awq_grid", num(j.quant.awq_grid));
+    put("kmeans_iters", num(j.quant.kmeans_iters));
+    os << "\n[requant]\n";
+    put("outlier_ratio", format_double(j.requant.outlier_ratio));
+    put("outlier_select", str(j.requant.outlier_select));
+    put("significant_ratio", format_double(j.requant.significant_ratio));
+    put("step_ratio", format_double(j.requant.step_ratio));
+    put("scope", str(j.requant.scope));
+    put("significant_select", str(j.requant.significant_select));
+    put("signed_ranking", flag(j.requant.signed_ranking));
+    os << "\n[sensitivity]\n";
+    put("nodes", num(j.sensitivity.nodes));
+    put("rule", str(j.sensitivity.rule));
+    os << "\n[run]\n";
+    put("out", str(j.run.out));
+    put("microbatch", num(j.run.microbatch));
+    put("threads", num(j.run.threads));
+    put("transport", str(j.run.transport));
+    return os.str();
+}
+
+}  // namespace rq::io

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# requant-dist run end to end on stories260k: results.json written with the documented keys,
+# the same numbers for 1 and 2 ranks (and 3 ranks, non-sequential), 8-bit RTN close to fp32,
+# 4-bit GPTQ better than 4-bit RTN, and a bad job refused with one clear message.
+# Usage: test_run.sh PATH/TO/requant-dist REPO_ROOT PATH/TO/mpiexec
+set -uo pipefail
+bin=$1; root=$2; mpiexec=$3; job=$root/jobs/stories260k-gptq.toml
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+fails=0
+fail() { echo "FAIL: $*"; fails=$((fails+1)); }
+ok()   { echo "ok:   $*"; }
+tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+[ -d "$root/../shared/models" ] || { echo "FAIL: ../shared not found beside the checkout"; exit 1; }
+val() { sed -n "s/.*\"$2\": *\([0-9.e+-]*\).*/\1/p" "$1" | head -1; }
+
+"$bin" run "$job" --out "$tmp/p1" > "$tmp/log" 2>&1 || fail "run np=1: $(tail -3 "$tmp/log")"
+for k in bits_per_weight memory_gib perplexity perplexity_fp phases ranks method version; do
+  grep -q "\"$k\"" "$tmp/p1/results.json" 2>/dev/null || fail "results.json lacks '$k'"
+done
+[ -f "$tmp/p1/job.toml" ] && ok "results.json and job.toml written" || fail "job.toml missing"
+"$mpiexec" -np 2 "$bin" run "$job" --out "$tmp/p2" > "$tmp/log" 2>&1 || fail "run np=2: $(tail -3 "$tmp/log")"
+a=$(val "$tmp/p1/results.json" "eval-tokens.safetensors"); b=$(val "$tmp/p2/results.json" "eval-tokens.safetensors")
+[ -n "$a" ] && [ "$a" = "$b" ] && ok "gptq sequential: perplexity $a for 1 and 2 ranks" || fail "np=1 '$a' vs np=2 '$b'"
+
+"$bin" run "$job" --out "$tmp/n1" --set quant.sequential=false > /dev/null 2>&1
+"$mpiexec" -np 3 --oversubscribe "$bin" run "$job" --out "$tmp/n3" --set quant.sequential=false > /dev/null 2>&1
+a=$(val "$tmp/n1/results.json" "eval-tokens.safetensors"); b=$(val "$tmp/n3/results.json" "eval-tokens.safetensors")
+[ -n "$a" ] && [ "$a" = "$b" ] && ok "gptq one-pass: perplexity $a for 1 and 3 ranks" || fail "np=1 '$a' vs np=3 '$b'"
+
+"$bin" run "$job" --out "$tmp/r8" --set quant.method=rtn --set quant.bits=8 > /dev/null 2>&1
+"$bin" run "$job" --out "$tmp/r4" --set quant.method=rtn > /dev/null 2>&1
+fp=$(sed -n '/perplexity_fp/,/}/p' "$tmp/r8/results.json" | sed -n 's/.*"eval-tokens.safetensors": *\([0-9.e+-]*\).*/\1/p')
+r8=$(val "$tmp/r8/results.json" "eval-tokens.safetensors"); r4=$(val "$tmp/r4/results.json" "eval-tokens.safetensors")
+g4=$(val "$tmp/p1/results.json" "eval-tokens.safetensors")
+awk -v a="$r8" -v f="$fp" 'BEGIN{exit !(a > f && a < f * 1.05)}' && ok "8-bit RTN perplexity $r8 within 5% of fp32 $fp" || fail "8-bit RTN $r8 vs fp32 $fp"
+awk -v g="$g4" -v r="$r4" 'BEGIN{exit !(g < r)}' && ok "4-bit GPTQ $g4 < 4-bit RTN $r4" || fail "4-bit GPTQ $g4 not below RTN $r4"
+bpw=$(val "$tmp/r4/results.json" bits_per_weight)
+awk -v b="$bpw" 'BEGIN{exit !(b > 4.5 && b < 4.6)}' && ok "4-bit g64 bits/weight $bpw (4 + 32/64 + partial groups and padding)" || fail "bits/weight $bpw"
+
+"$bin" run "$job" --out "$tmp/bad" --set quant.bitz=3 > "$tmp/log" 2>&1; rc=$?
+[ $rc -ne 0 ] && grep -q "unknown key 'quant.bitz'" "$tmp/log" && ok "unknown key refused: $(grep error "$tmp/log")" || fail "bad key: rc $rc $(cat "$tmp/log")"
+[ $fails -eq 0 ] && echo "all run checks passed" || echo "$fails run checks failed"
+exit $((fails > 0))
