@@ -16,12 +16,18 @@ namespace rq::dist {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+double since(Clock::time_point t0) {
+    return std::chrono::duration<double>(Clock::now() - t0).count();
+}
 
 // Tags: forward activations even, backward gradients odd. Tags are reused modulo a bound MPI
 // guarantees (32767); messages with the same peer and tag stay in order, so reuse is safe.
-int fwd_tag(int64_t m) { return int(m % 16000) * 2; }
-int bwd_tag(int64_t m) { return int(m % 16000) * 2 + 1; }
+int fwd_tag(int64_t m) {
+    return int(m % 16000) * 2;
+}
+int bwd_tag(int64_t m) {
+    return int(m % 16000) * 2 + 1;
+}
 
 // Fault injection for the error-propagation tests: RQ_FAIL_RANK=r makes rank r throw when it
 // starts microbatch RQ_FAIL_MICRO (default 0), while its peers are blocked in communication.
@@ -29,7 +35,8 @@ void maybe_inject_fault(int rank, int64_t m) {
     static const char* fr = std::getenv("RQ_FAIL_RANK");
     static const char* fm = std::getenv("RQ_FAIL_MICRO");
     if (fr != nullptr && std::atoi(fr) == rank && (fm ? std::atoll(fm) : 0) == m)
-        throw Error("injected failure at microbatch " + std::to_string(m) + " (RQ_FAIL_RANK=" + fr + ")");
+        throw Error("injected failure at microbatch " + std::to_string(m) + " (RQ_FAIL_RANK=" + fr +
+                    ")");
 }
 
 }  // namespace
@@ -39,8 +46,9 @@ PipelineRunner::PipelineRunner(model::Stage& stage, Transport& transport, int64_
     if (microbatch_ < 1) throw ConfigError("microbatch must be >= 1");
     const bool first = t_.rank() == 0, last = t_.rank() == t_.size() - 1;
     if (stage.range().first != first || stage.range().last != last)
-        throw ConfigError("rank " + std::to_string(t_.rank()) + " of " + std::to_string(t_.size()) +
-                          " holds a stage whose embedding/head ownership does not match its position");
+        throw ConfigError(
+            "rank " + std::to_string(t_.rank()) + " of " + std::to_string(t_.size()) +
+            " holds a stage whose embedding/head ownership does not match its position");
 }
 
 at::Tensor PipelineRunner::micro_tokens(const at::Tensor& tokens, int64_t m) const {
@@ -62,16 +70,16 @@ PipelineLoss PipelineRunner::share_loss(double sum, int64_t n) {
     return {v[0].item<double>(), int64_t(v[1].item<double>())};
 }
 
-PipelineLoss PipelineRunner::forward(const at::Tensor& tokens,
+PipelineLoss PipelineRunner::forward(const at::Tensor&                   tokens,
                                      const std::function<void(int64_t)>& on_micro) {
     at::NoGradGuard no_grad;
-    const int     r = t_.rank(), P = t_.size();
-    const int64_t M = (tokens.size(0) + microbatch_ - 1) / microbatch_;
-    stats_          = {};
-    stats_.n_micro  = M;
-    const auto t0   = Clock::now();
-    double     sum  = 0;
-    int64_t    n    = 0;
+    const int       r = t_.rank(), P = t_.size();
+    const int64_t   M                     = (tokens.size(0) + microbatch_ - 1) / microbatch_;
+    stats_                                = {};
+    stats_.n_micro                        = M;
+    const auto                        t0  = Clock::now();
+    double                            sum = 0;
+    int64_t                           n   = 0;
     std::deque<std::unique_ptr<Work>> sends;  // at most two in flight: bounded memory
     for (int64_t m = 0; m < M; ++m) {
         at::Tensor tok = micro_tokens(tokens, m);
@@ -96,8 +104,9 @@ PipelineLoss PipelineRunner::forward(const at::Tensor& tokens,
     return loss;
 }
 
-PipelineLoss PipelineRunner::forward_backward(const at::Tensor& tokens,
-                                              const std::function<void(int64_t)>& on_micro) {
+PipelineLoss PipelineRunner::forward_backward(const at::Tensor&                   tokens,
+                                              const std::function<void(int64_t)>& on_micro,
+                                              const std::function<void(int64_t)>& on_backward) {
     const int     r = t_.rank(), P = t_.size();
     const int64_t N = tokens.size(0), T = tokens.size(1);
     const int64_t M = (N + microbatch_ - 1) / microbatch_;
@@ -105,15 +114,16 @@ PipelineLoss PipelineRunner::forward_backward(const at::Tensor& tokens,
     stats_.n_micro  = M;
     const auto t0   = Clock::now();
     // dF/d(loss_i) for F = mean over every predicted position of the whole batch.
-    const at::Tensor dloss = at::scalar_tensor(1.0 / double(N * (T - 1)), at::TensorOptions().dtype(stage_.dtype()));
+    const at::Tensor dloss =
+        at::scalar_tensor(1.0 / double(N * (T - 1)), at::TensorOptions().dtype(stage_.dtype()));
 
     struct InFlight {
         at::Tensor in, out;
     };
     std::deque<InFlight>               inflight;  // forwards not yet backwarded, oldest first
     std::vector<std::unique_ptr<Work>> sends;
-    double                             sum = 0;
-    int64_t                            n   = 0;
+    double                             sum      = 0;
+    int64_t                            n        = 0;
     int64_t                            next_fwd = 0, next_bwd = 0;
 
     auto do_forward = [&] {
@@ -134,8 +144,8 @@ PipelineLoss PipelineRunner::forward_backward(const at::Tensor& tokens,
         if (r == 0 && on_micro) on_micro(m + 1);
     };
     auto do_backward = [&] {
-        const int64_t m  = next_bwd++;
-        InFlight      f  = std::move(inflight.front());
+        const int64_t m = next_bwd++;
+        InFlight      f = std::move(inflight.front());
         inflight.pop_front();
         at::Tensor g = dloss;
         if (r < P - 1) {
@@ -144,6 +154,7 @@ PipelineLoss PipelineRunner::forward_backward(const at::Tensor& tokens,
         }
         const auto tb  = Clock::now();
         at::Tensor gin = model::stage_backward(f.in, f.out, g);
+        if (on_backward) on_backward(m);
         stats_.busy_s += since(tb);
         if (r > 0) sends.push_back(t_.send(gin.contiguous(), r - 1, bwd_tag(m)));
         // Completed sends release their buffers.

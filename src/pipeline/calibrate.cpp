@@ -5,11 +5,15 @@
 #include <ATen/ATen.h>
 
 #include <chrono>
+#include <cmath>
+#include <limits>
 
 #include "requant/dist/schedule.h"
 #include "requant/io/error.h"
+#include "requant/quant/awq.h"
 #include "requant/quant/gptq.h"
 #include "requant/quant/rtn.h"
+#include "requant/quant/squeezellm.h"
 
 namespace rq::pipeline {
 namespace {
@@ -21,52 +25,210 @@ double since(Clock::time_point t0) {
 
 }  // namespace
 
-void HessianCollector::observe(int64_t layer, model::LinearInput which, const at::Tensor& x) {
+void StatsCollector::observe(int64_t layer, model::LinearInput which, const at::Tensor& x) {
     const at::Tensor x2 = x.detach().reshape({-1, x.size(-1)});  // [rows, in]
     Entry&           e  = acc_[{layer, int(which)}];
-    const at::Tensor g  = x2.t().matmul(x2).to(at::kDouble);  // fp32 GEMM, fp64 running sum
-    if (!e.xtx.defined())
-        e.xtx = g;
-    else
-        e.xtx.add_(g);
+    if (opt_.xtx) {
+        const at::Tensor g = x2.t().matmul(x2).to(at::kDouble);  // fp32 GEMM, fp64 running sum
+        if (!e.xtx.defined())
+            e.xtx = g;
+        else
+            e.xtx.add_(g);
+    }
+    if (opt_.abs_mean) {
+        const at::Tensor a = x2.abs().to(at::kDouble).sum(0);
+        if (!e.abs_sum.defined())
+            e.abs_sum = a;
+        else
+            e.abs_sum.add_(a);
+    }
+    if (opt_.max_samples > 0) {
+        // Rows e.rows, e.rows+1, ... of the whole calibration stream; keep every stride-th.
+        const int64_t stride =
+            std::max<int64_t>(1, (opt_.total_rows + opt_.max_samples - 1) / opt_.max_samples);
+        const int64_t first = (stride - e.rows % stride) % stride;
+        if (first < x2.size(0))
+            e.samples.push_back(
+                x2.narrow(0, first, x2.size(0) - first).slice(0, 0, c10::nullopt, stride).clone());
+    }
     e.rows += x2.size(0);
 }
 
-const at::Tensor& HessianCollector::xtx(int64_t layer, model::LinearInput which) const {
+const StatsCollector::Entry& StatsCollector::entry(int64_t layer, model::LinearInput which) const {
     const auto it = acc_.find({layer, int(which)});
     if (it == acc_.end())
         throw Error("no calibration statistics for layer " + std::to_string(layer));
-    return it->second.xtx;
+    return it->second;
 }
 
-int64_t HessianCollector::n_rows(int64_t layer, model::LinearInput which) const {
-    const auto it = acc_.find({layer, int(which)});
-    return it == acc_.end() ? 0 : it->second.rows;
+const at::Tensor& StatsCollector::xtx(int64_t layer, model::LinearInput which) const {
+    return entry(layer, which).xtx;
 }
 
-bool method_needs_hessian(const std::string& method) {
-    return method == "gptq";
+at::Tensor StatsCollector::abs_mean(int64_t layer, model::LinearInput which) const {
+    const Entry& e = entry(layer, which);
+    return (e.abs_sum / double(e.rows)).to(at::kFloat);
 }
 
-LayerQuant quantize_layer(model::Stage& stage, int64_t layer, const HessianCollector* stats,
-                          const QuantSpec& spec) {
-    auto&      lw = stage.weights().layers.at(std::size_t(layer - stage.range().layer_begin));
+at::Tensor StatsCollector::samples(int64_t layer, model::LinearInput which) const {
+    return at::cat(entry(layer, which).samples, 0);
+}
+
+bool method_needs_forward_stats(const std::string& method) {
+    return method == "gptq" || method == "awq";
+}
+
+StatsOptions stats_options(const QuantSpec& spec, int64_t total_rows) {
+    StatsOptions o;
+    o.xtx         = spec.method == "gptq";
+    o.abs_mean    = spec.method == "awq";
+    o.max_samples = spec.method == "awq" ? spec.awq_samples : 0;
+    o.total_rows  = total_rows;
+    return o;
+}
+
+std::vector<std::array<at::Tensor, 7>> fisher_diagonal(model::Stage& stage, dist::Transport& t,
+                                                       const at::Tensor& tokens) {
+    model::enable_linear_grads(stage.weights());
+    std::vector<std::array<at::Tensor, 7>> fisher(stage.weights().layers.size());
+    for (std::size_t il = 0; il < fisher.size(); ++il)
+        for (std::size_t i = 0; i < model::kLinears.size(); ++i)
+            fisher[il][i] =
+                at::zeros_like(stage.weights().layers[il].linear(model::kLinears[i]).detach());
+    // The runner's loss is the mean over all N sequences: N * grad is the gradient of the one
+    // sequence's own mean loss.
+    const double n = double(tokens.size(0));
+    dist::PipelineRunner(stage, t, 1).forward_backward(tokens, {}, [&](int64_t) {
+        for (std::size_t il = 0; il < fisher.size(); ++il)
+            for (std::size_t i = 0; i < model::kLinears.size(); ++i) {
+                at::Tensor& w = stage.weights().layers[il].linear(model::kLinears[i]);
+                fisher[il][i].add_((w.grad() * n).square());
+                w.mutable_grad() = at::Tensor();
+            }
+    });
+    for (auto& lw : stage.weights().layers)
+        for (model::Linear l : model::kLinears) lw.linear(l) = lw.linear(l).detach();
+    return fisher;
+}
+
+SparseSelection select_sparse(const model::Stage& stage, dist::Transport& t, const QuantSpec& spec,
+                              const std::vector<std::array<at::Tensor, 7>>* fisher) {
+    SparseSelection sel;
+    const auto&     layers = stage.weights().layers;
+    if (spec.outlier_select == "fixed" && spec.outlier_ratio > 0) {
+        // One rho for every linear of the model (SqueezeLLM), bisected so that the outliers
+        // summed over all ranks come to outlier_ratio of the linear weights.
+        std::vector<quant::IqrRule> rules;
+        double                      local_n = 0;
+        for (const auto& lw : layers)
+            for (model::Linear l : model::kLinears) {
+                rules.emplace_back(lw.linear(l));
+                local_n += double(lw.linear(l).numel());
+            }
+        auto global = [&](double v) {
+            at::Tensor x = at::tensor({v}, at::kDouble);
+            t.allreduce_sum(x)->wait();
+            return x.item<double>();
+        };
+        const double target = std::floor(spec.outlier_ratio * global(local_n));
+        auto         count  = [&](double rho) {
+            double c = 0;
+            for (const auto& r : rules) c += double(r.count(rho));
+            return global(c);
+        };
+        double lo = 0, hi = 1;
+        while (count(hi) > target && hi < 1e6) lo = hi, hi *= 2;
+        for (int it = 0; it < 50; ++it) {  // smallest rho whose count does not exceed the target
+            const double mid                = 0.5 * (lo + hi);
+            (count(mid) > target ? lo : hi) = mid;
+        }
+        sel.outliers.resize(layers.size());
+        for (std::size_t il = 0, k = 0; il < layers.size(); ++il)
+            for (std::size_t i = 0; i < model::kLinears.size(); ++i)
+                sel.outliers[il][i] = rules[k++].mask(hi);
+    } else if (spec.outlier_select != "none" && spec.outlier_ratio > 0) {
+        throw ConfigError("requant.outlier_select '" + spec.outlier_select +
+                          "' is not available yet (none, fixed)");
+    }
+    if (spec.significant_select == "fisher" && spec.significant_ratio > 0) {
+        if (fisher == nullptr) throw Error("significant_select = fisher needs the Fisher diagonal");
+        sel.significant.resize(layers.size());
+        for (std::size_t il = 0; il < layers.size(); ++il)
+            for (std::size_t i = 0; i < model::kLinears.size(); ++i) {
+                at::Tensor score = (*fisher)[il][i].to(at::kDouble);
+                if (!sel.outliers.empty())  // already sparse: not a candidate
+                    score = score.masked_fill(sel.outliers[il][i],
+                                              -std::numeric_limits<double>::infinity());
+                const auto k =
+                    int64_t(std::llround(spec.significant_ratio * double(score.numel())));
+                sel.significant[il][i] = quant::topk_mask(score, k);
+            }
+    } else if (spec.significant_select != "none" && spec.significant_ratio > 0) {
+        throw ConfigError("requant.significant_select '" + spec.significant_select +
+                          "' is not available yet (none, fisher)");
+    }
+    return sel;
+}
+
+LayerQuant quantize_layer(model::Stage& stage, int64_t layer, const StatsCollector* stats,
+                          const std::array<at::Tensor, 7>* fisher,
+                          const std::array<at::Tensor, 7>* outlier_masks,
+                          const std::array<at::Tensor, 7>* significant_masks,
+                          const QuantSpec&                 spec) {
+    auto& lw = stage.weights().layers.at(std::size_t(layer - stage.range().layer_begin));
+    // What the dense part is fitted on: sparse weights zeroed (they are stored apart).
+    std::array<at::Tensor, 7> w0, sparse, dense_in;
+    for (std::size_t i = 0; i < model::kLinears.size(); ++i) {
+        w0[i]               = lw.linear(model::kLinears[i]).detach();
+        const at::Tensor om = outlier_masks ? (*outlier_masks)[i] : at::Tensor();
+        const at::Tensor sm = significant_masks ? (*significant_masks)[i] : at::Tensor();
+        sparse[i]   = om.defined() && sm.defined() ? om.logical_or(sm) : om.defined() ? om : sm;
+        dense_in[i] = sparse[i].defined() ? w0[i].masked_fill(sparse[i], 0.0) : w0[i];
+    }
     LayerQuant out;
+    if (spec.method == "awq") {
+        if (stats == nullptr) throw Error("awq needs calibration statistics");
+        // Linears that share an input share one scale vector; q/k are not clipped (AWQ).
+        const std::vector<std::vector<std::size_t>> groups = {{0, 1, 2}, {3}, {4, 5}, {6}};
+        for (const auto& g : groups) {
+            std::vector<quant::AwqLinear> ws;
+            for (std::size_t i : g) ws.push_back({dense_in[i], i >= 2});
+            const auto which = model::linear_input(model::kLinears[g[0]]);
+            auto       qs =
+                quant::awq_quantize(ws, stats->samples(layer, which), stats->abs_mean(layer, which),
+                                    {spec.bits, spec.group_size, spec.awq_grid});
+            for (std::size_t k = 0; k < g.size(); ++k) out[g[k]].dense = std::move(qs[k]);
+        }
+    }
     for (std::size_t i = 0; i < model::kLinears.size(); ++i) {
         const model::Linear l = model::kLinears[i];
-        at::Tensor&         w = lw.linear(l);
         if (spec.method == "rtn") {
-            out[i] = quant::rtn_quantize(w.detach(), {spec.bits, spec.group_size});
+            out[i].dense = quant::rtn_quantize(dense_in[i], {spec.bits, spec.group_size});
         } else if (spec.method == "gptq") {
             if (stats == nullptr) throw Error("gptq needs calibration statistics");
-            out[i] = quant::gptq_quantize(
-                w.detach(), stats->xtx(layer, model::linear_input(l)),
+            out[i].dense = quant::gptq_quantize(
+                dense_in[i], stats->xtx(layer, model::linear_input(l)),
                 {spec.bits, spec.group_size, spec.damp, spec.act_order, spec.block_size});
-        } else {
-            throw ConfigError("quant.method '" + spec.method +
-                              "' is not available yet (rtn, gptq)");
+        } else if (spec.method == "squeezellm") {
+            if (fisher == nullptr) throw Error("squeezellm needs the Fisher diagonal");
+            at::Tensor f = (*fisher)[i];
+            if (sparse[i].defined()) f = f.masked_fill(sparse[i], 0.0);  // no pull on centroids
+            out[i].dense =
+                quant::squeezellm_quantize(dense_in[i], f, {spec.bits, spec.kmeans_iters});
+        } else if (spec.method != "awq") {
+            throw ConfigError("unknown quant.method '" + spec.method + "'");
         }
-        w = quant::dequantize(out[i]).to(w.scalar_type());
+        at::Tensor       w_hat    = quant::dequantize(out[i].dense);
+        const at::Tensor residual = w0[i].to(at::kFloat) - w_hat;
+        if (outlier_masks && (*outlier_masks)[i].defined()) {
+            out[i].outliers = quant::csr_from_mask(residual, (*outlier_masks)[i]);
+            w_hat           = w_hat + quant::csr_to_dense(out[i].outliers);
+        }
+        if (significant_masks && (*significant_masks)[i].defined()) {
+            out[i].significant = quant::csr_from_mask(residual, (*significant_masks)[i]);
+            w_hat              = w_hat + quant::csr_to_dense(out[i].significant);
+        }
+        lw.linear(l) = w_hat.to(w0[i].scalar_type());
     }
     return out;
 }
@@ -76,11 +238,21 @@ std::vector<LayerQuant> calibrate_and_quantize(model::Stage& stage, dist::Transp
                                                const QuantSpec& spec, CalibrationTimes& times,
                                                const std::function<void(int64_t)>& on_layer) {
     const auto&             range = stage.range();
-    const bool              needs = method_needs_hessian(spec.method);
+    const bool              needs = method_needs_forward_stats(spec.method);
     std::vector<LayerQuant> out;
-    HessianCollector        stats;
-    at::NoGradGuard         no_grad;
+    StatsCollector          stats(stats_options(spec, tokens.size(0) * tokens.size(1)));
+    std::vector<std::array<at::Tensor, 7>> fisher;
 
+    if (spec.method == "squeezellm" || spec.significant_select == "fisher") {
+        const auto t0 = Clock::now();  // gradients of the full-precision model
+        fisher        = fisher_diagonal(stage, t, tokens);
+        times.statistics_s += since(t0);
+    }
+    const SparseSelection sel = select_sparse(stage, t, spec, fisher.empty() ? nullptr : &fisher);
+    auto                  masks_of = [](const SparseMasks& m, int64_t i) {
+        return m.empty() ? nullptr : &m[std::size_t(i)];
+    };
+    at::NoGradGuard no_grad;
     if (!needs || !spec.sequential) {
         if (needs) {  // one full-precision pass collects every layer's statistics
             const auto t0 = Clock::now();
@@ -91,7 +263,11 @@ std::vector<LayerQuant> calibrate_and_quantize(model::Stage& stage, dist::Transp
         }
         const auto t0 = Clock::now();
         for (int64_t l = range.layer_begin; l < range.layer_end; ++l) {
-            out.push_back(quantize_layer(stage, l, needs ? &stats : nullptr, spec));
+            const int64_t i = l - range.layer_begin;
+            const auto*   f = fisher.empty() ? nullptr : &fisher[std::size_t(i)];
+            out.push_back(quantize_layer(stage, l, needs ? &stats : nullptr, f,
+                                         masks_of(sel.outliers, i), masks_of(sel.significant, i),
+                                         spec));
             if (on_layer) on_layer(l - range.layer_begin + 1);
         }
         times.quantize_s += since(t0);
@@ -120,8 +296,10 @@ std::vector<LayerQuant> calibrate_and_quantize(model::Stage& stage, dist::Transp
         for (const auto& xm : x) stage.forward_layer(l, xm);
         stage.set_observer(nullptr);
         times.statistics_s += since(t0);
-        t0 = Clock::now();
-        out.push_back(quantize_layer(stage, l, &stats, spec));
+        t0              = Clock::now();
+        const int64_t i = l - range.layer_begin;
+        out.push_back(quantize_layer(stage, l, &stats, nullptr, masks_of(sel.outliers, i),
+                                     masks_of(sel.significant, i), spec));
         times.quantize_s += since(t0);
         t0 = Clock::now();
         for (auto& xm : x) xm = stage.forward_layer(l, xm);  // through the quantized layer

@@ -54,13 +54,20 @@ void make_dirs(const std::string& path) {
 
 QuantSpec quant_spec(const io::Job& job) {
     QuantSpec s;
-    s.method     = job.quant.method;
-    s.bits       = job.quant.bits;
-    s.group_size = job.quant.group_size;
-    s.damp       = job.quant.damp;
-    s.act_order  = job.quant.act_order;
-    s.block_size = job.quant.block_size;
-    s.sequential = job.quant.sequential;
+    s.method            = job.quant.method;
+    s.bits              = job.quant.bits;
+    s.group_size        = job.quant.group_size;
+    s.damp              = job.quant.damp;
+    s.act_order         = job.quant.act_order;
+    s.block_size        = job.quant.block_size;
+    s.sequential        = job.quant.sequential;
+    s.awq_grid          = job.quant.awq_grid;
+    s.kmeans_iters      = job.quant.kmeans_iters;
+    s.outlier_ratio     = job.requant.outlier_ratio;
+    s.outlier_select    = job.requant.outlier_select;
+    s.significant_ratio = job.requant.significant_ratio;
+    s.significant_select =
+        job.requant.significant_ratio > 0 ? job.requant.significant_select : "none";
     return s;
 }
 
@@ -148,34 +155,52 @@ int run_job(const io::Job& job) {
     phases["evaluate"] = since(t0);
 
     // ---- accounting: linear weights and their storage, summed over ranks ----------------------
-    at::Tensor acc = at::zeros({2}, at::kDouble);  // [dense bits, weights]
+    // [dense bits, weights, sparse bits (CSR with row pointers), sparse bits at 48/nnz,
+    //  outliers, significant]
+    at::Tensor acc = at::zeros({6}, at::kDouble);
     for (const auto& layer : q)
         for (const auto& ql : layer) {
-            acc[0] += double(quant::dense_storage_bits(ql));
-            acc[1] += double(ql.codes.numel());
+            acc[0] += double(quant::dense_storage_bits(ql.dense));
+            acc[1] += double(ql.dense.codes.numel());
+            acc[2] += double(quant::csr_storage_bits(ql.outliers) +
+                             quant::csr_storage_bits(ql.significant));
+            acc[3] +=
+                double(quant::csr_paper_bits(ql.outliers) + quant::csr_paper_bits(ql.significant));
+            acc[4] += double(ql.outliers.nnz());
+            acc[5] += double(ql.significant.nnz());
         }
     t->allreduce_sum(acc)->wait();
     if (rank != 0) return 0;
 
-    const double   lin_bits = acc[0].item<double>(), lin_weights = acc[1].item<double>();
-    const double   other = double(io::n_params(cfg)) - lin_weights;  // embeddings, head, norms
-    const double   gib   = 8.0 * 1024 * 1024 * 1024;
+    const double   dense_bits = acc[0].item<double>(), lin_weights = acc[1].item<double>();
+    const double   lin_bits   = dense_bits + acc[2].item<double>();
+    const double   paper_bits = dense_bits + acc[3].item<double>();
+    const double   other      = double(io::n_params(cfg)) - lin_weights;  // embeddings, head, norms
+    const double   gib        = 8.0 * 1024 * 1024 * 1024;
     nlohmann::json r;
-    r["version"]               = RQ_VERSION;
-    r["model"]                 = job.model.path;
-    r["ranks"]                 = P;
-    r["threads"]               = job.run.threads;
-    r["microbatch"]            = job.run.microbatch;
-    r["method"]                = job.quant.method;
-    r["bits"]                  = job.quant.bits;
-    r["group_size"]            = job.quant.group_size;
-    r["sequential"]            = job.quant.sequential;
-    r["calibration"]           = {{"file", job.data.calibration},
-                                  {"seqs", calib.size(0)},
-                                  {"available", calib_available},
-                                  {"seq_len", calib.size(1)}};
-    r["bits_per_weight"]       = lin_bits / lin_weights;
-    r["bits_per_weight_paper"] = lin_bits / lin_weights;  // equal until sparse parts exist
+    r["version"]         = RQ_VERSION;
+    r["model"]           = job.model.path;
+    r["ranks"]           = P;
+    r["threads"]         = job.run.threads;
+    r["microbatch"]      = job.run.microbatch;
+    r["method"]          = job.quant.method;
+    r["bits"]            = job.quant.bits;
+    r["group_size"]      = job.quant.group_size;
+    r["sequential"]      = job.quant.sequential;
+    r["calibration"]     = {{"file", job.data.calibration},
+                            {"seqs", calib.size(0)},
+                            {"available", calib_available},
+                            {"seq_len", calib.size(1)}};
+    r["bits_per_weight"] = lin_bits / lin_weights;
+    r["bits_per_weight_paper"] =
+        paper_bits / lin_weights;  // sparse at 48 bits/nnz, no row pointers
+    r["bits_per_weight_dense"] = dense_bits / lin_weights;
+    r["requant"]               = {{"outlier_ratio", job.requant.outlier_ratio},
+                                  {"outlier_select", job.requant.outlier_select},
+                                  {"significant_ratio", job.requant.significant_ratio},
+                                  {"significant_select", job.requant.significant_select},
+                                  {"outliers", acc[4].item<double>()},
+                                  {"significant", acc[5].item<double>()}};
     r["linear_weights"]        = lin_weights;
     r["memory_gib"]            = (lin_bits + 16 * other) / gib;
     r["memory_gib_fp16"]       = 16 * (lin_weights + other) / gib;

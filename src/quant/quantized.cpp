@@ -11,7 +11,7 @@ int64_t n_groups(int64_t in_features, int64_t group_size) {
     return group_size <= 0 ? 1 : (in_features + group_size - 1) / group_size;
 }
 
-at::Tensor dequantize(const QuantizedLinear& q) {
+static at::Tensor dequantize_codes(const QuantizedLinear& q) {
     if (q.is_lut()) return q.lut.to(at::kFloat).gather(1, q.codes.to(at::kLong));
     const int64_t I     = q.in_features();
     at::Tensor    g     = q.g_idx.defined()   ? q.g_idx.to(at::kLong)
@@ -22,6 +22,11 @@ at::Tensor dequantize(const QuantizedLinear& q) {
     return (q.codes.to(at::kFloat) - zero) * scale;
 }
 
+at::Tensor dequantize(const QuantizedLinear& q) {
+    at::Tensor w = dequantize_codes(q);
+    return q.in_scale.defined() ? w / q.in_scale.to(at::kFloat) : w;
+}
+
 int64_t dense_storage_bits(const QuantizedLinear& q) {
     const int64_t O = q.out_features(), I = q.in_features();
     int64_t       bits = O * packed_words(I, q.bits) * 32;
@@ -30,6 +35,7 @@ int64_t dense_storage_bits(const QuantizedLinear& q) {
     else
         bits += (q.scales.numel() + q.zeros.numel()) * 16;
     if (q.g_idx.defined()) bits += I * 32;
+    if (q.in_scale.defined()) bits += I * 16;
     return bits;
 }
 

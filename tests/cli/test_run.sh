@@ -37,6 +37,21 @@ awk -v g="$g4" -v r="$r4" 'BEGIN{exit !(g < r)}' && ok "4-bit GPTQ $g4 < 4-bit R
 bpw=$(val "$tmp/r4/results.json" bits_per_weight)
 awk -v b="$bpw" 'BEGIN{exit !(b > 4.5 && b < 4.6)}' && ok "4-bit g64 bits/weight $bpw (4 + 32/64 + partial groups and padding)" || fail "bits/weight $bpw"
 
+# SqueezeLLM Dense-and-Sparse: 0.45% outliers (one global rho over all ranks) + 0.05% Fisher.
+DS=(--set quant.method=squeezellm --set requant.outlier_ratio=0.0045 --set requant.outlier_select=fixed
+    --set requant.significant_ratio=0.0005 --set requant.significant_select=fisher)
+"$bin" run "$job" --out "$tmp/ds1" "${DS[@]}" > "$tmp/log" 2>&1 || fail "squeezellm D&S np=1: $(tail -3 "$tmp/log")"
+"$mpiexec" -np 2 "$bin" run "$job" --out "$tmp/ds2" "${DS[@]}" > "$tmp/log" 2>&1 || fail "squeezellm D&S np=2: $(tail -3 "$tmp/log")"
+a=$(val "$tmp/ds1/results.json" "eval-tokens.safetensors"); b=$(val "$tmp/ds2/results.json" "eval-tokens.safetensors")
+[ -n "$a" ] && [ "$a" = "$b" ] && ok "squeezellm D&S: perplexity $a for 1 and 2 ranks" || fail "D&S np=1 '$a' vs np=2 '$b'"
+n=$(val "$tmp/ds1/results.json" linear_weights); o=$(val "$tmp/ds1/results.json" outliers); sg=$(val "$tmp/ds1/results.json" significant)
+o2=$(val "$tmp/ds2/results.json" outliers)
+awk -v o="$o" -v n="$n" 'BEGIN{t=int(0.0045*n); exit !(o <= t && o >= 0.95*t)}' && [ "$o" = "$o2" ] \
+  && ok "outliers $o of $n weights (budget 0.45%: $(awk -v n="$n" 'BEGIN{print int(0.0045*n)}')), same on 2 ranks" || fail "outliers $o / $o2 of $n"
+awk -v s="$sg" -v n="$n" 'BEGIN{exit !(s > 0.0004*n && s < 0.0006*n)}' && ok "significant (Fisher) $sg of $n" || fail "significant $sg of $n"
+dq=$(val "$tmp/ds1/results.json" "eval-tokens.safetensors"); sq=$("$bin" run "$job" --out "$tmp/sq" --set quant.method=squeezellm > /dev/null 2>&1; val "$tmp/sq/results.json" "eval-tokens.safetensors")
+awk -v d="$dq" -v s="$sq" 'BEGIN{exit !(d < s)}' && ok "Dense-and-Sparse perplexity $dq < dense-only $sq" || fail "D&S $dq not below dense-only $sq"
+
 "$bin" run "$job" --out "$tmp/bad" --set quant.bitz=3 > "$tmp/log" 2>&1; rc=$?
 [ $rc -ne 0 ] && grep -q "unknown key 'quant.bitz'" "$tmp/log" && ok "unknown key refused: $(grep error "$tmp/log")" || fail "bad key: rc $rc $(cat "$tmp/log")"
 [ $fails -eq 0 ] && echo "all run checks passed" || echo "$fails run checks failed"

@@ -27,29 +27,33 @@ struct PipelineLoss {
 };
 
 struct ScheduleStats {
-    double  wall_s = 0;  // whole schedule on this rank
-    double  busy_s = 0;  // forward/backward compute on this rank
+    double  wall_s  = 0;  // whole schedule on this rank
+    double  busy_s  = 0;  // forward/backward compute on this rank
     int64_t n_micro = 0;
     double  bubble() const { return wall_s > 0 ? 1.0 - busy_s / wall_s : 0.0; }
 };
 
 class PipelineRunner {
-public:
+  public:
     // The runner borrows both; stage index = transport rank, stages = transport size.
     PipelineRunner(model::Stage& stage, Transport& transport, int64_t microbatch);
 
     // tokens: int64 [N, T], the same on every rank. on_micro(done) is called on rank 0 after it
     // has pushed each microbatch. Returns the loss on every rank.
-    PipelineLoss forward(const at::Tensor& tokens, const std::function<void(int64_t)>& on_micro = {});
+    PipelineLoss forward(const at::Tensor&                   tokens,
+                         const std::function<void(int64_t)>& on_micro = {});
     // F = mean loss over all N*(T-1) positions; dF/dW accumulates in the linears' .grad().
-    PipelineLoss forward_backward(const at::Tensor& tokens,
-                                  const std::function<void(int64_t)>& on_micro = {});
+    // on_backward(m), if set, runs on every rank right after microbatch m's backward on that
+    // rank (per-microbatch gradient statistics such as the Fisher diagonal).
+    PipelineLoss forward_backward(const at::Tensor&                   tokens,
+                                  const std::function<void(int64_t)>& on_micro    = {},
+                                  const std::function<void(int64_t)>& on_backward = {});
 
     const ScheduleStats& stats() const { return stats_; }
     // The ideal bubble fraction of this schedule, (P-1)/(M+P-1).
     static double ideal_bubble(int P, int64_t M) { return double(P - 1) / double(M + P - 1); }
 
-private:
+  private:
     at::Tensor   micro_tokens(const at::Tensor& tokens, int64_t m) const;
     at::Tensor   recv_activation(const at::Tensor& tok_m, int src, int tag);
     PipelineLoss share_loss(double sum, int64_t n);

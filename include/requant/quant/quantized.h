@@ -18,6 +18,8 @@ struct QuantizedLinear {
     at::Tensor lut;             // fp16 [O, 2^bits] (non-uniform; empty for uniform)
     at::Tensor g_idx;           // int32 [I]: group of each column when groups follow a
                                 // permuted order (GPTQ act-order); empty = column / G
+    at::Tensor in_scale;        // fp16 [I]: AWQ per-input-channel scale s; the codes quantize
+                                // W*diag(s), so the weight is dequant(codes)/s; empty = none
 
     int64_t out_features() const { return codes.size(0); }
     int64_t in_features() const { return codes.size(1); }
@@ -26,11 +28,13 @@ struct QuantizedLinear {
 
 int64_t n_groups(int64_t in_features, int64_t group_size);  // ceil(I/G), 1 when G == 0
 
-// fp32 [O, I]: scale * (code - zero) per group, or lut[row][code].
+// fp32 [O, I]: scale * (code - zero) per group, or lut[row][code]; divided by in_scale per
+// column when present.
 at::Tensor dequantize(const QuantizedLinear& q);
 
 // Storage of the dense part in bits: codes (bit-packed rows padded to 32-bit words, as stored),
-// fp16 scales and zeros or LUTs, and g_idx (32 bits per column) when present.
+// fp16 scales and zeros or LUTs, g_idx (32 bits per column) and in_scale (16 bits per column;
+// AWQ folds it into the preceding operation, it is counted anyway) when present.
 int64_t dense_storage_bits(const QuantizedLinear& q);
 
 }  // namespace rq::quant

@@ -1,0 +1,180 @@
+// AWQ (requant/quant/awq.h): the scale search and the clipping search over one group of linears
+// that read the same input. Not the statistics collection (pipeline/calibrate) and not the
+// folding of s into the preceding operation: s is stored with each linear (in_scale).
+// Weights are quantized in fp32 exactly as rtn_quantize does; every error is computed in fp64
+// from H = x^T x, so a result does not depend on BLAS blocking of the n sampled rows.
+#include "requant/quant/awq.h"
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <cmath>
+#include <sstream>
+#include <string>
+
+#include "requant/io/error.h"
+#include "requant/quant/rtn.h"
+
+namespace rq::quant {
+namespace {
+
+constexpr double kMinActMean = 1e-4;             // floor of mean|x| before the power (as llm-awq)
+constexpr double kHalfMin    = 6.103515625e-05;  // smallest normal fp16: s stays a normal number
+constexpr double kHalfMax    = 65504.0;
+
+std::string shape_str(const at::Tensor& t) {
+    if (!t.defined()) return "undefined";
+    std::ostringstream o;
+    o << t.sizes();
+    return o.str();
+}
+
+void check_params(const AwqParams& p) {
+    check_quant_params(p.bits, p.group_size);
+    if (p.grid < 1) throw ConfigError("awq: grid must be >= 1, got " + std::to_string(p.grid));
+    if (p.clip_grid < 1)
+        throw ConfigError("awq: clip_grid must be >= 1, got " + std::to_string(p.clip_grid));
+    if (!(p.max_shrink >= 0 && p.max_shrink < 1))
+        throw ConfigError("awq: max_shrink must be in [0, 1), got " + std::to_string(p.max_shrink));
+}
+
+void check_inputs(const std::vector<AwqLinear>& group, const at::Tensor& x,
+                  const at::Tensor& x_abs_mean) {
+    if (group.empty()) throw ShapeError("awq: empty group of linears");
+    if (!x.defined() || x.dim() != 2)
+        throw ShapeError("awq: sampled inputs x must be [n, I], got " + shape_str(x));
+    const int64_t I = x.size(1);
+    if (!x_abs_mean.defined() || x_abs_mean.dim() != 1 || x_abs_mean.size(0) != I)
+        throw ShapeError("awq: x_abs_mean must be [" + std::to_string(I) + "], got " +
+                         shape_str(x_abs_mean));
+    for (std::size_t i = 0; i < group.size(); ++i) {
+        const at::Tensor& w = group[i].w;
+        if (!w.defined() || w.dim() != 2 || w.size(1) != I)
+            throw ShapeError("awq: weight " + std::to_string(i) + " of the group must be [O, " +
+                             std::to_string(I) + "] to match x, got " + shape_str(w));
+    }
+    const at::Tensor m = x_abs_mean.to(at::kDouble);
+    if (!at::isfinite(m).all().item<bool>() || (m < 0).any().item<bool>())
+        throw Error("awq: x_abs_mean must be finite and >= 0");
+    if (!at::isfinite(x).all().item<bool>()) throw Error("awq: sampled inputs x are not finite");
+}
+
+// s(alpha) = max(mean|x|, 1e-4)^alpha / sqrt(max * min), rounded to fp16: float [I].
+at::Tensor alpha_scales(const at::Tensor& x_abs_mean, double alpha) {
+    at::Tensor s = x_abs_mean.to(at::kDouble).clamp_min(kMinActMean).pow(alpha);
+    s            = s / (s.max() * s.min()).sqrt();
+    return s.clamp(kHalfMin, kHalfMax).to(at::kHalf).to(at::kFloat);
+}
+
+// Output error of each row for inputs with second moment H: fp64 [O], sums to output_error.
+at::Tensor row_errors(const at::Tensor& w, const at::Tensor& w_hat, const at::Tensor& H) {
+    const at::Tensor d = w_hat.to(at::kDouble) - w.to(at::kDouble);
+    return (d.matmul(H) * d).sum(1);
+}
+
+// RTN codes of W diag(s), s float [I] (fp16 values).
+QuantizedLinear quantize_scaled(const at::Tensor& w, const at::Tensor& s, const AwqParams& p) {
+    QuantizedLinear q = rtn_quantize(w * s, {p.bits, p.group_size});
+    q.in_scale        = s.to(at::kHalf);
+    return q;
+}
+
+// auto_clip.py on the scaled weights ws = W diag(s) [O, I]: per (row, group) the max range with
+// the least error of the group's partial output (x_g / s_g) ws_g^T. H fp64 [I, I] of the raw x.
+QuantizedLinear clip_search(const at::Tensor& ws, const at::Tensor& s, const at::Tensor& H,
+                            const AwqParams& p) {
+    const int64_t O = ws.size(0), I = ws.size(1), G = p.group_size > 0 ? p.group_size : I;
+    const int64_t NG = n_groups(I, p.group_size);
+    const int64_t n_shrink =
+        std::max<int64_t>(1, int64_t(std::floor(p.max_shrink * p.clip_grid + 1e-9)));
+    at::Tensor codes  = at::empty({O, I}, at::kFloat);
+    at::Tensor scales = at::empty({O, NG}, at::kFloat), zeros = at::empty({O, NG}, at::kFloat);
+    const at::Tensor inv_s = 1.0 / s.to(at::kDouble);
+    for (int64_t g = 0; g < NG; ++g) {
+        const int64_t    c0 = g * G, n = std::min(G, I - c0);
+        const at::Tensor wg       = ws.narrow(1, c0, n);                  // float [O, n]
+        const at::Tensor hg       = H.narrow(0, c0, n).narrow(1, c0, n);  // fp64 [n, n]
+        const at::Tensor is       = inv_s.narrow(0, c0, n);               // fp64 [n]
+        const at::Tensor absmax   = wg.abs().amax(1, /*keepdim=*/true);   // float [O, 1]
+        at::Tensor       best_max = absmax, best_err, sc, ze;
+        for (int64_t k = 0; k < n_shrink; ++k) {
+            const at::Tensor max_val = absmax * float(1.0 - double(k) / p.clip_grid);
+            const at::Tensor cur     = at::minimum(at::maximum(wg, -max_val), max_val);
+            uniform_group_params(cur, p.bits, sc, ze);
+            const at::Tensor q = (uniform_codes(cur, sc, ze, p.bits) - ze) * sc;
+            const at::Tensor d = (q.to(at::kDouble) - wg.to(at::kDouble)) * is;  // unscaled dW
+            const at::Tensor e = (d.matmul(hg) * d).sum(1, /*keepdim=*/true);    // fp64 [O, 1]
+            if (k == 0) {
+                best_err = e;
+                continue;
+            }
+            const at::Tensor better = e < best_err;
+            best_err                = at::where(better, e, best_err);
+            best_max                = at::where(better, max_val, best_max);
+        }
+        const at::Tensor cur = at::minimum(at::maximum(wg, -best_max), best_max);
+        uniform_group_params(cur, p.bits, sc, ze);
+        codes.narrow(1, c0, n).copy_(uniform_codes(cur, sc, ze, p.bits));
+        scales.narrow(1, g, 1).copy_(sc);
+        zeros.narrow(1, g, 1).copy_(ze);
+    }
+    QuantizedLinear q;
+    q.bits       = p.bits;
+    q.group_size = p.group_size;
+    q.codes      = codes.to(at::kByte);
+    q.scales     = scales.to(at::kHalf);
+    q.zeros      = zeros.to(at::kHalf);
+    q.in_scale   = s.to(at::kHalf);
+    return q;
+}
+
+// Row by row, the clipped codes where they lower the row's full output error, else the plain.
+QuantizedLinear keep_better_rows(const QuantizedLinear& plain, const QuantizedLinear& clipped,
+                                 const at::Tensor& w, const at::Tensor& H) {
+    const at::Tensor better =
+        (row_errors(w, dequantize(clipped), H) < row_errors(w, dequantize(plain), H))
+            .unsqueeze(1);  // [O, 1]
+    QuantizedLinear q = plain;
+    q.codes           = at::where(better, clipped.codes, plain.codes);
+    q.scales          = at::where(better, clipped.scales, plain.scales);
+    q.zeros           = at::where(better, clipped.zeros, plain.zeros);
+    return q;
+}
+
+}  // namespace
+
+std::vector<QuantizedLinear> awq_quantize(const std::vector<AwqLinear>& group, const at::Tensor& x,
+                                          const at::Tensor& x_abs_mean, const AwqParams& p) {
+    check_params(p);
+    check_inputs(group, x, x_abs_mean);
+    const at::Tensor        xd = x.to(at::kDouble);
+    const at::Tensor        H  = xd.t().matmul(xd);  // fp64 [I, I]
+    std::vector<at::Tensor> ws;                      // float [O, I] each
+    for (const AwqLinear& l : group) ws.push_back(l.w.to(at::kFloat).contiguous());
+
+    // Scale search. alpha = 0 is s = 1 (RTN); a later alpha must be strictly better.
+    std::vector<QuantizedLinear> best;
+    double                       best_err = 0;
+    at::Tensor                   best_s;
+    for (int i = 0; i < p.grid; ++i) {
+        const at::Tensor             s = alpha_scales(x_abs_mean, double(i) / p.grid);
+        std::vector<QuantizedLinear> qs;
+        double                       err = 0;
+        for (const at::Tensor& w : ws) {
+            qs.push_back(quantize_scaled(w, s, p));
+            err += row_errors(w, dequantize(qs.back()), H).sum().item<double>();
+        }
+        if (i == 0 || err < best_err) best_err = err, best = std::move(qs), best_s = s;
+    }
+    if (!p.clip) return best;
+
+    // Clipping search on W diag(s), per linear that allows it.
+    for (std::size_t l = 0; l < group.size(); ++l) {
+        if (!group[l].clip) continue;
+        const QuantizedLinear clipped = clip_search(ws[l] * best_s, best_s, H, p);
+        best[l]                       = keep_better_rows(best[l], clipped, ws[l], H);
+    }
+    return best;
+}
+
+}  // namespace rq::quant

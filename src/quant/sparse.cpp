@@ -1,0 +1,90 @@
+// CSR sparse parts and their selection rules (requant/quant/sparse.h).
+#include "requant/quant/sparse.h"
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+
+#include "requant/io/error.h"
+
+namespace rq::quant {
+
+SparseCsr csr_from_mask(const at::Tensor& values, const at::Tensor& mask) {
+    if (values.dim() != 2 || values.sizes() != mask.sizes() || mask.scalar_type() != at::kBool)
+        throw ShapeError("csr_from_mask: values [O, I] and a bool mask of the same shape needed");
+    SparseCsr s;
+    s.rows                   = values.size(0);
+    s.cols                   = values.size(1);
+    const at::Tensor m       = mask.contiguous();
+    const at::Tensor nz      = m.nonzero();  // [nnz, 2], row-major order
+    s.indices                = nz.select(1, 1).to(at::kInt).contiguous();
+    s.values                 = values.contiguous().masked_select(m).to(at::kHalf);
+    const at::Tensor per_row = m.sum(1, /*keepdim=*/false, at::kInt);
+    s.indptr = at::cat({at::zeros({1}, at::kInt), per_row.cumsum(0, at::kInt)}).contiguous();
+    return s;
+}
+
+at::Tensor csr_to_dense(const SparseCsr& s) {
+    at::Tensor out = at::zeros({s.rows, s.cols}, at::kFloat);
+    if (s.nnz() == 0) return out;
+    const at::Tensor counts = s.indptr.narrow(0, 1, s.rows) - s.indptr.narrow(0, 0, s.rows);
+    const at::Tensor rows =
+        at::repeat_interleave(at::arange(s.rows, at::kLong), counts.to(at::kLong));
+    out.index_put_({rows, s.indices.to(at::kLong)}, s.values.to(at::kFloat));
+    return out;
+}
+
+int64_t csr_storage_bits(const SparseCsr& s) {
+    return s.indptr.defined() ? 48 * s.nnz() + 32 * (s.rows + 1) : 0;  // no part, no row pointers
+}
+
+IqrRule::IqrRule(const at::Tensor& w) : w_(w.detach().to(at::kFloat).contiguous()) {
+    const at::Tensor v = std::get<0>(w_.flatten().sort());
+    const int64_t    n = v.numel();
+    const float*     p = v.data_ptr<float>();
+    auto             q = [&](double f) {
+        const double  pos = f * double(n - 1);
+        const int64_t lo  = int64_t(pos);
+        const int64_t hi  = std::min(lo + 1, n - 1);
+        return double(p[lo]) + (pos - double(lo)) * (double(p[hi]) - double(p[lo]));
+    };
+    q1_         = q(0.25);
+    q3_         = q(0.75);
+    abs_sorted_ = std::get<0>(w_.flatten().abs().sort());
+}
+
+double IqrRule::threshold(double rho) const {
+    const double iqr = q3_ - q1_;
+    return std::max(std::abs(q1_ - rho * iqr), std::abs(q3_ + rho * iqr));
+}
+
+int64_t IqrRule::count(double rho) const {
+    const float   t = float(threshold(rho));
+    const float*  p = abs_sorted_.data_ptr<float>();
+    const int64_t n = abs_sorted_.numel();
+    return n - (std::lower_bound(p, p + n, t) - p);
+}
+
+at::Tensor IqrRule::mask(double rho) const {
+    return w_.abs() >= float(threshold(rho));
+}
+
+at::Tensor iqr_outlier_mask(const at::Tensor& w, double rho) {
+    return IqrRule(w).mask(rho);
+}
+int64_t iqr_outlier_count(const at::Tensor& w, double rho) {
+    return IqrRule(w).count(rho);
+}
+
+at::Tensor topk_mask(const at::Tensor& score, int64_t k) {
+    at::Tensor mask = at::zeros(score.sizes(), at::kBool);
+    if (k <= 0) return mask;
+    const at::Tensor f = score.detach().flatten().to(at::kDouble);
+    k                  = std::min<int64_t>(k, f.numel());
+    // Stable descending sort: equal scores keep index order, so ties go to the lower index.
+    const at::Tensor order = std::get<1>(f.sort(/*stable=*/true, /*dim=*/0, /*descending=*/true));
+    mask.view({-1}).index_fill_(0, order.narrow(0, 0, k), true);
+    return mask;
+}
+
+}  // namespace rq::quant
