@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "../common/shared_dir.h"
+#include "real_layers.h"
 #include "requant/io/dataset.h"
 #include "requant/io/error.h"
 #include "requant/io/hf_checkpoint.h"
@@ -27,9 +28,8 @@ namespace {
 using model::Linear;
 using model::LinearInput;
 
-constexpr int64_t kCalibT = 256, kCalibN = 8;  // calibration windows of sotu-1790-1980.txt
-constexpr int64_t kMaxSamples = 2048;          // sampled rows per linear input
-constexpr double  kMaxRelErr  = 0.25;          // ||dequant - w|| / ||w|| at 4 bits
+constexpr int64_t kMaxSamples = 2048;  // sampled rows per linear input
+constexpr double  kMaxRelErr  = 0.25;  // ||dequant - w|| / ||w|| at 4 bits
 
 AwqParams params(int bits, int64_t G, int grid = 20, bool clip = true) {
     AwqParams p;
@@ -40,16 +40,6 @@ AwqParams params(int bits, int64_t G, int grid = 20, bool clip = true) {
     return p;
 }
 
-// Every input row of the chosen layers' linears, [rows, I] per (layer, input).
-class InputObserver : public model::LinearObserver {
-  public:
-    void observe(int64_t layer, LinearInput which, const at::Tensor& x) override {
-        if (layer != 0 && layer != 4) return;
-        rows_[{layer, which}].push_back(x.reshape({-1, x.size(-1)}).to(at::kFloat).clone());
-    }
-    std::map<std::pair<int64_t, LinearInput>, std::vector<at::Tensor>> rows_;
-};
-
 struct Inputs {
     at::Tensor x;         // float [n, I]: every stride-th row, n <= kMaxSamples
     at::Tensor abs_mean;  // float [I]: mean |x| over all rows
@@ -58,27 +48,14 @@ struct Inputs {
 class AwqLlama7m : public ::testing::Test {
   protected:
     static void SetUpTestSuite() {
-        const std::string dir = test::shared_path("models/llama-7m-en");
-        io::HfCheckpoint  ckpt(dir);
-        io::TokenData     d = io::load_text_windows(test::shared_path("data/sotu-1790-1980.txt"),
-                                                    dir + "/tokenizer.model", kCalibT, kCalibN);
-        model::Stage      m(
-                 ckpt.config(),
-                 model::load_stage_weights(ckpt, model::whole_model(ckpt.config()), at::kFloat),
-                 kCalibT);
-        InputObserver obs;
-        m.set_observer(&obs);
-        at::NoGradGuard g;
-        m.forward(d.tokens, d.tokens);
-        inputs_ = new std::map<std::pair<int64_t, LinearInput>, Inputs>();
-        for (auto& [key, rows] : obs.rows_) {
-            const at::Tensor all    = at::cat(rows, 0);
-            const int64_t    stride = (all.size(0) + kMaxSamples - 1) / kMaxSamples;
-            (*inputs_)[key]         = {all.slice(0, 0, all.size(0), stride).contiguous(),
-                                       all.abs().mean(0)};
+        const auto& r = test::real_layers();
+        inputs_       = new std::map<std::pair<int64_t, LinearInput>, Inputs>();
+        for (const auto& [key, all] : r.rows) {
+            const int64_t stride = (all.size(0) + kMaxSamples - 1) / kMaxSamples;
+            (*inputs_)[key]      = {all.slice(0, 0, all.size(0), stride).contiguous(),
+                                    all.abs().mean(0)};
         }
-        weights_ =
-            new std::vector<model::LayerWeights>{m.weights().layers[0], m.weights().layers[4]};
+        weights_ = new std::vector<model::LayerWeights>(r.layers);
     }
     static void TearDownTestSuite() {
         delete inputs_;

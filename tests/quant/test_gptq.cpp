@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "../common/shared_dir.h"
+#include "real_layers.h"
 #include "requant/io/dataset.h"
 #include "requant/io/error.h"
 #include "requant/io/hf_checkpoint.h"
@@ -27,8 +28,7 @@ namespace {
 
 using model::LinearInput;
 
-constexpr int64_t kCalibT = 256, kCalibN = 8;  // calibration windows of sotu-1790-1980.txt
-constexpr double  kSameQuality = 1e-6;         // relative slack when GPTQ must equal RTN
+constexpr double kSameQuality = 1e-6;  // relative slack when GPTQ must equal RTN
 
 GptqParams params(int bits, int64_t G, bool act) {
     GptqParams p;
@@ -38,40 +38,16 @@ GptqParams params(int bits, int64_t G, bool act) {
     return p;
 }
 
-// H = X^T X (sum over tokens, fp64) of each (layer, linear input) of the chosen layers.
-class HessianObserver : public model::LinearObserver {
-  public:
-    explicit HessianObserver(std::vector<int64_t> layers) : layers_(std::move(layers)) {}
-    void observe(int64_t layer, LinearInput which, const at::Tensor& x) override {
-        if (std::find(layers_.begin(), layers_.end(), layer) == layers_.end()) return;
-        const at::Tensor xd = x.reshape({-1, x.size(-1)}).to(at::kDouble);  // [B*T, in]
-        at::Tensor&      h  = h_[{layer, which}];
-        h                   = h.defined() ? h + xd.t().matmul(xd) : xd.t().matmul(xd);
-    }
-    std::map<std::pair<int64_t, LinearInput>, at::Tensor> h_;
-
-  private:
-    std::vector<int64_t> layers_;
-};
-
 class GptqLlama7m : public ::testing::Test {
   protected:
     static void SetUpTestSuite() {
-        const std::string dir = test::shared_path("models/llama-7m-en");
-        io::HfCheckpoint  ckpt(dir);
-        io::TokenData     d = io::load_text_windows(test::shared_path("data/sotu-1790-1980.txt"),
-                                                    dir + "/tokenizer.model", kCalibT, kCalibN);
-        model::Stage      m(
-                 ckpt.config(),
-                 model::load_stage_weights(ckpt, model::whole_model(ckpt.config()), at::kFloat),
-                 kCalibT);
-        HessianObserver obs({0, 4});
-        m.set_observer(&obs);
-        at::NoGradGuard g;
-        m.forward(d.tokens, d.tokens);
-        hessians_ = new std::map<std::pair<int64_t, LinearInput>, at::Tensor>(obs.h_);
-        weights_ =
-            new std::vector<model::LayerWeights>{m.weights().layers[0], m.weights().layers[4]};
+        const auto& r = test::real_layers();
+        hessians_     = new std::map<std::pair<int64_t, LinearInput>, at::Tensor>();
+        for (const auto& [key, x] : r.rows) {  // H = X^T X (sum over tokens, fp64)
+            const at::Tensor xd = x.to(at::kDouble);
+            (*hessians_)[key]   = xd.t().matmul(xd);
+        }
+        weights_ = new std::vector<model::LayerWeights>(r.layers);
     }
     static void TearDownTestSuite() {
         delete hessians_;
