@@ -58,8 +58,8 @@ const ShimApi& shim() {
         std::vector<std::string> candidates;
         if (const char* env = std::getenv("RQ_SPM_SHIM")) candidates.push_back(env);
         const std::string d = exe_dir();
-        for (const char* sub : {"/", "/../lib/", "/../lib/requant/"})
-            candidates.push_back(d + sub + RQ_SPM_SHIM_FILE);
+        for (const char* sub : {"", "../lib", "../lib/requant"})
+            candidates.push_back(d + "/" + sub + (*sub ? "/" : "") + RQ_SPM_SHIM_FILE);
         std::string path;
         for (const auto& c : candidates)
             if (exists(c)) {

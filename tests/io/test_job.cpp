@@ -35,7 +35,9 @@ path = "models/m"
 calibration = "calib.txt"
 )";
 
-const std::string kOrigin = "/jobs/dir/job.toml";
+// A job file location that need not exist: relative paths resolve against its folder.
+const std::string kDir    = (std::filesystem::temp_directory_path() / "rq-job-test").string();
+const std::string kOrigin = kDir + "/job.toml";
 
 Job parse(const std::string& text, const std::vector<std::string>& sets = {}) {
     return parse_job(text, kOrigin, sets);
@@ -53,8 +55,8 @@ fs::path jobs_dir() {
 
 TEST(Job, Defaults) {
     const Job j = parse(kMinimal);
-    EXPECT_EQ(j.model.path, "/jobs/dir/models/m");
-    EXPECT_EQ(j.data.calibration, "/jobs/dir/calib.txt");
+    EXPECT_EQ(j.model.path, (std::filesystem::path(kDir) / "models" / "m").string());
+    EXPECT_EQ(j.data.calibration, kDir + "/calib.txt");
     EXPECT_EQ(j.data.calibration_seqs, 128);
     EXPECT_EQ(j.data.seq_len, 256);
     EXPECT_TRUE(j.data.eval.empty());
@@ -77,7 +79,8 @@ TEST(Job, Defaults) {
     EXPECT_TRUE(j.requant.signed_ranking);
     EXPECT_EQ(j.sensitivity.nodes, 32);
     EXPECT_EQ(j.sensitivity.rule, "midpoint");
-    EXPECT_EQ(j.run.out, "/jobs/dir/runs/job");  // runs/<job file stem>
+    EXPECT_EQ(j.run.out,
+              (std::filesystem::path(kDir) / "runs" / "job").string());  // runs/<job file stem>
     EXPECT_EQ(j.run.microbatch, 4);
     EXPECT_EQ(j.run.threads, 2);
     EXPECT_EQ(j.run.transport, "mpi");
@@ -179,17 +182,18 @@ TEST(Job, TomlSyntaxIsAFormatError) {
 }
 
 TEST(Job, Overrides) {
-    const Job j =
+    const std::string abs_out = kDir + "-out";  // an absolute path stays as it is
+    const Job         j =
         parse(kMinimal, {"quant.bits=3", "quant.method=gptq", "data.eval=[\"a.txt\",\"b.txt\"]",
                          "requant.outlier_ratio=0.0045", "requant.outlier_select = adaptive",
-                         "quant.act_order=true", "run.out=\"/abs/out\""});
+                         "quant.act_order=true", "run.out=\"" + abs_out + "\""});
     EXPECT_EQ(j.quant.bits, 3);
     EXPECT_EQ(j.quant.method, "gptq");  // bare word taken as a string
-    EXPECT_EQ(j.data.eval, (std::vector<std::string>{"/jobs/dir/a.txt", "/jobs/dir/b.txt"}));
+    EXPECT_EQ(j.data.eval, (std::vector<std::string>{kDir + "/a.txt", kDir + "/b.txt"}));
     EXPECT_DOUBLE_EQ(j.requant.outlier_ratio, 0.0045);
     EXPECT_EQ(j.requant.outlier_select, "adaptive");
     EXPECT_TRUE(j.quant.act_order);
-    EXPECT_EQ(j.run.out, "/abs/out");
+    EXPECT_EQ(j.run.out, abs_out);
     // Later overrides win; overrides beat the file; they can add a whole table.
     EXPECT_EQ(parse(kMinimal + "[quant]\nbits = 8\n", {"quant.bits=2", "quant.bits=5"}).quant.bits,
               5);
@@ -211,20 +215,19 @@ TEST(Job, BadOverrides) {
 }
 
 TEST(Job, RelativePathsResolveAgainstTheJobFolder) {
-    const std::string text = R"([model]
-path = "../models/m"
-[data]
-calibration = "/abs/calib.txt"
-eval = ["e1.txt", "./sub/../e2.txt", "/abs/e3.txt"]
-[run]
-out = "../runs/x"
-)";
-    const Job         j    = parse_job(text, "/a/b/jobs/j.toml");
-    EXPECT_EQ(j.model.path, "/a/b/models/m");
-    EXPECT_EQ(j.data.calibration, "/abs/calib.txt");
+    const fs::path    root = fs::path(kDir) / "a";  // stands for any absolute folder
+    const std::string abs1 = (root / "abs" / "calib.txt").string();
+    const std::string abs3 = (root / "abs" / "e3.txt").string();
+    const std::string text = "[model]\npath = \"../models/m\"\n[data]\ncalibration = \"" + abs1 +
+                             "\"\neval = [\"e1.txt\", \"./sub/../e2.txt\", \"" + abs3 +
+                             "\"]\n[run]\nout = \"../runs/x\"\n";
+    const Job j = parse_job(text, (root / "b" / "jobs" / "j.toml").string());
+    EXPECT_EQ(j.model.path, (root / "b" / "models" / "m").string());
+    EXPECT_EQ(j.data.calibration, abs1);
     EXPECT_EQ(j.data.eval,
-              (std::vector<std::string>{"/a/b/jobs/e1.txt", "/a/b/jobs/e2.txt", "/abs/e3.txt"}));
-    EXPECT_EQ(j.run.out, "/a/b/runs/x");
+              (std::vector<std::string>{(root / "b" / "jobs" / "e1.txt").string(),
+                                        (root / "b" / "jobs" / "e2.txt").string(), abs3}));
+    EXPECT_EQ(j.run.out, (root / "b" / "runs" / "x").string());
     // A relative origin is taken from the working directory.
     const Job r = parse_job(kMinimal, "rel/sweep.toml");
     EXPECT_EQ(r.model.path, (fs::current_path() / "rel/models/m").lexically_normal().string());
@@ -246,7 +249,7 @@ Job everything_set() {
 TEST(Job, RoundTripThroughToml) {
     for (const Job& j : {parse(kMinimal), everything_set()}) {
         const std::string text = job_to_toml(j);
-        const Job         back = parse_job(text, "/elsewhere/other.toml");
+        const Job back = parse_job(text, (fs::path(kDir) / "elsewhere" / "other.toml").string());
         EXPECT_TRUE(back == j) << text << "---\n" << job_to_toml(back);
         EXPECT_EQ(job_to_toml(back), text);
     }
@@ -276,8 +279,8 @@ TEST(Job, LoadJobReadsFilesAndRefusesMissingOnes) {
     TempDir dir;
     rq::io_test::write_file(dir.file("sweep.toml"), kMinimal);
     const Job j = load_job(dir.file("sweep.toml"), {"quant.bits=2"});
-    EXPECT_EQ(j.model.path, dir.path() + "/models/m");
-    EXPECT_EQ(j.run.out, dir.path() + "/runs/sweep");
+    EXPECT_EQ(j.model.path, (fs::path(dir.path()) / "models" / "m").string());
+    EXPECT_EQ(j.run.out, (fs::path(dir.path()) / "runs" / "sweep").string());
     EXPECT_EQ(j.quant.bits, 2);
     expect_error<IoError>([&] { load_job(dir.file("missing.toml")); },
                           {"missing.toml", "cannot open"});
@@ -311,7 +314,7 @@ TEST(Job, BundledJobFilesParseAndTheirPathsExist) {
         EXPECT_TRUE(fs::is_regular_file(j->data.calibration)) << j->data.calibration;
         for (const auto& e : j->data.eval) EXPECT_TRUE(fs::is_regular_file(e)) << e;
         EXPECT_EQ(fs::path(j->run.out).parent_path().filename().string(), "runs");
-        EXPECT_TRUE(parse_job(job_to_toml(*j), "/x/y.toml") == *j);
+        EXPECT_TRUE(parse_job(job_to_toml(*j), (fs::path(kDir) / "y.toml").string()) == *j);
     }
     EXPECT_TRUE(
         fs::equivalent(fs::path(rtn.model.path).parent_path(), fs::path(RQ_SHARED_DIR) / "models"));
