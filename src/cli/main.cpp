@@ -65,6 +65,12 @@ int main(int argc, char** argv) {
     run->add_option("--out", ro.out, "Run directory (overrides run.out)");
     run->add_option("--set", ro.overrides, "Override one job key: section.key=value (repeatable)");
 
+    auto* sens = app.add_subcommand(
+        "sensitivity", "Quantize as the job says, then the PQI of every weight and its self-test");
+    sens->add_option("job", ro.job, "Job file (TOML)")->required()->check(CLI::ExistingFile);
+    sens->add_option("--out", ro.out, "Run directory (overrides run.out)");
+    sens->add_option("--set", ro.overrides, "Override one job key: section.key=value (repeatable)");
+
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {
@@ -87,7 +93,8 @@ int main(int argc, char** argv) {
             eo.seq_len_given = seq_len_opt->count() > 0;
             rq::dist::broadcast_object(eo, 0, rank);
             rc = rq::cli::run_eval(eo);
-        } else if (*run) {
+        } else if (*run || *sens) {
+            ro.sensitivity = bool(*sens);
             rq::dist::broadcast_object(ro, 0, rank);
             rc = rq::cli::run_run(ro);
         }

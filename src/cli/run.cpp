@@ -26,7 +26,7 @@ int run_run(const RunOptions& o) {
     set_threads(job.run.threads);
     if (rank == 0)
         spdlog::info("job {}: {} threads per rank, {}", o.job, job.run.threads, blas_info());
-    return pipeline::run_job(job);
+    return pipeline::run_job(job, o.sensitivity);
 }
 
 }  // namespace rq::cli

@@ -21,6 +21,7 @@
 #include "requant/model/evaluate.h"
 #include "requant/pipeline/calibrate.h"
 #include "requant/quant/quantized.h"
+#include "requant/sensitivity/pqi.h"
 
 #ifndef RQ_VERSION
 #define RQ_VERSION "unknown"
@@ -73,7 +74,22 @@ QuantSpec quant_spec(const io::Job& job) {
 
 }  // namespace
 
-int run_job(const io::Job& job) {
+namespace {
+sensitivity::LinearSet stage_linears(const model::Stage& s) {
+    sensitivity::LinearSet out(s.weights().layers.size());
+    for (std::size_t il = 0; il < out.size(); ++il)
+        for (std::size_t i = 0; i < model::kLinears.size(); ++i)
+            out[il][i] = s.weights().layers[il].linear(model::kLinears[i]).detach().clone();
+    return out;
+}
+void set_stage_linears(model::Stage& s, const sensitivity::LinearSet& w) {
+    for (std::size_t il = 0; il < w.size(); ++il)
+        for (std::size_t i = 0; i < model::kLinears.size(); ++i)
+            s.weights().layers[il].linear(model::kLinears[i]) = w[il][i].clone();
+}
+}  // namespace
+
+int run_job(const io::Job& job, bool with_pqi) {
     auto                          t    = dist::make_transport(job.run.transport);
     const int                     rank = t->rank(), P = t->size();
     io::HfCheckpoint              ckpt(job.model.path);
@@ -139,6 +155,8 @@ int run_job(const io::Job& job) {
     phases["baseline"] = since(t0);
 
     // ---- statistics + prequant ------------------------------------------------------------------
+    const sensitivity::LinearSet w_orig =
+        with_pqi ? stage_linears(stage) : sensitivity::LinearSet{};
     CalibrationTimes ct;
     const auto       q = calibrate_and_quantize(
               stage, *t, calib, job.run.microbatch, quant_spec(job), ct, [&](int64_t done) {
@@ -153,6 +171,30 @@ int run_job(const io::Job& job) {
     t0                 = Clock::now();
     const auto ppl_q   = perplexities(job.quant.method.c_str());
     phases["evaluate"] = since(t0);
+
+    // ---- sensitivity: PQI between w and w~ on the calibration set -----------------------------
+    nlohmann::json sens;
+    if (with_pqi) {
+        t0                              = Clock::now();
+        const sensitivity::LinearSet wq = stage_linears(stage);
+        set_stage_linears(stage, w_orig);
+        const auto quad = sensitivity::quadrature(job.sensitivity.rule, job.sensitivity.nodes);
+        const auto pqi =
+            sensitivity::compute_pqi(stage, *t, wq, calib, job.run.microbatch, quad, [&](int k) {
+                if (rank == 0) spdlog::info("pqi: node {}/{}", k, quad.t.size());
+            });
+        phases["pqi"] = since(t0);
+        sens          = {{"delta_f", pqi.delta_f()},
+                         {"pqi_sum", pqi.pqi_sum},
+                         {"pqi_rel_error", std::abs(pqi.pqi_sum - pqi.delta_f()) / std::abs(pqi.delta_f())},
+                         {"f_orig", pqi.f_orig},
+                         {"f_quant", pqi.f_quant},
+                         {"nodes", job.sensitivity.nodes},
+                         {"rule", job.sensitivity.rule}};
+        if (rank == 0)
+            spdlog::info("pqi: dF {:.6e}, sum PQI {:.6e} ({} N={})", pqi.delta_f(), pqi.pqi_sum,
+                         job.sensitivity.rule, job.sensitivity.nodes);
+    }
 
     // ---- accounting: linear weights and their storage, summed over ranks ----------------------
     // [dense bits, weights, sparse bits (CSR with row pointers), sparse bits at 48/nnz,
@@ -207,7 +249,8 @@ int run_job(const io::Job& job) {
     r["perplexity"]            = ppl_q;
     r["perplexity_fp"]         = ppl_fp;
     r["phases"]                = phases;
-    const std::string path     = job.run.out + "/results.json";
+    if (with_pqi) r["sensitivity"] = sens;
+    const std::string path = job.run.out + "/results.json";
     std::ofstream     out(path);
     if (!out) throw IoError(path + ": cannot write: " + errno_string());
     out << r.dump(2) << "\n";

@@ -32,14 +32,15 @@ struct EvalOptions {
 int run_eval(const EvalOptions& o);
 
 struct RunOptions {
-    std::string              job;        // JOB.toml
-    std::string              out;        // --out, overrides run.out when set
-    std::vector<std::string> overrides;  // --set section.key=value
+    std::string              job;                  // JOB.toml
+    std::string              out;                  // --out, overrides run.out when set
+    std::vector<std::string> overrides;            // --set section.key=value
+    bool                     sensitivity = false;  // the `sensitivity` command: run + PQI
 
     template <class Ar>
     void serialize(Ar& ar, unsigned /*version*/) {
         // clang-format off
-        ar & job & out & overrides;
+        ar & job & out & overrides & sensitivity;
         // clang-format on
     }
 };

@@ -12,7 +12,9 @@
 
 namespace rq::pipeline {
 
-// Returns 0; throws rq::Error on failure (the caller aborts the job).
-int run_job(const io::Job& job);
+// Returns 0; throws rq::Error on failure (the caller aborts the job). with_pqi (the
+// `sensitivity` command) adds the PQI between w and the quantized w~ on the calibration set
+// (sensitivity.nodes, sensitivity.rule) and its self-test: results.json "sensitivity".
+int run_job(const io::Job& job, bool with_pqi = false);
 
 }  // namespace rq::pipeline
