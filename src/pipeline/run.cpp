@@ -186,6 +186,7 @@ int run_job(const io::Job& job, bool with_pqi) {
         phases["pqi"] = since(t0);
         sens          = {{"delta_f", pqi.delta_f()},
                          {"pqi_sum", pqi.pqi_sum},
+                         {"first_order", pqi.first_order},
                          {"pqi_rel_error", std::abs(pqi.pqi_sum - pqi.delta_f()) / std::abs(pqi.delta_f())},
                          {"f_orig", pqi.f_orig},
                          {"f_quant", pqi.f_quant},

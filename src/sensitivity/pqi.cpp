@@ -54,11 +54,19 @@ PqiResult compute_pqi(model::Stage& stage, dist::Transport& t, const LinearSet& 
     };
     dist::PipelineRunner runner(stage, t, microbatch);
     PqiResult            r;
+    at::Tensor           first = at::zeros({1}, at::kDouble);
+    auto add_first_order       = [&] {  // gradients at w (t = 0) are in the linears' .grad()
+        for (std::size_t il = 0; il < layers.size(); ++il)
+            for (std::size_t i = 0; i < model::kLinears.size(); ++i)
+                first += ((w_quant[il][i].to(at::kDouble) - w0[il][i].to(at::kDouble)) *
+                          layers[il].linear(model::kLinears[i]).grad().to(at::kDouble))
+                             .sum();
+    };
     for (std::size_t k = 0; k < q.t.size(); ++k) {
         set_point(q.t[k]);
         model::enable_linear_grads(stage.weights());
         const double f = runner.forward_backward(tokens).mean();
-        if (q.t[k] == 0.0) r.f_orig = f;
+        if (q.t[k] == 0.0) r.f_orig = f, add_first_order();
         if (q.t[k] == 1.0) r.f_quant = f;
         for (std::size_t il = 0; il < layers.size(); ++il)
             for (std::size_t i = 0; i < model::kLinears.size(); ++i)
@@ -67,7 +75,12 @@ PqiResult compute_pqi(model::Stage& stage, dist::Transport& t, const LinearSet& 
         if (on_node) on_node(int(k) + 1);
     }
     // F at the endpoints not visited by the rule.
-    if (q.t.front() != 0.0) set_point(0.0), r.f_orig = runner.forward(tokens).mean();
+    if (q.t.front() != 0.0) {  // one more pass at w: F(w) and the first-order term
+        set_point(0.0);
+        model::enable_linear_grads(stage.weights());
+        r.f_orig = runner.forward_backward(tokens).mean();
+        add_first_order();
+    }
     if (q.t.back() != 1.0) set_point(1.0), r.f_quant = runner.forward(tokens).mean();
     set_point(0.0);  // leave w in place, without gradients
     for (auto& lw : layers)
@@ -83,7 +96,9 @@ PqiResult compute_pqi(model::Stage& stage, dist::Transport& t, const LinearSet& 
             r.pqi[il][i] = p.to(at::kFloat);
         }
     t.allreduce_sum(sum)->wait();
-    r.pqi_sum = sum.item<double>();
+    t.allreduce_sum(first)->wait();
+    r.pqi_sum     = sum.item<double>();
+    r.first_order = first.item<double>();
     return r;
 }
 

@@ -58,6 +58,12 @@ TEST(Pqi, SelfTestAndRankIndependence) {
     EXPECT_EQ(dist32.r.f_orig, ref32.r.f_orig);
     EXPECT_EQ(dist32.r.f_quant, ref32.r.f_quant);
     EXPECT_NEAR(dist32.r.pqi_sum, ref32.r.pqi_sum, 1e-12 * std::abs(ref32.r.pqi_sum));
+    // Left rule with one interval = the gradient at w only: exactly the first-order term.
+    const PqiRun left1 = pqi_run(*world, mine, tok, "left", 1);
+    EXPECT_NEAR(left1.r.pqi_sum, dist32.r.first_order, 1e-9 * std::abs(left1.r.pqi_sum));
+    EXPECT_EQ(left1.r.first_order, dist32.r.first_order);
+    if (world->rank() == 0)
+        std::printf("first-order term %.6e vs dF %.6e\n", dist32.r.first_order, dist32.r.delta_f());
     int mismatches = 0;
     for (std::size_t il = 0; il < dist32.r.pqi.size(); ++il)
         for (std::size_t i = 0; i < model::kLinears.size(); ++i)

@@ -29,10 +29,11 @@ struct Quadrature {
 Quadrature quadrature(const std::string& rule, int n);
 
 struct PqiResult {
-    LinearSet pqi;          // float [O, I] per linear of this rank's layers
-    double    pqi_sum = 0;  // over every weight of every rank (fp64)
-    double    f_orig  = 0;  // F(w) on the calibration tokens
-    double    f_quant = 0;  // F(w~)
+    LinearSet pqi;              // float [O, I] per linear of this rank's layers
+    double    pqi_sum     = 0;  // over every weight of every rank (fp64)
+    double    f_orig      = 0;  // F(w) on the calibration tokens
+    double    f_quant     = 0;  // F(w~)
+    double    first_order = 0;  // g^T (w~ - w), g = grad F(w): the first-order Taylor estimate
     double    delta_f() const { return f_quant - f_orig; }
 };
 
