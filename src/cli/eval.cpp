@@ -25,15 +25,6 @@ namespace rq::cli {
 
 namespace {
 
-// Rank 0's token tensor on every rank.
-at::Tensor share_tokens(dist::Transport& t, at::Tensor tokens) {
-    std::vector<int64_t> shape = tokens.defined() ? tokens.sizes().vec() : std::vector<int64_t>{};
-    dist::broadcast_object(shape, 0, t.rank());
-    if (t.rank() != 0) tokens = at::empty(shape, at::kLong);
-    t.broadcast(tokens, 0)->wait();
-    return tokens;
-}
-
 void print_ranks(const std::vector<dist::RankStatus>& all) {
     std::fprintf(stderr,
                  "  rank  host          layers     tensors  loaded (MiB)  peak RSS (MiB)  busy (s) "
@@ -71,7 +62,7 @@ int run_eval(const EvalOptions& o) {
                      o.data, data.n_tokens, n_available, tokens.size(1), tokens.size(0), P,
                      o.threads, blas_info());
     }
-    tokens          = share_tokens(*transport, tokens);
+    tokens          = dist::broadcast_tensor(*transport, tokens, 0, at::kLong);
     const int64_t N = tokens.size(0), T = tokens.size(1);
 
     const dist::PipelinePlan plan = dist::plan_pipeline(cfg, P, T);

@@ -3,10 +3,10 @@
 
 #include <ATen/ATen.h>
 #include <spdlog/spdlog.h>
-#include <sys/stat.h>
 
 #include <chrono>
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -39,19 +39,6 @@ struct EvalSet {
     std::string name;  // file name, the key in results.json
     at::Tensor  tokens;
 };
-
-void make_dirs(const std::string& path) {
-    std::string cur;
-    for (std::size_t i = 0; i <= path.size(); ++i) {
-        if (i == path.size() || path[i] == '/') {
-            if (!cur.empty()) ::mkdir(cur.c_str(), 0755);
-        }
-        if (i < path.size()) cur += path[i];
-    }
-    struct stat st {};
-    if (::stat(path.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
-        throw IoError(path + ": cannot create the run directory: " + errno_string());
-}
 
 QuantSpec quant_spec(const io::Job& job) {
     QuantSpec s;
@@ -102,7 +89,9 @@ int run_job(const io::Job& job, bool with_pqi) {
     int64_t              calib_available = 0;
     std::vector<EvalSet> evals(job.data.eval.size());
     if (rank == 0) {
-        make_dirs(job.run.out);
+        std::error_code ec;
+        std::filesystem::create_directories(job.run.out, ec);
+        if (ec) throw IoError(job.run.out + ": cannot create the run directory: " + ec.message());
         io::TokenData c = io::load_eval_data(job.data.calibration, ckpt.dir(), job.data.seq_len,
                                              job.data.calibration_seqs);
         model::check_token_ids(c.tokens, cfg.n_vocab, io::base_name(job.data.calibration));

@@ -4,10 +4,7 @@
 # Usage: test_cli.sh PATH/TO/requant-dist PATH/TO/shared
 set -uo pipefail
 bin=$1; shared=$2; M=$shared/models
-fails=0
-fail() { echo "FAIL: $*"; fails=$((fails+1)); }
-ok()   { echo "ok:   $*"; }
-tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+source "$(dirname "$0")/check_lib.sh"
 [ -d "$M" ] || { echo "FAIL: $M not found (tests need ../shared)"; exit 1; }
 
 "$bin" --help | grep -q "eval" && ok "--help lists eval" || fail "--help"

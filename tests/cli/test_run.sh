@@ -6,12 +6,8 @@
 set -uo pipefail
 bin=$1; root=$2; mpiexec=$3; job=$root/jobs/stories260k-gptq.toml
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-fails=0
-fail() { echo "FAIL: $*"; fails=$((fails+1)); }
-ok()   { echo "ok:   $*"; }
-tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+source "$(dirname "$0")/check_lib.sh"
 [ -d "$root/../shared/models" ] || { echo "FAIL: ../shared not found beside the checkout"; exit 1; }
-val() { sed -n "s/.*\"$2\": *\([0-9.e+-]*\).*/\1/p" "$1" | head -1; }
 
 "$bin" run "$job" --out "$tmp/p1" > "$tmp/log" 2>&1 || fail "run np=1: $(tail -3 "$tmp/log")"
 for k in bits_per_weight memory_gib perplexity perplexity_fp phases ranks method version; do

@@ -6,10 +6,7 @@
 set -uo pipefail
 bin=$1; shared=$2; mpiexec=$3; M=$shared/models
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-fails=0
-fail() { echo "FAIL: $*"; fails=$((fails+1)); }
-ok()   { echo "ok:   $*"; }
-tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+source "$(dirname "$0")/../cli/check_lib.sh"
 [ -d "$M" ] || { echo "FAIL: $M not found (tests need ../shared)"; exit 1; }
 command -v "$mpiexec" > /dev/null || { echo "FAIL: $mpiexec not found (tests need Open MPI)"; exit 1; }
 
