@@ -12,6 +12,7 @@ PKGS=(
   libboost-serialization-dev libboost-mpi-dev  # control-plane messages
   nlohmann-json3-dev libtomlplusplus-dev libcli11-dev libspdlog-dev
   libsentencepiece-dev libgtest-dev
+  gnuplot-nox                                  # the sensitivity report's PNG plots
 )
 missing=()
 for p in "${PKGS[@]}"; do

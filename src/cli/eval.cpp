@@ -9,7 +9,6 @@
 #include <nlohmann/json.hpp>
 
 #include "requant/cli/commands.h"
-#include "requant/cli/progress.h"
 #include "requant/cli/sysinfo.h"
 #include "requant/dist/control.h"
 #include "requant/dist/mpi_env.h"
@@ -20,6 +19,7 @@
 #include "requant/io/error.h"
 #include "requant/io/hf_checkpoint.h"
 #include "requant/model/evaluate.h"
+#include "requant/pipeline/progress.h"
 
 namespace rq::cli {
 
@@ -71,9 +71,9 @@ int run_eval(const EvalOptions& o) {
     model::Stage         stage(cfg, model::load_stage_weights(ckpt, range, at::kFloat), T);
     dist::PipelineRunner runner(stage, *transport, o.batch);
 
-    const int64_t M = (N + o.batch - 1) / o.batch;
-    Progress      progress("eval", M, "microbatches");
-    const auto    loss = runner.forward(tokens, [&](int64_t done) {
+    const int64_t      M = (N + o.batch - 1) / o.batch;
+    pipeline::Progress progress("eval", M, "microbatches");
+    const auto         loss = runner.forward(tokens, [&](int64_t done) {
         if (rank == 0) progress.update(done);
     });
     if (rank == 0) progress.finish();

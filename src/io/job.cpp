@@ -32,7 +32,7 @@ const std::vector<std::pair<std::string, std::vector<std::string>>> kSchema = {
     {"requant",
      {"outlier_ratio", "outlier_select", "significant_ratio", "step_ratio", "scope",
       "significant_select", "signed_ranking"}},
-    {"sensitivity", {"nodes", "rule"}},
+    {"sensitivity", {"nodes", "rule", "study", "lambdas", "hvp_eps"}},
     {"run", {"out", "microbatch", "threads", "transport"}},
 };
 
@@ -172,6 +172,23 @@ struct Reader {
         }
         return true;
     }
+    bool read(const char* section, const char* key, std::vector<double>& out) const {
+        const toml::node* n = find(section, key);
+        if (!n) return false;
+        if (!n->is_array())
+            fail(dotted(section, key), "must be an array of numbers, got " + type_name(*n));
+        out.clear();
+        for (const auto& e : *n->as_array()) {
+            if (e.is_integer())
+                out.push_back(double(e.as_integer()->get()));
+            else if (e.is_floating_point())
+                out.push_back(e.as_floating_point()->get());
+            else
+                fail(dotted(section, key),
+                     "must be an array of numbers, got an element of type " + type_name(e));
+        }
+        return true;
+    }
     static std::string dotted(const char* section, const char* key) {
         return std::string(section) + "." + key;
     }
@@ -237,6 +254,9 @@ auto fields(const JobRequant& q) {
     return std::tie(q.outlier_ratio, q.outlier_select, q.significant_ratio, q.step_ratio, q.scope,
                     q.significant_select, q.signed_ranking);
 }
+auto fields(const JobSensitivity& s) {
+    return std::tie(s.nodes, s.rule, s.study, s.lambdas, s.hvp_eps);
+}
 auto fields(const JobRun& r) {
     return std::tie(r.out, r.microbatch, r.threads, r.transport);
 }
@@ -246,8 +266,7 @@ auto fields(const JobRun& r) {
 bool operator==(const Job& a, const Job& b) {
     return a.model.path == b.model.path && fields(a.data) == fields(b.data) &&
            fields(a.quant) == fields(b.quant) && fields(a.requant) == fields(b.requant) &&
-           a.sensitivity.nodes == b.sensitivity.nodes && a.sensitivity.rule == b.sensitivity.rule &&
-           fields(a.run) == fields(b.run);
+           fields(a.sensitivity) == fields(b.sensitivity) && fields(a.run) == fields(b.run);
 }
 
 bool operator!=(const Job& a, const Job& b) {
@@ -339,6 +358,15 @@ Job parse_job(const std::string& toml_text, const std::string& origin_path,
     at_least(r, "sensitivity.nodes", s.nodes, 1);
     r.read("sensitivity", "rule", s.rule);
     one_of(r, "sensitivity.rule", s.rule, {"left", "right", "midpoint", "trapezoid"});
+    r.read("sensitivity", "study", s.study);
+    r.read("sensitivity", "lambdas", s.lambdas);
+    if (s.lambdas.empty()) r.fail("sensitivity.lambdas", "must not be empty");
+    for (double l : s.lambdas)
+        if (!(l > 0.0 && l <= 1.0))
+            r.fail("sensitivity.lambdas", "must lie in (0, 1], got " + format_double(l));
+    r.read("sensitivity", "hvp_eps", s.hvp_eps);
+    if (!(s.hvp_eps > 0.0 && s.hvp_eps < 1.0))
+        r.fail("sensitivity.hvp_eps", "must lie in (0, 1), got " + format_double(s.hvp_eps));
 
     JobRun&        run = j.run;
     const fs::path origin_fs(origin_path);
@@ -402,6 +430,12 @@ std::string job_to_toml(const Job& j) {
     os << "\n[sensitivity]\n";
     put("nodes", num(j.sensitivity.nodes));
     put("rule", str(j.sensitivity.rule));
+    put("study", flag(j.sensitivity.study));
+    std::string lambdas = "[";
+    for (std::size_t i = 0; i < j.sensitivity.lambdas.size(); ++i)
+        lambdas += (i ? ", " : "") + format_double(j.sensitivity.lambdas[i]);
+    put("lambdas", lambdas + "]");
+    put("hvp_eps", format_double(j.sensitivity.hvp_eps));
     os << "\n[run]\n";
     put("out", str(j.run.out));
     put("microbatch", num(j.run.microbatch));

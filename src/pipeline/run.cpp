@@ -20,6 +20,7 @@
 #include "requant/io/hf_checkpoint.h"
 #include "requant/model/evaluate.h"
 #include "requant/pipeline/calibrate.h"
+#include "requant/pipeline/study.h"
 #include "requant/quant/quantized.h"
 #include "requant/sensitivity/pqi.h"
 
@@ -164,26 +165,9 @@ int run_job(const io::Job& job, bool with_pqi) {
     // ---- sensitivity: PQI between w and w~ on the calibration set -----------------------------
     nlohmann::json sens;
     if (with_pqi) {
-        t0                              = Clock::now();
         const sensitivity::LinearSet wq = stage_linears(stage);
         set_stage_linears(stage, w_orig);
-        const auto quad = sensitivity::quadrature(job.sensitivity.rule, job.sensitivity.nodes);
-        const auto pqi =
-            sensitivity::compute_pqi(stage, *t, wq, calib, job.run.microbatch, quad, [&](int k) {
-                if (rank == 0) spdlog::info("pqi: node {}/{}", k, quad.t.size());
-            });
-        phases["pqi"] = since(t0);
-        sens          = {{"delta_f", pqi.delta_f()},
-                         {"pqi_sum", pqi.pqi_sum},
-                         {"first_order", pqi.first_order},
-                         {"pqi_rel_error", std::abs(pqi.pqi_sum - pqi.delta_f()) / std::abs(pqi.delta_f())},
-                         {"f_orig", pqi.f_orig},
-                         {"f_quant", pqi.f_quant},
-                         {"nodes", job.sensitivity.nodes},
-                         {"rule", job.sensitivity.rule}};
-        if (rank == 0)
-            spdlog::info("pqi: dF {:.6e}, sum PQI {:.6e} ({} N={})", pqi.delta_f(), pqi.pqi_sum,
-                         job.sensitivity.rule, job.sensitivity.nodes);
+        sens = sensitivity_study(stage, *t, wq, calib, job, phases);
     }
 
     // ---- accounting: linear weights and their storage, summed over ranks ----------------------

@@ -1,7 +1,11 @@
 // PQI quadrature over the pipeline (requant/sensitivity/pqi.h).
+// Legend: L n_layer, O out_features, I in_features.
 #include "requant/sensitivity/pqi.h"
 
 #include <ATen/ATen.h>
+
+#include <algorithm>
+#include <cmath>
 
 #include "requant/dist/schedule.h"
 #include "requant/io/error.h"
@@ -10,95 +14,145 @@ namespace rq::sensitivity {
 
 Quadrature quadrature(const std::string& rule, int n) {
     if (n < 1) throw ConfigError("sensitivity.nodes must be >= 1");
-    Quadrature q;
-    for (int k = 0; k < n; ++k) {
-        if (rule == "left")
-            q.t.push_back(double(k) / n);
-        else if (rule == "right")
-            q.t.push_back(double(k + 1) / n);
-        else if (rule == "midpoint")
-            q.t.push_back((k + 0.5) / n);
-        else if (rule != "trapezoid")
-            throw ConfigError("sensitivity.rule '" + rule + "' (left, right, midpoint, trapezoid)");
-    }
-    q.weight.assign(q.t.size(), 1.0 / n);
-    if (rule == "trapezoid") {
-        for (int k = 0; k <= n; ++k) q.t.push_back(double(k) / n);
+    Quadrature   q;
+    const double d = 2.0 * n;  // every node is j / (2n), an exact ratio of integers
+    if (rule == "left" || rule == "right" || rule == "midpoint") {
+        const int off = rule == "left" ? 0 : rule == "right" ? 2 : 1;
+        for (int k = 0; k < n; ++k) q.t.push_back(double(2 * k + off) / d);
+        q.weight.assign(q.t.size(), 1.0 / n);
+    } else if (rule == "trapezoid") {
+        for (int k = 0; k <= n; ++k) q.t.push_back(double(2 * k) / d);
         q.weight.assign(q.t.size(), 1.0 / n);
         q.weight.front() = q.weight.back() = 0.5 / n;
+    } else {
+        throw ConfigError("sensitivity.rule '" + rule + "' (left, right, midpoint, trapezoid)");
     }
     return q;
 }
 
+double PathSamples::integral(const std::string& rule, int n) const {
+    const Quadrature q   = quadrature(rule, n);
+    double           sum = 0;
+    for (std::size_t k = 0; k < q.t.size(); ++k) {
+        const auto it = std::find(t.begin(), t.end(), q.t[k]);
+        if (it == t.end())
+            throw ConfigError("the path was not sampled at t = " + std::to_string(q.t[k]) + " (" +
+                              rule + ", " + std::to_string(n) + " intervals)");
+        sum += q.weight[k] * phi[std::size_t(it - t.begin())];
+    }
+    return sum;
+}
+
+at::Tensor gather_layer_table(dist::Transport& t, const std::vector<std::array<double, 7>>& local,
+                              int64_t layer_begin, int64_t n_layer) {
+    at::Tensor table = at::zeros({n_layer, 7}, at::kDouble);
+    auto       a     = table.accessor<double, 2>();
+    for (std::size_t il = 0; il < local.size(); ++il)
+        for (std::size_t i = 0; i < 7; ++i) a[layer_begin + int64_t(il)][int64_t(i)] = local[il][i];
+    t.allreduce_sum(table)->wait();
+    return table;
+}
+
+double table_sum(const at::Tensor& table) {
+    const at::Tensor c   = table.to(at::kDouble).contiguous();
+    const double*    p   = c.data_ptr<double>();
+    double           sum = 0;
+    for (int64_t i = 0; i < c.numel(); ++i) sum += p[i];
+    return sum;
+}
+
 PqiResult compute_pqi(model::Stage& stage, dist::Transport& t, const LinearSet& w_quant,
-                      const at::Tensor& tokens, int64_t microbatch, const Quadrature& q,
-                      const std::function<void(int)>& on_node) {
-    auto& layers = stage.weights().layers;
+                      const at::Tensor& tokens, int64_t microbatch, const PqiOptions& opt,
+                      const std::function<void(int, int)>& on_node) {
+    auto&         layers = stage.weights().layers;
+    const int64_t L = stage.config().n_layer, l0 = stage.range().layer_begin;
     if (w_quant.size() != layers.size())
         throw ShapeError("compute_pqi: one w~ set per stage layer");
-    LinearSet w0(layers.size()), grad_sum(layers.size());
+    LinearSet w0(layers.size()), dw(layers.size()), grad_sum(layers.size());
     for (std::size_t il = 0; il < layers.size(); ++il)
         for (std::size_t i = 0; i < model::kLinears.size(); ++i) {
-            w0[il][i]       = layers[il].linear(model::kLinears[i]).detach().clone();
-            grad_sum[il][i] = at::zeros_like(w0[il][i], at::TensorOptions().dtype(at::kDouble));
+            w0[il][i] = layers[il].linear(model::kLinears[i]).detach().clone();
             if (w_quant[il][i].sizes() != w0[il][i].sizes())
                 throw ShapeError("compute_pqi: w~ and w differ in shape");
+            dw[il][i]       = w_quant[il][i].to(w0[il][i].scalar_type()) - w0[il][i];
+            grad_sum[il][i] = at::zeros_like(w0[il][i], at::TensorOptions().dtype(at::kDouble));
         }
     auto set_point = [&](double tk) {  // every linear at w + t (w~ - w)
         for (std::size_t il = 0; il < layers.size(); ++il)
-            for (std::size_t i = 0; i < model::kLinears.size(); ++i) {
-                at::Tensor wt =
-                    w0[il][i] + (w_quant[il][i].to(w0[il][i].scalar_type()) - w0[il][i]) * tk;
-                layers[il].linear(model::kLinears[i]) = wt;
-            }
+            for (std::size_t i = 0; i < model::kLinears.size(); ++i)
+                layers[il].linear(model::kLinears[i]) =
+                    tk == 0.0   ? w0[il][i].clone()
+                    : tk == 1.0 ? w_quant[il][i].to(w0[il][i].scalar_type()).clone()  // w~ exactly
+                                : w0[il][i] + dw[il][i] * tk;
     };
+    // phi(t) = grad . dw from the gradients now in the linears' .grad(), per (layer, linear).
+    auto phi_table = [&] {
+        std::vector<std::array<double, 7>> local(layers.size());
+        for (std::size_t il = 0; il < layers.size(); ++il)
+            for (std::size_t i = 0; i < model::kLinears.size(); ++i)
+                local[il][i] = (dw[il][i].to(at::kDouble) *
+                                layers[il].linear(model::kLinears[i]).grad().to(at::kDouble))
+                                   .sum()
+                                   .item<double>();
+        return gather_layer_table(t, local, l0, L);
+    };
+
+    // Every node to visit, ascending, each once; weight > 0 where the rule accumulates PQI.
+    std::vector<std::pair<double, double>> nodes;
+    for (std::size_t k = 0; k < opt.quad.t.size(); ++k)
+        nodes.emplace_back(opt.quad.t[k], opt.quad.weight[k]);
+    for (double s : opt.study_t) nodes.emplace_back(s, 0.0);
+    std::sort(nodes.begin(), nodes.end());
+    std::vector<std::pair<double, double>> uniq;
+    for (const auto& n : nodes) {
+        if (!uniq.empty() && uniq.back().first == n.first)
+            uniq.back().second += n.second;
+        else
+            uniq.push_back(n);
+    }
+
     dist::PipelineRunner runner(stage, t, microbatch);
     PqiResult            r;
-    at::Tensor           first = at::zeros({1}, at::kDouble);
-    auto add_first_order       = [&] {  // gradients at w (t = 0) are in the linears' .grad()
-        for (std::size_t il = 0; il < layers.size(); ++il)
-            for (std::size_t i = 0; i < model::kLinears.size(); ++i)
-                first += ((w_quant[il][i].to(at::kDouble) - w0[il][i].to(at::kDouble)) *
-                          layers[il].linear(model::kLinears[i]).grad().to(at::kDouble))
-                             .sum();
-    };
-    for (std::size_t k = 0; k < q.t.size(); ++k) {
-        set_point(q.t[k]);
+    bool                 have_orig = false, have_quant = false;
+    if (on_node) on_node(0, int(uniq.size()));
+    for (std::size_t k = 0; k < uniq.size(); ++k) {
+        const auto [tk, wk] = uniq[k];
+        set_point(tk);
         model::enable_linear_grads(stage.weights());
-        const double f = runner.forward_backward(tokens).mean();
-        if (q.t[k] == 0.0) r.f_orig = f, add_first_order();
-        if (q.t[k] == 1.0) r.f_quant = f;
-        for (std::size_t il = 0; il < layers.size(); ++il)
-            for (std::size_t i = 0; i < model::kLinears.size(); ++i)
-                grad_sum[il][i].add_(layers[il].linear(model::kLinears[i]).grad().to(at::kDouble),
-                                     q.weight[k]);
-        if (on_node) on_node(int(k) + 1);
+        const double f   = runner.forward_backward(tokens).mean();
+        const double phi = table_sum(phi_table());
+        r.path.t.push_back(tk);
+        r.path.phi.push_back(phi);
+        r.path.f.push_back(f);
+        if (tk == 0.0) r.f_orig = f, r.first_order = phi, have_orig = true;
+        if (tk == 1.0) r.f_quant = f, have_quant = true;
+        if (wk > 0)
+            for (std::size_t il = 0; il < layers.size(); ++il)
+                for (std::size_t i = 0; i < model::kLinears.size(); ++i)
+                    grad_sum[il][i].add_(
+                        layers[il].linear(model::kLinears[i]).grad().to(at::kDouble), wk);
+        if (on_node) on_node(int(k) + 1, int(uniq.size()));
     }
-    // F at the endpoints not visited by the rule.
-    if (q.t.front() != 0.0) {  // one more pass at w: F(w) and the first-order term
+    // The endpoints the nodes did not visit: F(w) with the first-order term, and F(w~).
+    if (!have_orig) {
         set_point(0.0);
         model::enable_linear_grads(stage.weights());
-        r.f_orig = runner.forward_backward(tokens).mean();
-        add_first_order();
+        r.f_orig      = runner.forward_backward(tokens).mean();
+        r.first_order = table_sum(phi_table());
     }
-    if (q.t.back() != 1.0) set_point(1.0), r.f_quant = runner.forward(tokens).mean();
+    if (!have_quant) set_point(1.0), r.f_quant = runner.forward(tokens).mean();
     set_point(0.0);  // leave w in place, without gradients
-    for (auto& lw : layers)
-        for (model::Linear l : model::kLinears) lw.linear(l) = lw.linear(l).detach();
 
     r.pqi.resize(layers.size());
-    at::Tensor sum = at::zeros({1}, at::kDouble);
+    std::vector<std::array<double, 7>> local(layers.size());
     for (std::size_t il = 0; il < layers.size(); ++il)
         for (std::size_t i = 0; i < model::kLinears.size(); ++i) {
-            const at::Tensor p =
-                (w_quant[il][i].to(at::kDouble) - w0[il][i].to(at::kDouble)) * grad_sum[il][i];
-            sum += p.sum();
-            r.pqi[il][i] = p.to(at::kFloat);
+            const at::Tensor p = dw[il][i].to(at::kDouble) * grad_sum[il][i];
+            local[il][i]       = p.sum().item<double>();
+            r.pqi[il][i]       = p.to(at::kFloat);
         }
-    t.allreduce_sum(sum)->wait();
-    t.allreduce_sum(first)->wait();
-    r.pqi_sum     = sum.item<double>();
-    r.first_order = first.item<double>();
+    r.layer_pqi = gather_layer_table(t, local, l0, L);
+    r.pqi_sum   = table_sum(r.layer_pqi);
     return r;
 }
 

@@ -79,6 +79,9 @@ TEST(Job, Defaults) {
     EXPECT_TRUE(j.requant.signed_ranking);
     EXPECT_EQ(j.sensitivity.nodes, 32);
     EXPECT_EQ(j.sensitivity.rule, "midpoint");
+    EXPECT_TRUE(j.sensitivity.study);
+    EXPECT_EQ(j.sensitivity.lambdas, (std::vector<double>{1e-3, 5e-3, 1e-2, 5e-2, 1e-1, 1.0}));
+    EXPECT_EQ(j.sensitivity.hvp_eps, 1e-4);
     EXPECT_EQ(j.run.out,
               (std::filesystem::path(kDir) / "runs" / "job").string());  // runs/<job file stem>
     EXPECT_EQ(j.run.microbatch, 4);
@@ -165,6 +168,16 @@ TEST(Job, UnknownEnumValuesListTheAllowedOnes) {
                         {"allowed: pqi, fisher, random"});
     expect_config_error(kMinimal + "[sensitivity]\nrule = \"simpson\"\n",
                         {"allowed: left, right, midpoint, trapezoid"});
+    expect_config_error(kMinimal + "[sensitivity]\nlambdas = []\n",
+                        {"'sensitivity.lambdas' must not be empty"});
+    expect_config_error(kMinimal + "[sensitivity]\nlambdas = [0.5, 1.5]\n",
+                        {"'sensitivity.lambdas' must lie in (0, 1], got 1.5"});
+    expect_config_error(kMinimal + "[sensitivity]\nlambdas = [0.5, \"x\"]\n",
+                        {"'sensitivity.lambdas' must be an array of numbers"});
+    expect_config_error(kMinimal + "[sensitivity]\nhvp_eps = 0\n",
+                        {"'sensitivity.hvp_eps' must lie in (0, 1)"});
+    expect_config_error(kMinimal + "[sensitivity]\nstudy = 1\n",
+                        {"'sensitivity.study' must be true or false"});
     expect_config_error(kMinimal + "[run]\ntransport = \"gloo\"\n", {"allowed: mpi, nccl"});
 }
 
@@ -235,13 +248,14 @@ TEST(Job, RelativePathsResolveAgainstTheJobFolder) {
 }
 
 Job everything_set() {
-    Job j =
-        parse(kMinimal, {"quant.method=squeezellm", "quant.bits=3", "quant.group_size=0",
-                         "quant.damp=0.1", "quant.act_order=true", "quant.sequential=true",
-                         "requant.outlier_ratio=0.0045", "requant.significant_ratio=1e-5",
-                         "requant.step_ratio=0.00025", "requant.scope=linear",
-                         "requant.signed_ranking=false", "data.eval=[\"it's.txt\", 'b \"q\".txt']",
-                         "run.transport=nccl", "sensitivity.nodes=7", "data.eval_max_seqs=-1"});
+    Job j = parse(
+        kMinimal,
+        {"quant.method=squeezellm", "quant.bits=3", "quant.group_size=0", "quant.damp=0.1",
+         "quant.act_order=true", "quant.sequential=true", "requant.outlier_ratio=0.0045",
+         "requant.significant_ratio=1e-5", "requant.step_ratio=0.00025", "requant.scope=linear",
+         "requant.signed_ranking=false", "data.eval=[\"it's.txt\", 'b \"q\".txt']",
+         "run.transport=nccl", "sensitivity.nodes=7", "data.eval_max_seqs=-1",
+         "sensitivity.study=false", "sensitivity.lambdas=[0.25, 1]", "sensitivity.hvp_eps=1e-4"});
     j.requant.outlier_ratio = 0.1 + 0.2;  // not short in decimal: must still round-trip exactly
     return j;
 }

@@ -31,7 +31,7 @@ PqiRun pqi_run(dist::Transport& t, const model::StageRange& range, const at::Ten
         for (std::size_t i = 0; i < model::kLinears.size(); ++i)
             wq[il][i] = quant::dequantize(
                 quant::rtn_quantize(s.weights().layers[il].linear(model::kLinears[i]), {4, 64}));
-    return {compute_pqi(s, t, wq, tok, 2, quadrature(rule, n))};
+    return {compute_pqi(s, t, wq, tok, 2, PqiOptions{quadrature(rule, n), {}})};
 }
 
 TEST(Pqi, SelfTestAndRankIndependence) {

@@ -78,13 +78,19 @@ struct JobRequant {
 };
 
 struct JobSensitivity {
-    int         nodes = 32;          // quadrature nodes of the PQI integral, >= 1
+    int         nodes = 32;          // quadrature intervals N of the PQI integral, >= 1
     std::string rule  = "midpoint";  // left | right | midpoint | trapezoid
+    // `requant-dist sensitivity` only: the whole study (Taylor terms, per-layer and lambda-path
+    // loss changes, every rule's convergence on the grid k/(2N), tables and plots). false: PQI
+    // and its self-test alone.
+    bool                study   = true;
+    std::vector<double> lambdas = {1e-3, 5e-3, 1e-2, 5e-2, 1e-1, 1.0};  // path points, (0, 1]
+    double              hvp_eps = 1e-4;  // central-difference step of the Hessian term, (0, 1)
 
     template <class Ar>
     void serialize(Ar& ar, unsigned /*version*/) {
         // clang-format off
-        ar & nodes & rule;
+        ar & nodes & rule & study & lambdas & hvp_eps;
         // clang-format on
     }
 };

@@ -6,7 +6,7 @@
 // Progress with ETA on stderr: a bar redrawn in place on a terminal, plain lines (every 10% or
 // 10 s) otherwise, so logs from batch jobs stay readable.
 
-namespace rq::cli {
+namespace rq::pipeline {
 
 class Progress {
   public:
@@ -26,4 +26,4 @@ class Progress {
 
 std::string format_duration(double seconds);  // "42 s", "3 min 05 s", "2 h 10 min"
 
-}  // namespace rq::cli
+}  // namespace rq::pipeline

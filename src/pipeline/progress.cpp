@@ -1,11 +1,11 @@
-// Terminal and log progress reporting (requant/cli/progress.h).
-#include "requant/cli/progress.h"
+// Terminal and log progress reporting (requant/pipeline/progress.h).
+#include "requant/pipeline/progress.h"
 
 #include <unistd.h>
 
 #include <cstdio>
 
-namespace rq::cli {
+namespace rq::pipeline {
 
 std::string format_duration(double s) {
     char buf[64];
@@ -63,4 +63,4 @@ void Progress::finish() {
                  unit_.c_str(), format_duration(elapsed_s()).c_str());
 }
 
-}  // namespace rq::cli
+}  // namespace rq::pipeline

@@ -1,0 +1,44 @@
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "requant/dist/transport.h"
+
+// Order statistics of values spread over the ranks by decoder layer (per-weight PQI, say),
+// without gathering them: the k-th largest value is found by bisection on the 32-bit order key
+// of float, each step one allreduce of per-layer counts (32 steps, exact). Each rank sorts its
+// own layers once; counts and sums come from binary search and prefix sums per layer, so every
+// result is the same for every number of ranks. Used for the share of the total held by the top
+// weights (the sensitivity study) and for global top-k selection (ReQuant). L n_layer.
+
+namespace rq::sensitivity {
+
+class LayerRanking {
+  public:
+    // values[il]: any float tensor of this rank's layer layer_begin + il (all of its linears,
+    // flattened and concatenated). NaN is an error. Not collective.
+    LayerRanking(const std::vector<at::Tensor>& values, int64_t layer_begin, int64_t n_layer);
+
+    // Collective (every rank, same order). k in [1, size()].
+    int64_t size(dist::Transport& t) const;  // values on every rank
+    float   kth_largest(dist::Transport& t, int64_t k) const;
+    double  sum_largest(dist::Transport& t, int64_t k) const;  // the k largest, summed
+    double  sum_all(dist::Transport& t) const;
+
+  private:
+    // Per layer of this rank, descending: order keys, and prefix sums of the values (fp64).
+    std::vector<std::vector<uint32_t>> keys_;
+    std::vector<std::vector<double>>   prefix_;
+    int64_t                            layer_begin_, n_layer_;
+
+    // Per-layer counts of values with key >= k (or > k) and their sums, over every rank.
+    at::Tensor count_at_least(dist::Transport& t, uint32_t key, bool strict) const;
+};
+
+// The order key of a float: unsigned comparison of keys orders the floats (-0 < +0).
+uint32_t float_key(float v);
+float    key_float(uint32_t k);
+
+}  // namespace rq::sensitivity

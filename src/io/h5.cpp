@@ -1,0 +1,290 @@
+// HDF5 files over the C API (requant/io/h5.h). Each C call is checked exactly once by `check`,
+// which folds HDF5's error stack into the message (HDF5ErrMapper's idea in HighFive).
+#include "requant/io/h5.h"
+
+#include <ATen/ATen.h>
+#include <hdf5.h>
+
+#include <cstdio>
+#include <filesystem>
+
+namespace rq::io {
+namespace {
+
+// HDF5 prints its error stack to stderr by default; we report it in the exception instead.
+void silence_hdf5() {
+    static const bool once = [] {
+        H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
+        return true;
+    }();
+    (void)once;
+}
+
+herr_t collect(unsigned n, const H5E_error2_t* e, void* data) {
+    auto* s = static_cast<std::string*>(data);
+    if (n < 4 && e->desc && *e->desc) *s += std::string(s->empty() ? "" : "; ") + e->desc;
+    return 0;
+}
+
+std::string hdf5_stack() {
+    std::string s;
+    H5Ewalk2(H5E_DEFAULT, H5E_WALK_DOWNWARD, collect, &s);
+    H5Eclear2(H5E_DEFAULT);
+    return s.empty() ? "" : " (HDF5: " + s + ")";
+}
+
+template <class T>
+T check(T id, const std::string& file, const std::string& what) {
+    if (id < 0) throw H5Error(file + ": " + what + hdf5_stack());
+    return id;
+}
+
+// Closes an hid_t when it goes out of scope.
+struct Handle {
+    hid_t id;
+    herr_t (*close)(hid_t);
+    ~Handle() {
+        if (id >= 0) close(id);
+    }
+};
+
+hid_t h5_type(at::ScalarType s, const std::string& file, const std::string& ds) {
+    switch (s) {
+        case at::kFloat:
+            return H5T_IEEE_F32LE;
+        case at::kDouble:
+            return H5T_IEEE_F64LE;
+        case at::kInt:
+            return H5T_STD_I32LE;
+        case at::kLong:
+            return H5T_STD_I64LE;
+        case at::kByte:
+        case at::kBool:
+            return H5T_STD_U8LE;
+        default:
+            throw H5Error(file + ": " + ds + ": dtype " + std::string(c10::toString(s)) +
+                          " cannot be stored (float32, float64, int32, int64, uint8, bool)");
+    }
+}
+
+at::ScalarType scalar_type(hid_t type, const std::string& file, const std::string& ds) {
+    const H5T_class_t cls  = H5Tget_class(type);
+    const size_t      size = H5Tget_size(type);
+    if (cls == H5T_FLOAT && size == 4) return at::kFloat;
+    if (cls == H5T_FLOAT && size == 8) return at::kDouble;
+    if (cls == H5T_INTEGER) {
+        const bool is_signed = H5Tget_sign(type) == H5T_SGN_2;
+        if (is_signed && size == 4) return at::kInt;
+        if (is_signed && size == 8) return at::kLong;
+        if (!is_signed && size == 1) return at::kByte;
+    }
+    throw H5Error(file + ": " + ds + ": stored type is not float32/64, int32/64 or uint8");
+}
+
+hid_t native(at::ScalarType s) {
+    switch (s) {
+        case at::kFloat:
+            return H5T_NATIVE_FLOAT;
+        case at::kDouble:
+            return H5T_NATIVE_DOUBLE;
+        case at::kInt:
+            return H5T_NATIVE_INT32;
+        case at::kLong:
+            return H5T_NATIVE_INT64;
+        default:
+            return H5T_NATIVE_UINT8;
+    }
+}
+
+}  // namespace
+
+struct H5File::Impl {
+    std::string path, tmp;  // tmp: the name written to until commit() (Create only)
+    hid_t       file      = -1;
+    bool        committed = false;
+
+    // Creates every missing group on the way to `object`'s parent.
+    void make_parents(const std::string& object) {
+        Handle lcpl{check(H5Pcreate(H5P_LINK_CREATE), path, "H5Pcreate"), H5Pclose};
+        check(H5Pset_create_intermediate_group(lcpl.id, 1), path,
+              "H5Pset_create_intermediate_group");
+        const auto slash = object.rfind('/');
+        if (slash == 0 || slash == std::string::npos) return;
+        const std::string parent = object.substr(0, slash);
+        if (exists(parent)) return;
+        Handle g{check(H5Gcreate2(file, parent.c_str(), lcpl.id, H5P_DEFAULT, H5P_DEFAULT), path,
+                       "cannot create group " + parent),
+                 H5Gclose};
+    }
+    bool exists(const std::string& object) const {
+        if (object == "/") return true;
+        // H5Lexists fails on a missing intermediate group: walk the path one part at a time.
+        std::size_t pos = 1;
+        while (pos <= object.size()) {
+            const auto        next = object.find('/', pos);
+            const std::string part = object.substr(0, next);
+            if (H5Lexists(file, part.c_str(), H5P_DEFAULT) <= 0) return false;
+            if (next == std::string::npos) break;
+            pos = next + 1;
+        }
+        return H5Oexists_by_name(file, object.c_str(), H5P_DEFAULT) > 0;
+    }
+    hid_t open_object(const std::string& object) const {
+        if (!exists(object)) throw H5Error(path + ": no object " + object);
+        return check(H5Oopen(file, object.c_str(), H5P_DEFAULT), path, "cannot open " + object);
+    }
+    // Opens attribute `name` of `object` for writing with `type`, replacing an existing one.
+    void write_attr(const std::string& object, const std::string& name, hid_t type,
+                    const void* data) {
+        Handle obj{open_object(object), H5Oclose};
+        if (H5Aexists(obj.id, name.c_str()) > 0)
+            check(H5Adelete(obj.id, name.c_str()), path, "cannot replace attribute " + name);
+        Handle space{check(H5Screate(H5S_SCALAR), path, "H5Screate"), H5Sclose};
+        Handle a{check(H5Acreate2(obj.id, name.c_str(), type, space.id, H5P_DEFAULT, H5P_DEFAULT),
+                       path, object + ": cannot create attribute " + name),
+                 H5Aclose};
+        check(H5Awrite(a.id, type, data), path, object + ": cannot write attribute " + name);
+    }
+    hid_t open_attr(const std::string& object, const std::string& name) const {
+        Handle obj{open_object(object), H5Oclose};
+        if (H5Aexists(obj.id, name.c_str()) <= 0)
+            throw H5Error(path + ": " + object + " has no attribute " + name);
+        return check(H5Aopen(obj.id, name.c_str(), H5P_DEFAULT), path,
+                     object + ": cannot open attribute " + name);
+    }
+};
+
+H5File::H5File(const std::string& path, Mode mode) : impl_(std::make_unique<Impl>()) {
+    silence_hdf5();
+    impl_->path = path;
+    if (mode == Mode::Create) {
+        impl_->tmp  = path + ".tmp";
+        impl_->file = check(H5Fcreate(impl_->tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT),
+                            path, "cannot create (as " + impl_->tmp + ")");
+    } else {
+        if (!std::filesystem::exists(path)) throw H5Error(path + ": no such file");
+        impl_->file = check(
+            H5Fopen(path.c_str(), mode == Mode::Read ? H5F_ACC_RDONLY : H5F_ACC_RDWR, H5P_DEFAULT),
+            path, "cannot open as HDF5");
+        impl_->committed = true;
+    }
+}
+
+H5File::~H5File() {
+    if (!impl_) return;
+    if (impl_->file >= 0) H5Fclose(impl_->file);
+    if (!impl_->committed && !impl_->tmp.empty()) std::remove(impl_->tmp.c_str());
+}
+
+H5File::H5File(H5File&&) noexcept            = default;
+H5File& H5File::operator=(H5File&&) noexcept = default;
+
+const std::string& H5File::path() const {
+    return impl_->path;
+}
+
+void H5File::write(const std::string& dataset, const at::Tensor& t) {
+    const std::string& f = impl_->path;
+    if (impl_->exists(dataset)) throw H5Error(f + ": " + dataset + " already exists");
+    const hid_t ftype = h5_type(t.scalar_type(), f, dataset);
+    at::Tensor  c     = t.cpu().contiguous();
+    if (c.scalar_type() == at::kBool) c = c.to(at::kByte);
+    std::vector<hsize_t> dims(c.sizes().begin(), c.sizes().end());
+    impl_->make_parents(dataset);
+    Handle space{check(c.dim() == 0 ? H5Screate(H5S_SCALAR)
+                                    : H5Screate_simple(int(dims.size()), dims.data(), nullptr),
+                       f, "H5Screate"),
+                 H5Sclose};
+    Handle ds{check(H5Dcreate2(impl_->file, dataset.c_str(), ftype, space.id, H5P_DEFAULT,
+                               H5P_DEFAULT, H5P_DEFAULT),
+                    f, "cannot create dataset " + dataset),
+              H5Dclose};
+    if (c.numel() > 0)
+        check(H5Dwrite(ds.id, native(c.scalar_type()), H5S_ALL, H5S_ALL, H5P_DEFAULT, c.data_ptr()),
+              f, "cannot write dataset " + dataset);
+}
+
+at::Tensor H5File::read(const std::string& dataset) const {
+    const std::string& f = impl_->path;
+    if (!impl_->exists(dataset)) throw H5Error(f + ": no dataset " + dataset);
+    Handle               ds{check(H5Dopen2(impl_->file, dataset.c_str(), H5P_DEFAULT), f,
+                                  "cannot open dataset " + dataset),
+              H5Dclose};
+    Handle               type{check(H5Dget_type(ds.id), f, "H5Dget_type"), H5Tclose};
+    Handle               space{check(H5Dget_space(ds.id), f, "H5Dget_space"), H5Sclose};
+    const int            rank = check(H5Sget_simple_extent_ndims(space.id), f, "H5Sget_ndims");
+    std::vector<hsize_t> dims(static_cast<std::size_t>(rank));
+    check(H5Sget_simple_extent_dims(space.id, dims.data(), nullptr), f, "H5Sget_dims");
+    const at::ScalarType st = scalar_type(type.id, f, dataset);
+    at::Tensor out = at::empty(std::vector<int64_t>(dims.begin(), dims.end()), at::dtype(st));
+    if (out.numel() > 0)
+        check(H5Dread(ds.id, native(st), H5S_ALL, H5S_ALL, H5P_DEFAULT, out.data_ptr()), f,
+              "cannot read dataset " + dataset);
+    return out;
+}
+
+bool H5File::exists(const std::string& object) const {
+    return impl_->exists(object);
+}
+
+void H5File::set_attr(const std::string& object, const std::string& name, double v) {
+    impl_->write_attr(object, name, H5T_NATIVE_DOUBLE, &v);
+}
+void H5File::set_attr(const std::string& object, const std::string& name, int64_t v) {
+    impl_->write_attr(object, name, H5T_NATIVE_INT64, &v);
+}
+void H5File::set_attr(const std::string& object, const std::string& name, const std::string& v) {
+    Handle type{check(H5Tcopy(H5T_C_S1), impl_->path, "H5Tcopy"), H5Tclose};
+    check(H5Tset_size(type.id, v.empty() ? 1 : v.size()), impl_->path, "H5Tset_size");
+    check(H5Tset_cset(type.id, H5T_CSET_UTF8), impl_->path, "H5Tset_cset");
+    impl_->write_attr(object, name, type.id, v.empty() ? "" : v.data());
+}
+
+double H5File::attr_double(const std::string& object, const std::string& name) const {
+    Handle a{impl_->open_attr(object, name), H5Aclose};
+    double v = 0;
+    check(H5Aread(a.id, H5T_NATIVE_DOUBLE, &v), impl_->path, "cannot read attribute " + name);
+    return v;
+}
+int64_t H5File::attr_int(const std::string& object, const std::string& name) const {
+    Handle  a{impl_->open_attr(object, name), H5Aclose};
+    int64_t v = 0;
+    check(H5Aread(a.id, H5T_NATIVE_INT64, &v), impl_->path, "cannot read attribute " + name);
+    return v;
+}
+std::string H5File::attr_string(const std::string& object, const std::string& name) const {
+    Handle a{impl_->open_attr(object, name), H5Aclose};
+    Handle type{check(H5Aget_type(a.id), impl_->path, "H5Aget_type"), H5Tclose};
+    if (H5Tget_class(type.id) != H5T_STRING)
+        throw H5Error(impl_->path + ": " + object + " attribute " + name + " is not a string");
+    std::string s(H5Tget_size(type.id), '\0');
+    check(H5Aread(a.id, type.id, s.data()), impl_->path, "cannot read attribute " + name);
+    while (!s.empty() && s.back() == '\0') s.pop_back();
+    return s;
+}
+
+void H5File::link_external(const std::string& link, const std::string& file,
+                           const std::string& object) {
+    impl_->make_parents(link);
+    check(H5Lcreate_external(file.c_str(), object.c_str(), impl_->file, link.c_str(), H5P_DEFAULT,
+                             H5P_DEFAULT),
+          impl_->path, "cannot link " + link + " to " + file + ":" + object);
+}
+
+void H5File::commit() {
+    if (impl_->file >= 0) {
+        check(H5Fflush(impl_->file, H5F_SCOPE_GLOBAL), impl_->path, "cannot flush");
+        const herr_t rc = H5Fclose(impl_->file);
+        impl_->file     = -1;
+        check(rc, impl_->path, "cannot close");
+    }
+    if (!impl_->committed && !impl_->tmp.empty()) {
+        std::error_code ec;
+        std::filesystem::rename(impl_->tmp, impl_->path, ec);
+        if (ec)
+            throw H5Error(impl_->path + ": cannot rename from " + impl_->tmp + ": " + ec.message());
+    }
+    impl_->committed = true;
+}
+
+}  // namespace rq::io
