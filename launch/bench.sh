@@ -5,8 +5,12 @@
 #  2. the 1F1B pipeline: forward+backward tokens/s for P = 1 and P = 2 on llama-7m-en, the
 #     measured bubble against the ideal (P-1)/(M+P-1), peak RSS per rank for P = 1, 2, 4;
 #  3. peak RSS per rank for P = 1, 2, 4 on a synthetic 1.3 GB (BF16) model in HF layout, written
-#     once to $RQ_BENCH_TMP (default /tmp/requant-synth-1b3).
-# Environment: RQ_BENCH_THREADS (2), RQ_BENCH_BATCH (8), RQ_BENCH_SECONDS (3), RQ_BENCH_SYNTH (1).
+#     once to $RQ_BENCH_TMP (default /tmp/requant-synth-1b3);
+#  4. one PQI pass on llama-7m-en (32 x 256 calibration tokens, midpoint rule, RQ_BENCH_NODES
+#     nodes, default 8) for P = 1 and 2: time, GFLOP/s against the GEMM roofline of the ranks
+#     (target >= 50%), and each rank's gradient accumulators (its own layers' linears only).
+# Environment: RQ_BENCH_THREADS (2), RQ_BENCH_BATCH (8), RQ_BENCH_SECONDS (3), RQ_BENCH_SYNTH (1),
+# RQ_BENCH_NODES (8).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 rq_need_shared
@@ -43,3 +47,8 @@ if [ "${RQ_BENCH_SYNTH:-1}" = 1 ]; then
       --seq-len 32 --microbatch 1 --reps 1 --forward-only 1 --threads 1
   done
 fi
+
+echo "## 4. PQI pass, llama-7m-en, 32 sequences x 256, microbatch 4"
+BQ="$RQ_BUILD/bin/bench_pqi --model $M7 --seqs 32 --seq-len 256 --microbatch 4 --nodes ${RQ_BENCH_NODES:-8}"
+$BQ --threads 2
+mpirun -np 2 $BQ --threads 1

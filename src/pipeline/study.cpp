@@ -9,6 +9,8 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <functional>
+#include <memory>
 
 #include "requant/io/error.h"
 #include "requant/io/h5.h"
@@ -93,6 +95,17 @@ std::string write_pqi(dist::Transport& t, const model::Stage& stage,
     return index;
 }
 
+// Rank 0's progress bar for a loop that reports (done, total), done = 0 before the first pass.
+std::function<void(int, int)> progress(int rank, std::unique_ptr<Progress>& bar, const char* label,
+                                       const char* unit) {
+    return [&bar, rank, label, unit](int k, int n) {
+        if (rank != 0) return;
+        if (!bar) bar = std::make_unique<Progress>(label, n, unit);
+        bar->update(k);
+        if (k == n) bar->finish(), bar.reset();
+    };
+}
+
 // Intervals of the convergence table: powers of two up to N, and N, where the grid j/(2N)
 // holds the rule's nodes (n | N for midpoint, n | 2N otherwise).
 std::vector<int> convergence_ns(const std::string& rule, int N) {
@@ -121,13 +134,9 @@ nlohmann::json sensitivity_study(model::Stage& stage, dist::Transport& t,
     if (js.study)
         for (int j = 0; j <= 2 * js.nodes; ++j) po.study_t.push_back(double(j) / (2.0 * js.nodes));
     std::unique_ptr<Progress> bar;
-    const auto                pqi = sensitivity::compute_pqi(
-                       stage, t, w_quant, calib, job.run.microbatch, po, [&](int k, int n) {
-            if (rank != 0) return;
-            if (!bar) bar = std::make_unique<Progress>("pqi", n, "forward+backward passes");
-            bar->update(k);
-        });
-    if (bar) bar->finish(), bar.reset();
+    const auto                pqi =
+        sensitivity::compute_pqi(stage, t, w_quant, calib, job.run.microbatch, po,
+                                 progress(rank, bar, "pqi", "forward+backward passes"));
     phases["pqi"]    = since(t0);
     const double rel = std::abs(pqi.pqi_sum - pqi.delta_f()) / std::abs(pqi.delta_f());
     if (rank == 0)
@@ -183,13 +192,8 @@ nlohmann::json sensitivity_study(model::Stage& stage, dist::Transport& t,
     t0 = Clock::now();
     model::Stage s64(stage.config(), stage_weights_as(stage.weights(), at::kDouble), calib.size(1));
     sensitivity::TaylorOptions to{js.lambdas, js.hvp_eps};
-    const auto                 tay = sensitivity::taylor_study(
-                        s64, t, w_quant, calib, job.run.microbatch, to, [&](int k, int n) {
-            if (rank != 0) return;
-            if (!bar) bar = std::make_unique<Progress>("taylor", n, "passes");
-            bar->update(k);
-        });
-    if (bar) bar->finish(), bar.reset();
+    const auto tay   = sensitivity::taylor_study(s64, t, w_quant, calib, job.run.microbatch, to,
+                                                 progress(rank, bar, "taylor", "passes"));
     phases["taylor"] = since(t0);
 
     // ---- 4. tables, results and the report -----------------------------------------------------

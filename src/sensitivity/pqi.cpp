@@ -9,6 +9,7 @@
 
 #include "requant/dist/schedule.h"
 #include "requant/io/error.h"
+#include "requant/sensitivity/path.h"
 
 namespace rq::sensitivity {
 
@@ -66,36 +67,14 @@ PqiResult compute_pqi(model::Stage& stage, dist::Transport& t, const LinearSet& 
                       const std::function<void(int, int)>& on_node) {
     auto&         layers = stage.weights().layers;
     const int64_t L = stage.config().n_layer, l0 = stage.range().layer_begin;
-    if (w_quant.size() != layers.size())
-        throw ShapeError("compute_pqi: one w~ set per stage layer");
-    LinearSet w0(layers.size()), dw(layers.size()), grad_sum(layers.size());
+    LinearPath    path(stage, w_quant);
+    LinearSet     grad_sum(layers.size());
     for (std::size_t il = 0; il < layers.size(); ++il)
-        for (std::size_t i = 0; i < model::kLinears.size(); ++i) {
-            w0[il][i] = layers[il].linear(model::kLinears[i]).detach().clone();
-            if (w_quant[il][i].sizes() != w0[il][i].sizes())
-                throw ShapeError("compute_pqi: w~ and w differ in shape");
-            dw[il][i]       = w_quant[il][i].to(w0[il][i].scalar_type()) - w0[il][i];
-            grad_sum[il][i] = at::zeros_like(w0[il][i], at::TensorOptions().dtype(at::kDouble));
-        }
-    auto set_point = [&](double tk) {  // every linear at w + t (w~ - w)
-        for (std::size_t il = 0; il < layers.size(); ++il)
-            for (std::size_t i = 0; i < model::kLinears.size(); ++i)
-                layers[il].linear(model::kLinears[i]) =
-                    tk == 0.0   ? w0[il][i].clone()
-                    : tk == 1.0 ? w_quant[il][i].to(w0[il][i].scalar_type()).clone()  // w~ exactly
-                                : w0[il][i] + dw[il][i] * tk;
-    };
-    // phi(t) = grad . dw from the gradients now in the linears' .grad(), per (layer, linear).
-    auto phi_table = [&] {
-        std::vector<std::array<double, 7>> local(layers.size());
-        for (std::size_t il = 0; il < layers.size(); ++il)
-            for (std::size_t i = 0; i < model::kLinears.size(); ++i)
-                local[il][i] = (dw[il][i].to(at::kDouble) *
-                                layers[il].linear(model::kLinears[i]).grad().to(at::kDouble))
-                                   .sum()
-                                   .item<double>();
-        return gather_layer_table(t, local, l0, L);
-    };
+        for (std::size_t i = 0; i < model::kLinears.size(); ++i)
+            grad_sum[il][i] =
+                at::zeros_like(path.w()[il][i], at::TensorOptions().dtype(at::kDouble));
+    // phi(t) = grad . dw, per (layer, linear), from the gradients now in the linears.
+    auto phi = [&] { return table_sum(gather_layer_table(t, path.directional(), l0, L)); };
 
     // Every node to visit, ascending, each once; weight > 0 where the rule accumulates PQI.
     std::vector<std::pair<double, double>> nodes;
@@ -117,14 +96,13 @@ PqiResult compute_pqi(model::Stage& stage, dist::Transport& t, const LinearSet& 
     if (on_node) on_node(0, int(uniq.size()));
     for (std::size_t k = 0; k < uniq.size(); ++k) {
         const auto [tk, wk] = uniq[k];
-        set_point(tk);
-        model::enable_linear_grads(stage.weights());
-        const double f   = runner.forward_backward(tokens).mean();
-        const double phi = table_sum(phi_table());
+        path.set_all(tk, true);
+        const double f  = runner.forward_backward(tokens).mean();
+        const double ph = phi();
         r.path.t.push_back(tk);
-        r.path.phi.push_back(phi);
+        r.path.phi.push_back(ph);
         r.path.f.push_back(f);
-        if (tk == 0.0) r.f_orig = f, r.first_order = phi, have_orig = true;
+        if (tk == 0.0) r.f_orig = f, r.first_order = ph, have_orig = true;
         if (tk == 1.0) r.f_quant = f, have_quant = true;
         if (wk > 0)
             for (std::size_t il = 0; il < layers.size(); ++il)
@@ -135,19 +113,18 @@ PqiResult compute_pqi(model::Stage& stage, dist::Transport& t, const LinearSet& 
     }
     // The endpoints the nodes did not visit: F(w) with the first-order term, and F(w~).
     if (!have_orig) {
-        set_point(0.0);
-        model::enable_linear_grads(stage.weights());
+        path.set_all(0.0, true);
         r.f_orig      = runner.forward_backward(tokens).mean();
-        r.first_order = table_sum(phi_table());
+        r.first_order = phi();
     }
-    if (!have_quant) set_point(1.0), r.f_quant = runner.forward(tokens).mean();
-    set_point(0.0);  // leave w in place, without gradients
+    if (!have_quant) path.set_all(1.0, false), r.f_quant = runner.forward(tokens).mean();
+    path.set_all(0.0, false);  // leave w in place, without gradients
 
     r.pqi.resize(layers.size());
     std::vector<std::array<double, 7>> local(layers.size());
     for (std::size_t il = 0; il < layers.size(); ++il)
         for (std::size_t i = 0; i < model::kLinears.size(); ++i) {
-            const at::Tensor p = dw[il][i].to(at::kDouble) * grad_sum[il][i];
+            const at::Tensor p = path.dw()[il][i].to(at::kDouble) * grad_sum[il][i];
             local[il][i]       = p.sum().item<double>();
             r.pqi[il][i]       = p.to(at::kFloat);
         }

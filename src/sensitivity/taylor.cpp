@@ -7,58 +7,10 @@
 
 #include "requant/dist/schedule.h"
 #include "requant/io/error.h"
+#include "requant/sensitivity/path.h"
 
 namespace rq::sensitivity {
 namespace {
-
-// Moves this rank's layers along dw, each by its own scale, and marks which require gradients.
-struct PathPoint {
-    model::Stage&    stage;
-    LinearSet        w0, dw;
-    const LinearSet& wq;
-
-    PathPoint(model::Stage& s, const LinearSet& w_quant) : stage(s), wq(w_quant) {
-        auto& layers = s.weights().layers;
-        if (w_quant.size() != layers.size())
-            throw ShapeError("taylor_study: one w~ set per stage layer");
-        w0.resize(layers.size());
-        dw.resize(layers.size());
-        for (std::size_t il = 0; il < layers.size(); ++il)
-            for (std::size_t i = 0; i < model::kLinears.size(); ++i) {
-                w0[il][i] = layers[il].linear(model::kLinears[i]).detach().clone();
-                if (w_quant[il][i].sizes() != w0[il][i].sizes())
-                    throw ShapeError("taylor_study: w~ and w differ in shape");
-                dw[il][i] = w_quant[il][i].to(w0[il][i].scalar_type()) - w0[il][i];
-            }
-    }
-    // Local layer il at w + scale(il) dw (scale 1: w~ exactly); grad(il) says whether its
-    // linears require gradients (old gradients are dropped).
-    template <class Scale, class Grad>
-    void set(Scale scale, Grad grad) {
-        auto& layers = stage.weights().layers;
-        for (std::size_t il = 0; il < layers.size(); ++il) {
-            const double s = scale(int64_t(il));
-            for (std::size_t i = 0; i < model::kLinears.size(); ++i) {
-                at::Tensor w = s == 0.0   ? w0[il][i].clone()
-                               : s == 1.0 ? wq[il][i].to(w0[il][i].scalar_type()).clone()
-                                          : w0[il][i] + dw[il][i] * s;
-                layers[il].linear(model::kLinears[i]) =
-                    grad(int64_t(il)) ? w.requires_grad_(true) : w;
-            }
-        }
-    }
-    // dw_il,i . grad_il,i for every linear of layer il (zero where no gradient was taken).
-    std::array<double, 7> directional(std::size_t il) const {
-        std::array<double, 7> out{};
-        const auto&           lw = stage.weights().layers[il];
-        for (std::size_t i = 0; i < model::kLinears.size(); ++i) {
-            const at::Tensor& g = lw.linear(model::kLinears[i]).grad();
-            if (g.defined())
-                out[i] = (dw[il][i].to(at::kDouble) * g.to(at::kDouble)).sum().item<double>();
-        }
-        return out;
-    }
-};
 
 double row_sum(const std::array<double, 7>& r) {
     double s = 0;
@@ -82,7 +34,7 @@ TaylorResult taylor_study(model::Stage& stage, dist::Transport& t, const LinearS
                           const std::function<void(int, int)>& on_pass) {
     const int64_t        L = stage.config().n_layer, l0 = stage.range().layer_begin;
     const int64_t        n_local = int64_t(stage.weights().layers.size());
-    PathPoint            p(stage, w_quant);
+    LinearPath           p(stage, w_quant);
     dist::PipelineRunner runner(stage, t, microbatch);
     int                  lambda_passes = 0;
     for (double l : opt.lambdas) lambda_passes += l != 1.0;
@@ -91,20 +43,15 @@ TaylorResult taylor_study(model::Stage& stage, dist::Transport& t, const LinearS
     auto      tick  = [&] {
         if (on_pass) on_pass(++done, total);
     };
-    const auto all  = [](int64_t) { return true; };
     const auto none = [](int64_t) { return false; };
-    const auto zero = [](int64_t) { return 0.0; };
     const auto mine = [&](int64_t layer) { return layer >= l0 && layer < l0 + n_local; };
 
     if (on_pass) on_pass(0, total);
     TaylorResult r;
     // First order: the gradient at w, per (layer, linear).
-    p.set(zero, all);
-    r.f_orig = runner.forward_backward(tokens).mean();
-    std::vector<std::array<double, 7>> local(static_cast<std::size_t>(n_local));
-    for (int64_t il = 0; il < n_local; ++il)
-        local[std::size_t(il)] = p.directional(std::size_t(il));
-    r.first_order = gather_layer_table(t, local, l0, L);
+    p.set_all(0.0, true);
+    r.f_orig      = runner.forward_backward(tokens).mean();
+    r.first_order = gather_layer_table(t, p.directional(), l0, L);
     tick();
 
     // Second order per layer: v = dw on layer l only, central difference of v . g.
@@ -128,13 +75,10 @@ TaylorResult taylor_study(model::Stage& stage, dist::Transport& t, const LinearS
     double dfull[2] = {0, 0};
     for (int side = 0; side < 2; ++side) {
         const double s = side == 0 ? eps : -eps;
-        p.set([&](int64_t) { return s; }, all);
+        p.set_all(s, true);
         runner.forward_backward(tokens);
         // Per-layer rows summed in layer order: the same value for every P.
-        std::vector<std::array<double, 7>> per_layer(static_cast<std::size_t>(n_local));
-        for (int64_t il = 0; il < n_local; ++il)
-            per_layer[std::size_t(il)] = p.directional(std::size_t(il));
-        dfull[side] = table_sum(gather_layer_table(t, per_layer, l0, L));
+        dfull[side] = table_sum(gather_layer_table(t, p.directional(), l0, L));
         tick();
     }
     r.second_full = 0.5 * (dfull[0] - dfull[1]) / (2 * eps);
@@ -147,7 +91,7 @@ TaylorResult taylor_study(model::Stage& stage, dist::Transport& t, const LinearS
         tick();
     }
     r.layer_delta_f = layer_df;
-    p.set([](int64_t) { return 1.0; }, none);
+    p.set_all(1.0, false);
     r.delta_f = runner.forward(tokens).mean() - r.f_orig;
     tick();
     for (double lambda : opt.lambdas) {
@@ -155,11 +99,11 @@ TaylorResult taylor_study(model::Stage& stage, dist::Transport& t, const LinearS
             r.lambda_delta_f.push_back(r.delta_f);
             continue;
         }
-        p.set([&](int64_t) { return lambda; }, none);
+        p.set_all(lambda, false);
         r.lambda_delta_f.push_back(runner.forward(tokens).mean() - r.f_orig);
         tick();
     }
-    p.set(zero, none);
+    p.set_all(0.0, false);
     return r;
 }
 
@@ -167,13 +111,13 @@ double second_order_exact(model::Stage& stage, const LinearSet& w_quant, const a
                           int64_t microbatch, int64_t layer) {
     if (!stage.range().first || !stage.range().last)
         throw ConfigError("second_order_exact needs the whole model in one stage");
-    PathPoint     p(stage, w_quant);
+    LinearPath    p(stage, w_quant);
     const int64_t il = layer - stage.range().layer_begin;
     p.set([](int64_t) { return 0.0; }, [&](int64_t j) { return j == il; });
     std::vector<at::Tensor> params, v;
     for (std::size_t i = 0; i < model::kLinears.size(); ++i) {
         params.push_back(stage.weights().layers[std::size_t(il)].linear(model::kLinears[i]));
-        v.push_back(p.dw[std::size_t(il)][i]);
+        v.push_back(p.dw()[std::size_t(il)][i]);
     }
     const int64_t N = tokens.size(0), T = tokens.size(1);
     double        vhv = 0;
@@ -188,7 +132,7 @@ double second_order_exact(model::Stage& stage, const LinearSet& w_quant, const a
         for (std::size_t i = 0; i < hv.size(); ++i)
             vhv += (hv[i].to(at::kDouble) * v[i].to(at::kDouble)).sum().item<double>();
     }
-    p.set([](int64_t) { return 0.0; }, [](int64_t) { return false; });
+    p.set_all(0.0, false);
     return 0.5 * vhv;
 }
 

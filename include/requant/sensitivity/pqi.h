@@ -9,6 +9,7 @@
 
 #include "requant/dist/transport.h"
 #include "requant/model/llama.h"
+#include "requant/sensitivity/path.h"
 
 // The Post-quantization Integral (Hu et al., 2025) across the pipeline:
 //   PQI_i = (w~_i - w_i) * integral_0^1 dF/dw_i (w + t (w~ - w)) dt,
@@ -18,8 +19,6 @@
 // for its own layers only. L n_layer (whole model), O out_features, I in_features.
 
 namespace rq::sensitivity {
-
-using LinearSet = std::vector<std::array<at::Tensor, 7>>;  // [layer of the stage][kLinears]
 
 struct Quadrature {
     std::vector<double> t;       // nodes in [0, 1], ascending

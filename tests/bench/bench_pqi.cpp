@@ -1,0 +1,134 @@
+// bench_pqi: one PQI pass (N quadrature nodes, each a 1F1B forward+backward over the whole
+// calibration batch, plus the endpoint passes the rule does not visit) under mpirun: its time,
+// achieved GFLOP/s against the fp32 GEMM roofline of the ranks, and per-rank memory: the
+// gradient accumulators a rank holds (its own layers' linears only) and its peak RSS.
+// FLOPs are counted analytically (bench_model's formula; printed). Run through launch/bench.sh.
+// Usage: mpirun -np P bench_pqi --model DIR [--seqs N] [--seq-len T] [--microbatch B]
+//        [--nodes K] [--rule R] [--threads n]
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <chrono>
+#include <cstdio>
+#include <string>
+
+#include "requant/cli/sysinfo.h"
+#include "requant/dist/control.h"
+#include "requant/dist/mpi_env.h"
+#include "requant/dist/partition.h"
+#include "requant/io/hf_checkpoint.h"
+#include "requant/quant/rtn.h"
+#include "requant/sensitivity/pqi.h"
+
+namespace {
+using Clock = std::chrono::steady_clock;
+double since(Clock::time_point t0) {
+    return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+}  // namespace
+
+int main(int argc, char** argv) {
+    rq::dist::MpiEnv env(&argc, &argv);
+    try {
+        std::string model, rule = "midpoint";
+        int64_t     N = 32, T = 256, mb = 4;
+        int         nodes = 8, threads = 2;
+        for (int i = 1; i + 1 < argc; i += 2) {
+            const std::string k = argv[i], v = argv[i + 1];
+            if (k == "--model")
+                model = v;
+            else if (k == "--seqs")
+                N = std::stoll(v);
+            else if (k == "--seq-len")
+                T = std::stoll(v);
+            else if (k == "--microbatch")
+                mb = std::stoll(v);
+            else if (k == "--nodes")
+                nodes = std::stoi(v);
+            else if (k == "--rule")
+                rule = v;
+            else if (k == "--threads")
+                threads = std::stoi(v);
+            else
+                throw std::runtime_error("unknown option " + k);
+        }
+        rq::cli::set_threads(threads);
+        auto                 t = rq::dist::make_mpi_transport();
+        const int            P = t->size();
+        rq::io::HfCheckpoint ckpt(model);
+        const auto&          c     = ckpt.config();
+        const auto           plan  = rq::dist::plan_pipeline(c, P, T);
+        const auto&          range = plan.stages[std::size_t(t->rank())].range;
+        rq::model::Stage     stage(c, rq::model::load_stage_weights(ckpt, range, at::kFloat), T);
+        rq::sensitivity::LinearSet wq(stage.weights().layers.size());
+        double                     own = 0;  // linear weights of this rank
+        for (std::size_t il = 0; il < wq.size(); ++il)
+            for (std::size_t i = 0; i < rq::model::kLinears.size(); ++i) {
+                const at::Tensor& w = stage.weights().layers[il].linear(rq::model::kLinears[i]);
+                wq[il][i]           = rq::quant::dequantize(rq::quant::rtn_quantize(w, {4, 128}));
+                own += double(w.numel());
+            }
+        at::Generator g   = at::detail::createCPUGenerator(1);
+        at::Tensor    tok = at::randint(0, c.n_vocab, {N, T}, g, at::kLong);
+
+        // The roofline of this rank's cores: a 2048^3 fp32 GEMM with the same thread count.
+        const int64_t n = 2048;
+        at::Tensor    A = at::randn({n, n}), B = at::randn({n, n}), C = at::empty({n, n});
+        at::matmul_out(C, A, B);
+        auto t0   = Clock::now();
+        int  reps = 0;
+        do at::matmul_out(C, A, B), ++reps;
+        while (since(t0) < 2.0);
+        const double gemm = 2.0 * n * n * n * reps / since(t0) / 1e9;
+        t->barrier()->wait();
+
+        const rq::sensitivity::PqiOptions opt{rq::sensitivity::quadrature(rule, nodes), {}};
+        t0                = Clock::now();
+        const auto   r    = rq::sensitivity::compute_pqi(stage, *t, wq, tok, mb, opt);
+        const double wall = since(t0);
+        // Passes: the rule's nodes with backward, plus t = 0 (F(w), first order) when the rule
+        // does not visit it (forward+backward) and t = 1 when it does not (forward only).
+        const bool   has0 = opt.quad.t.front() == 0.0, has1 = opt.quad.t.back() == 1.0;
+        const double fb = double(opt.quad.t.size()) + (has0 ? 0 : 1), fw = has1 ? 0 : 1;
+        const double L = double(c.n_layer), H = double(c.n_head), D = double(c.head_dim);
+        const double n_lin =
+            L * double(c.n_embd) * D * (2 * H + 2 * c.n_head_kv) + L * 3.0 * c.n_embd * c.n_ff;
+        const double f_layers = 2 * n_lin + 4 * L * double(T) * H * D;
+        const double f_head   = 2.0 * c.n_embd * c.n_vocab * double(T - 1) / double(T);
+        const double flops =
+            double(N * T) * (fb * (3 * f_layers + 2 * f_head) + fw * (f_layers + f_head));
+
+        rq::dist::RankStatus me{t->rank(),       rq::dist::host_name(),      range.layer_begin,
+                                range.layer_end, rq::dist::peak_rss_bytes(), wall};
+        at::Tensor gemms = at::zeros({P}, at::kDouble), owns = at::zeros({P}, at::kDouble);
+        gemms[t->rank()] = gemm;
+        owns[t->rank()]  = own;
+        t->allreduce_sum(gemms)->wait();
+        t->allreduce_sum(owns)->wait();
+        const auto all = rq::dist::gather_objects(me, 0);
+        if (t->rank() == 0) {
+            const double roof = gemms.sum().item<double>(), achieved = flops / wall / 1e9;
+            const double total_lin = owns.sum().item<double>();
+            std::printf(
+                "  pqi P=%d threads=%d %s N=%d  %lldx%lld tokens  %5.0f+%.0f passes  "
+                "%7.1f s  %7.1f GFLOP/s  roofline %6.1f  %5.1f%%  %s\n",
+                P, threads, rule.c_str(), nodes, (long long)N, (long long)T, fb, fw, wall, achieved,
+                roof, 100 * achieved / roof, achieved >= 0.5 * roof ? "OK" : "BELOW 50%");
+            std::printf(
+                "    per rank: layers, accumulators (fp64, own linears) MiB, share of the "
+                "model's linears, peak RSS MiB:");
+            for (const auto& s : all) {
+                const double o = owns[s.rank].item<double>();
+                std::printf("  [%lld,%lld) %.1f %.0f%% %.0f", (long long)s.layer_begin,
+                            (long long)s.layer_end, 8 * o / 1048576.0, 100 * o / total_lin,
+                            s.peak_rss / 1048576.0);
+            }
+            std::printf("\n    self-test: dF %.6e  sum PQI %.6e  rel %.2e\n", r.delta_f(),
+                        r.pqi_sum, std::abs(r.pqi_sum - r.delta_f()) / std::abs(r.delta_f()));
+        }
+        return 0;
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "[rank %d] bench_pqi: %s\n", env.rank(), e.what());
+        rq::dist::abort_job(1);
+    }
+}
