@@ -30,8 +30,8 @@ const std::vector<std::pair<std::string, std::vector<std::string>>> kSchema = {
      {"method", "bits", "group_size", "sequential", "damp", "act_order", "block_size", "awq_grid",
       "kmeans_iters"}},
     {"requant",
-     {"outlier_ratio", "outlier_select", "significant_ratio", "step_ratio", "scope",
-      "significant_select", "signed_ranking"}},
+     {"outlier_ratio", "outlier_select", "outlier_candidates", "significant_ratio", "step_ratio",
+      "scope", "significant_select", "signed_ranking"}},
     {"sensitivity", {"nodes", "rule", "study", "lambdas", "hvp_eps"}},
     {"run", {"out", "microbatch", "threads", "transport"}},
 };
@@ -251,8 +251,8 @@ auto fields(const JobQuant& q) {
                     q.awq_grid, q.kmeans_iters);
 }
 auto fields(const JobRequant& q) {
-    return std::tie(q.outlier_ratio, q.outlier_select, q.significant_ratio, q.step_ratio, q.scope,
-                    q.significant_select, q.signed_ranking);
+    return std::tie(q.outlier_ratio, q.outlier_select, q.outlier_candidates, q.significant_ratio,
+                    q.step_ratio, q.scope, q.significant_select, q.signed_ranking);
 }
 auto fields(const JobSensitivity& s) {
     return std::tie(s.nodes, s.rule, s.study, s.lambdas, s.hvp_eps);
@@ -342,7 +342,13 @@ Job parse_job(const std::string& toml_text, const std::string& origin_path,
     r.read("requant", "outlier_ratio", rq.outlier_ratio);
     fraction(r, "requant.outlier_ratio", rq.outlier_ratio);
     r.read("requant", "outlier_select", rq.outlier_select);
-    one_of(r, "requant.outlier_select", rq.outlier_select, {"adaptive", "fixed", "none"});
+    one_of(r, "requant.outlier_select", rq.outlier_select, {"adaptive", "fixed", "random", "none"});
+    r.read("requant", "outlier_candidates", rq.outlier_candidates);
+    if (rq.outlier_candidates.empty() || rq.outlier_candidates.front() != 0.0)
+        r.fail("requant.outlier_candidates", "must start with 0 (the candidate without outliers)");
+    for (std::size_t i = 1; i < rq.outlier_candidates.size(); ++i)
+        if (!(rq.outlier_candidates[i] > rq.outlier_candidates[i - 1]))
+            r.fail("requant.outlier_candidates", "must increase strictly");
     r.read("requant", "significant_ratio", rq.significant_ratio);
     fraction(r, "requant.significant_ratio", rq.significant_ratio);
     r.read("requant", "step_ratio", rq.step_ratio);
@@ -352,6 +358,10 @@ Job parse_job(const std::string& toml_text, const std::string& origin_path,
     r.read("requant", "significant_select", rq.significant_select);
     one_of(r, "requant.significant_select", rq.significant_select, {"pqi", "fisher", "random"});
     r.read("requant", "signed_ranking", rq.signed_ranking);
+    if (rq.step_ratio > rq.significant_ratio)
+        r.fail("requant.step_ratio", "must not exceed requant.significant_ratio (" +
+                                         format_double(rq.significant_ratio) + "), got " +
+                                         format_double(rq.step_ratio));
 
     JobSensitivity& s = j.sensitivity;
     r.read("sensitivity", "nodes", s.nodes);
@@ -397,6 +407,11 @@ std::string job_to_toml(const Job& j) {
     const auto str  = [](const std::string& s) { return toml::value<std::string>(s); };
     const auto num  = [](int v) { return toml::value<int64_t>(v); };
     const auto flag = [](bool v) { return v ? "true" : "false"; };
+    const auto list = [](const std::vector<double>& v) {
+        std::string s = "[";
+        for (std::size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + format_double(v[i]);
+        return s + "]";
+    };
 
     os << "# requant-dist job, normalised: every key, paths absolute, defaults resolved.\n";
     os << "\n[model]\n";
@@ -422,6 +437,7 @@ std::string job_to_toml(const Job& j) {
     os << "\n[requant]\n";
     put("outlier_ratio", format_double(j.requant.outlier_ratio));
     put("outlier_select", str(j.requant.outlier_select));
+    put("outlier_candidates", list(j.requant.outlier_candidates));
     put("significant_ratio", format_double(j.requant.significant_ratio));
     put("step_ratio", format_double(j.requant.step_ratio));
     put("scope", str(j.requant.scope));
@@ -431,10 +447,7 @@ std::string job_to_toml(const Job& j) {
     put("nodes", num(j.sensitivity.nodes));
     put("rule", str(j.sensitivity.rule));
     put("study", flag(j.sensitivity.study));
-    std::string lambdas = "[";
-    for (std::size_t i = 0; i < j.sensitivity.lambdas.size(); ++i)
-        lambdas += (i ? ", " : "") + format_double(j.sensitivity.lambdas[i]);
-    put("lambdas", lambdas + "]");
+    put("lambdas", list(j.sensitivity.lambdas));
     put("hvp_eps", format_double(j.sensitivity.hvp_eps));
     os << "\n[run]\n";
     put("out", str(j.run.out));

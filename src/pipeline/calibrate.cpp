@@ -7,13 +7,16 @@
 #include <chrono>
 #include <cmath>
 #include <limits>
+#include <nlohmann/json.hpp>
 
 #include "requant/dist/schedule.h"
 #include "requant/io/error.h"
+#include "requant/pipeline/requant.h"
 #include "requant/quant/awq.h"
 #include "requant/quant/gptq.h"
 #include "requant/quant/rtn.h"
 #include "requant/quant/squeezellm.h"
+#include "requant/requant/select.h"
 
 namespace rq::pipeline {
 namespace {
@@ -112,10 +115,20 @@ std::vector<std::array<at::Tensor, 7>> fisher_diagonal(model::Stage& stage, dist
 }
 
 SparseSelection select_sparse(const model::Stage& stage, dist::Transport& t, const QuantSpec& spec,
-                              const std::vector<std::array<at::Tensor, 7>>* fisher) {
+                              const std::vector<std::array<at::Tensor, 7>>* fisher,
+                              const SparseMasks*                            outliers) {
     SparseSelection sel;
     const auto&     layers = stage.weights().layers;
-    if (spec.outlier_select == "fixed" && spec.outlier_ratio > 0) {
+    if (outliers != nullptr) {
+        sel.outliers = *outliers;
+    } else if (spec.outlier_select == "random" && spec.outlier_ratio > 0) {
+        requant::Masks like(layers.size());
+        for (std::size_t il = 0; il < layers.size(); ++il)
+            for (std::size_t i = 0; i < model::kLinears.size(); ++i)
+                like[il][i] = layers[il].linear(model::kLinears[i]);
+        sel.outliers =
+            requant::select_random(like, {}, spec.outlier_ratio, stage.range().layer_begin, 2024);
+    } else if (spec.outlier_select == "fixed" && spec.outlier_ratio > 0) {
         // One rho for every linear of the model (SqueezeLLM), bisected so that the outliers
         // summed over all ranks come to outlier_ratio of the linear weights.
         std::vector<quant::IqrRule> rules;
@@ -148,7 +161,7 @@ SparseSelection select_sparse(const model::Stage& stage, dist::Transport& t, con
                 sel.outliers[il][i] = rules[k++].mask(hi);
     } else if (spec.outlier_select != "none" && spec.outlier_ratio > 0) {
         throw ConfigError("requant.outlier_select '" + spec.outlier_select +
-                          "' is not available yet (none, fixed)");
+                          "' needs its masks from Alg. 1 (none, fixed, adaptive, random)");
     }
     if (spec.significant_select == "fisher" && spec.significant_ratio > 0) {
         if (fisher == nullptr) throw Error("significant_select = fisher needs the Fisher diagonal");
@@ -163,23 +176,23 @@ SparseSelection select_sparse(const model::Stage& stage, dist::Transport& t, con
                     int64_t(std::llround(spec.significant_ratio * double(score.numel())));
                 sel.significant[il][i] = quant::topk_mask(score, k);
             }
-    } else if (spec.significant_select != "none" && spec.significant_ratio > 0) {
+    } else if (spec.significant_select != "none" && spec.significant_select != "pqi" &&
+               spec.significant_select != "random" && spec.significant_ratio > 0) {
         throw ConfigError("requant.significant_select '" + spec.significant_select +
-                          "' is not available yet (none, fisher)");
+                          "' (none, fisher, pqi, random)");
     }
     return sel;
 }
 
-LayerQuant quantize_layer(model::Stage& stage, int64_t layer, const StatsCollector* stats,
-                          const std::array<at::Tensor, 7>* fisher,
-                          const std::array<at::Tensor, 7>* outlier_masks,
-                          const std::array<at::Tensor, 7>* significant_masks,
-                          const QuantSpec&                 spec) {
-    auto& lw = stage.weights().layers.at(std::size_t(layer - stage.range().layer_begin));
+LayerQuant quantize_weights(const std::array<at::Tensor, 7>& w, int64_t layer,
+                            const StatsCollector* stats, const std::array<at::Tensor, 7>* fisher,
+                            const std::array<at::Tensor, 7>* outlier_masks,
+                            const std::array<at::Tensor, 7>* significant_masks,
+                            const QuantSpec& spec, std::array<at::Tensor, 7>& w_hat_out) {
     // What the dense part is fitted on: sparse weights zeroed (they are stored apart).
     std::array<at::Tensor, 7> w0, sparse, dense_in;
     for (std::size_t i = 0; i < model::kLinears.size(); ++i) {
-        w0[i]               = lw.linear(model::kLinears[i]).detach();
+        w0[i]               = w[i].detach();
         const at::Tensor om = outlier_masks ? (*outlier_masks)[i] : at::Tensor();
         const at::Tensor sm = significant_masks ? (*significant_masks)[i] : at::Tensor();
         sparse[i]   = om.defined() && sm.defined() ? om.logical_or(sm) : om.defined() ? om : sm;
@@ -228,15 +241,31 @@ LayerQuant quantize_layer(model::Stage& stage, int64_t layer, const StatsCollect
             out[i].significant = quant::csr_from_mask(residual, (*significant_masks)[i]);
             w_hat              = w_hat + quant::csr_to_dense(out[i].significant);
         }
-        lw.linear(l) = w_hat.to(w0[i].scalar_type());
+        w_hat_out[i] = w_hat.to(w0[i].scalar_type());
     }
     return out;
+}
+
+LayerQuant quantize_layer(model::Stage& stage, int64_t layer, const StatsCollector* stats,
+                          const std::array<at::Tensor, 7>* fisher,
+                          const std::array<at::Tensor, 7>* outlier_masks,
+                          const std::array<at::Tensor, 7>* significant_masks,
+                          const QuantSpec&                 spec) {
+    auto& lw = stage.weights().layers.at(std::size_t(layer - stage.range().layer_begin));
+    std::array<at::Tensor, 7> w, w_hat;
+    for (std::size_t i = 0; i < model::kLinears.size(); ++i) w[i] = lw.linear(model::kLinears[i]);
+    LayerQuant q =
+        quantize_weights(w, layer, stats, fisher, outlier_masks, significant_masks, spec, w_hat);
+    for (std::size_t i = 0; i < model::kLinears.size(); ++i)
+        lw.linear(model::kLinears[i]) = w_hat[i];
+    return q;
 }
 
 std::vector<LayerQuant> calibrate_and_quantize(model::Stage& stage, dist::Transport& t,
                                                const at::Tensor& tokens, int64_t microbatch,
                                                const QuantSpec& spec, CalibrationTimes& times,
-                                               const std::function<void(int64_t)>& on_layer) {
+                                               const std::function<void(int64_t)>& on_layer,
+                                               nlohmann::json*                     report) {
     const auto&             range = stage.range();
     const bool              needs = method_needs_forward_stats(spec.method);
     std::vector<LayerQuant> out;
@@ -248,7 +277,17 @@ std::vector<LayerQuant> calibrate_and_quantize(model::Stage& stage, dist::Transp
         fisher        = fisher_diagonal(stage, t, tokens);
         times.statistics_s += since(t0);
     }
-    const SparseSelection sel = select_sparse(stage, t, spec, fisher.empty() ? nullptr : &fisher);
+    SparseMasks adaptive;
+    if (spec.outlier_select == "adaptive" && spec.outlier_ratio > 0) {
+        const auto     t0 = Clock::now();
+        nlohmann::json r;
+        adaptive = adaptive_outliers(stage, t, tokens, microbatch, spec,
+                                     fisher.empty() ? nullptr : &fisher, r);
+        if (report) (*report).update(r);
+        times.outliers_s += since(t0);
+    }
+    const SparseSelection sel = select_sparse(stage, t, spec, fisher.empty() ? nullptr : &fisher,
+                                              adaptive.empty() ? nullptr : &adaptive);
     auto                  masks_of = [](const SparseMasks& m, int64_t i) {
         return m.empty() ? nullptr : &m[std::size_t(i)];
     };

@@ -20,6 +20,7 @@
 #include "requant/io/hf_checkpoint.h"
 #include "requant/model/evaluate.h"
 #include "requant/pipeline/calibrate.h"
+#include "requant/pipeline/requant.h"
 #include "requant/pipeline/study.h"
 #include "requant/quant/quantized.h"
 #include "requant/sensitivity/pqi.h"
@@ -43,20 +44,24 @@ struct EvalSet {
 
 QuantSpec quant_spec(const io::Job& job) {
     QuantSpec s;
-    s.method            = job.quant.method;
-    s.bits              = job.quant.bits;
-    s.group_size        = job.quant.group_size;
-    s.damp              = job.quant.damp;
-    s.act_order         = job.quant.act_order;
-    s.block_size        = job.quant.block_size;
-    s.sequential        = job.quant.sequential;
-    s.awq_grid          = job.quant.awq_grid;
-    s.kmeans_iters      = job.quant.kmeans_iters;
-    s.outlier_ratio     = job.requant.outlier_ratio;
-    s.outlier_select    = job.requant.outlier_select;
-    s.significant_ratio = job.requant.significant_ratio;
+    s.method             = job.quant.method;
+    s.bits               = job.quant.bits;
+    s.group_size         = job.quant.group_size;
+    s.damp               = job.quant.damp;
+    s.act_order          = job.quant.act_order;
+    s.block_size         = job.quant.block_size;
+    s.sequential         = job.quant.sequential;
+    s.awq_grid           = job.quant.awq_grid;
+    s.kmeans_iters       = job.quant.kmeans_iters;
+    s.outlier_ratio      = job.requant.outlier_ratio;
+    s.outlier_select     = job.requant.outlier_ratio > 0 ? job.requant.outlier_select : "none";
+    s.outlier_candidates = job.requant.outlier_candidates;
+    s.significant_ratio  = job.requant.significant_ratio;
     s.significant_select =
         job.requant.significant_ratio > 0 ? job.requant.significant_select : "none";
+    s.step_ratio     = job.requant.step_ratio;
+    s.scope          = job.requant.scope;
+    s.signed_ranking = job.requant.signed_ranking;
     return s;
 }
 
@@ -144,18 +149,32 @@ int run_job(const io::Job& job, bool with_pqi) {
     const auto ppl_fp  = perplexities("fp32");
     phases["baseline"] = since(t0);
 
-    // ---- statistics + prequant ------------------------------------------------------------------
+    // ---- statistics + prequant (+ Alg. 1 outliers) ------------------------------------------
+    const QuantSpec spec = quant_spec(job);
+    const bool detach    = spec.significant_select == "pqi" || spec.significant_select == "random";
     const sensitivity::LinearSet w_orig =
-        with_pqi ? stage_linears(stage) : sensitivity::LinearSet{};
+        with_pqi || detach ? stage_linears(stage) : sensitivity::LinearSet{};
     CalibrationTimes ct;
-    const auto       q = calibrate_and_quantize(
-              stage, *t, calib, job.run.microbatch, quant_spec(job), ct, [&](int64_t done) {
+    nlohmann::json   requant_report = nlohmann::json::object();
+    auto             q              = calibrate_and_quantize(
+                                 stage, *t, calib, job.run.microbatch, spec, ct,
+                                 [&](int64_t done) {
             if (rank == 0)
                 spdlog::info("quantized layer {}/{} of rank 0", done,
-                                   range.layer_end - range.layer_begin);
-        });
+                                                      range.layer_end - range.layer_begin);
+        },
+                                 &requant_report);
     phases["statistics"] = ct.statistics_s;
     phases["prequant"]   = ct.quantize_s;
+    if (ct.outliers_s > 0) phases["outlier_search"] = ct.outliers_s;
+
+    // ---- Alg. 2: step-wise significant-weight detach ------------------------------------------
+    if (detach) {
+        t0 = Clock::now();
+        detach_significant(stage, *t, w_orig, q, calib, job.run.microbatch, spec, job.sensitivity,
+                           requant_report);
+        phases["detach"] = since(t0);
+    }
 
     // ---- evaluate -------------------------------------------------------------------------------
     t0                 = Clock::now();
@@ -211,18 +230,19 @@ int run_job(const io::Job& job, bool with_pqi) {
     r["bits_per_weight_paper"] =
         paper_bits / lin_weights;  // sparse at 48 bits/nnz, no row pointers
     r["bits_per_weight_dense"] = dense_bits / lin_weights;
-    r["requant"]               = {{"outlier_ratio", job.requant.outlier_ratio},
-                                  {"outlier_select", job.requant.outlier_select},
-                                  {"significant_ratio", job.requant.significant_ratio},
-                                  {"significant_select", job.requant.significant_select},
-                                  {"outliers", acc[4].item<double>()},
-                                  {"significant", acc[5].item<double>()}};
-    r["linear_weights"]        = lin_weights;
-    r["memory_gib"]            = (lin_bits + 16 * other) / gib;
-    r["memory_gib_fp16"]       = 16 * (lin_weights + other) / gib;
-    r["perplexity"]            = ppl_q;
-    r["perplexity_fp"]         = ppl_fp;
-    r["phases"]                = phases;
+    requant_report.update({{"outlier_ratio", job.requant.outlier_ratio},
+                           {"outlier_select", spec.outlier_select},
+                           {"significant_ratio", job.requant.significant_ratio},
+                           {"significant_select", spec.significant_select},
+                           {"outliers", acc[4].item<double>()},
+                           {"significant", acc[5].item<double>()}});
+    r["requant"]         = requant_report;
+    r["linear_weights"]  = lin_weights;
+    r["memory_gib"]      = (lin_bits + 16 * other) / gib;
+    r["memory_gib_fp16"] = 16 * (lin_weights + other) / gib;
+    r["perplexity"]      = ppl_q;
+    r["perplexity_fp"]   = ppl_fp;
+    r["phases"]          = phases;
     if (with_pqi) r["sensitivity"] = sens;
     const std::string path = job.run.out + "/results.json";
     std::ofstream     out(path);

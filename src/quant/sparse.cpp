@@ -24,13 +24,24 @@ SparseCsr csr_from_mask(const at::Tensor& values, const at::Tensor& mask) {
     return s;
 }
 
+namespace {
+at::Tensor row_of_each(const SparseCsr& s) {  // int64 [nnz]
+    const at::Tensor counts = s.indptr.narrow(0, 1, s.rows) - s.indptr.narrow(0, 0, s.rows);
+    return at::repeat_interleave(at::arange(s.rows, at::kLong), counts.to(at::kLong));
+}
+}  // namespace
+
 at::Tensor csr_to_dense(const SparseCsr& s) {
     at::Tensor out = at::zeros({s.rows, s.cols}, at::kFloat);
     if (s.nnz() == 0) return out;
-    const at::Tensor counts = s.indptr.narrow(0, 1, s.rows) - s.indptr.narrow(0, 0, s.rows);
-    const at::Tensor rows =
-        at::repeat_interleave(at::arange(s.rows, at::kLong), counts.to(at::kLong));
-    out.index_put_({rows, s.indices.to(at::kLong)}, s.values.to(at::kFloat));
+    out.index_put_({row_of_each(s), s.indices.to(at::kLong)}, s.values.to(at::kFloat));
+    return out;
+}
+
+at::Tensor csr_mask(const SparseCsr& s) {
+    at::Tensor out = at::zeros({s.rows, s.cols}, at::kBool);
+    if (s.nnz() == 0) return out;
+    out.index_put_({row_of_each(s), s.indices.to(at::kLong)}, at::scalar_tensor(true, at::kBool));
     return out;
 }
 

@@ -98,6 +98,10 @@ double LayerRanking::sum_largest(dist::Transport& t, int64_t k) const {
     return column_sum(above, 1) + double(k - int64_t(column_sum(above, 0))) * double(v);
 }
 
+at::Tensor LayerRanking::layer_counts(dist::Transport& t, float v, bool strict) const {
+    return count_at_least(t, float_key(v), strict).select(1, 0).contiguous();
+}
+
 double LayerRanking::sum_all(dist::Transport& t) const {
     return column_sum(count_at_least(t, 0, false), 1);
 }

@@ -79,6 +79,7 @@ TEST(Job, Defaults) {
     EXPECT_TRUE(j.requant.signed_ranking);
     EXPECT_EQ(j.sensitivity.nodes, 32);
     EXPECT_EQ(j.sensitivity.rule, "midpoint");
+    EXPECT_EQ(j.requant.outlier_candidates, (std::vector<double>{0, 0.25, 0.5, 1, 1.5, 2, 3, 4}));
     EXPECT_TRUE(j.sensitivity.study);
     EXPECT_EQ(j.sensitivity.lambdas, (std::vector<double>{1e-3, 5e-3, 1e-2, 5e-2, 1e-1, 1.0}));
     EXPECT_EQ(j.sensitivity.hvp_eps, 1e-4);
@@ -162,12 +163,16 @@ TEST(Job, UnknownEnumValuesListTheAllowedOnes) {
         kMinimal + "[quant]\nmethod = \"gptqq\"\n",
         {kOrigin, "'quant.method' is 'gptqq'; allowed: rtn, gptq, awq, squeezellm"});
     expect_config_error(kMinimal + "[requant]\noutlier_select = \"auto\"\n",
-                        {"allowed: adaptive, fixed, none"});
+                        {"allowed: adaptive, fixed, random, none"});
     expect_config_error(kMinimal + "[requant]\nscope = \"layer\"\n", {"allowed: global, linear"});
     expect_config_error(kMinimal + "[requant]\nsignificant_select = \"x\"\n",
                         {"allowed: pqi, fisher, random"});
     expect_config_error(kMinimal + "[sensitivity]\nrule = \"simpson\"\n",
                         {"allowed: left, right, midpoint, trapezoid"});
+    expect_config_error(kMinimal + "[requant]\noutlier_candidates = [0, 2, 1]\n",
+                        {"'requant.outlier_candidates' must increase strictly"});
+    expect_config_error(kMinimal + "[requant]\nsignificant_ratio = 0.001\nstep_ratio = 0.002\n",
+                        {"'requant.step_ratio' must not exceed"});
     expect_config_error(kMinimal + "[sensitivity]\nlambdas = []\n",
                         {"'sensitivity.lambdas' must not be empty"});
     expect_config_error(kMinimal + "[sensitivity]\nlambdas = [0.5, 1.5]\n",
@@ -252,7 +257,7 @@ Job everything_set() {
         kMinimal,
         {"quant.method=squeezellm", "quant.bits=3", "quant.group_size=0", "quant.damp=0.1",
          "quant.act_order=true", "quant.sequential=true", "requant.outlier_ratio=0.0045",
-         "requant.significant_ratio=1e-5", "requant.step_ratio=0.00025", "requant.scope=linear",
+         "requant.significant_ratio=5e-4", "requant.step_ratio=0.00025", "requant.scope=linear",
          "requant.signed_ranking=false", "data.eval=[\"it's.txt\", 'b \"q\".txt']",
          "run.transport=nccl", "sensitivity.nodes=7", "data.eval_max_seqs=-1",
          "sensitivity.study=false", "sensitivity.lambdas=[0.25, 1]", "sensitivity.hvp_eps=1e-4"});

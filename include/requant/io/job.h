@@ -60,19 +60,20 @@ struct JobQuant {
 };
 
 struct JobRequant {
-    double      outlier_ratio      = 0;         // fraction of weights kept as outliers, [0, 1)
-    std::string outlier_select     = "none";    // adaptive (Alg. 1) | fixed | none
-    double      significant_ratio  = 0;         // fraction kept as significant weights, [0, 1)
-    double      step_ratio         = 0;         // fraction detached per Alg. 2 step, [0, 1)
-    std::string scope              = "global";  // global | linear: where ratios are budgeted
-    std::string significant_select = "pqi";     // pqi | fisher | random
-    bool        signed_ranking     = true;      // rank by signed PQI (false: by |PQI|)
+    double              outlier_ratio      = 0;  // fraction of weights kept as outliers, [0, 1)
+    std::string         outlier_select     = "none";  // adaptive (Alg. 1) | fixed | random | none
+    std::vector<double> outlier_candidates = {0, 0.25, 0.5, 1, 1.5, 2, 3, 4};  // Alg. 1: x ratio
+    double              significant_ratio  = 0;      // fraction kept as significant weights, [0, 1)
+    double              step_ratio         = 0;      // fraction detached per Alg. 2 step, [0, 1)
+    std::string         scope = "global";            // global | linear: where ratios are budgeted
+    std::string         significant_select = "pqi";  // pqi | fisher | random
+    bool                signed_ranking     = true;   // rank by signed PQI (false: by |PQI|)
 
     template <class Ar>
     void serialize(Ar& ar, unsigned /*version*/) {
         // clang-format off
-        ar & outlier_ratio & outlier_select & significant_ratio & step_ratio & scope
-           & significant_select & signed_ranking;
+        ar & outlier_ratio & outlier_select & outlier_candidates & significant_ratio & step_ratio
+           & scope & significant_select & signed_ranking;
         // clang-format on
     }
 };

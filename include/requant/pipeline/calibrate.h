@@ -8,6 +8,7 @@
 #include <vector>
 
 #include <ATen/core/Tensor.h>
+#include <nlohmann/json_fwd.hpp>
 
 #include "requant/dist/transport.h"
 #include "requant/model/llama.h"
@@ -64,11 +65,17 @@ struct QuantSpec {
     int64_t     awq_samples  = 2048;  // input rows kept per linear input for the AWQ search
     // Dense-and-Sparse (SqueezeLLM's recipe): outliers by the range rule with one global rho so
     // that outlier_ratio of all linear weights are selected, and the significant_ratio of each
-    // linear with the largest Fisher diagonal. ReQuant's adaptive/PQI selections: later.
-    double      outlier_ratio      = 0;
-    std::string outlier_select     = "none";  // none | fixed
-    double      significant_ratio  = 0;
-    std::string significant_select = "none";  // none | fisher
+    // linear with the largest Fisher diagonal. ReQuant (pipeline/requant.h): outliers
+    // "adaptive" (Alg. 1) over candidate ratios outlier_ratio * outlier_candidates[j], or
+    // "random"; significant weights "pqi" (Alg. 2, rounds of step_ratio) or "random".
+    double              outlier_ratio      = 0;
+    std::string         outlier_select     = "none";  // none | fixed | adaptive | random
+    std::vector<double> outlier_candidates = {0, 0.25, 0.5, 1, 1.5, 2, 3, 4};
+    double              significant_ratio  = 0;
+    std::string         significant_select = "none";    // none | fisher | pqi | random
+    double              step_ratio         = 0;         // beta; 0 = one round of significant_ratio
+    std::string         scope              = "global";  // global | linear
+    bool                signed_ranking     = true;
 };
 
 // Fisher diagonal of every linear of the stage: the sum over calibration sequences of squared
@@ -96,8 +103,11 @@ struct SparseSelection {
 
 // The sparse masks of this rank's layers; collective over the transport (the global rho of the
 // range rule is bisected on weight counts summed over ranks). `fisher` is needed for "fisher".
+// `outliers`, when given, are the outlier masks (Alg. 1's, chosen before). Significant weights
+// by PQI or at random are chosen after quantization (pipeline/requant.h), not here.
 SparseSelection select_sparse(const model::Stage& stage, dist::Transport& t, const QuantSpec& spec,
-                              const std::vector<std::array<at::Tensor, 7>>* fisher);
+                              const std::vector<std::array<at::Tensor, 7>>* fisher,
+                              const SparseMasks*                            outliers = nullptr);
 
 // Quantizes the 7 linears of `layer` of the stage with the spec's method and replaces each
 // weight by its dequantized value (fp32). `stats` may be null for methods that need none.
@@ -110,8 +120,16 @@ LayerQuant quantize_layer(model::Stage& stage, int64_t layer, const StatsCollect
                           const std::array<at::Tensor, 7>* significant_masks,
                           const QuantSpec&                 spec);
 
+// The same on given weights w (the layer's 7 linears), leaving the stage alone: the dequantized
+// W_hat = dense + outliers + significant goes to w_hat (fp32 -> w's dtype).
+LayerQuant quantize_weights(const std::array<at::Tensor, 7>& w, int64_t layer,
+                            const StatsCollector* stats, const std::array<at::Tensor, 7>* fisher,
+                            const std::array<at::Tensor, 7>* outlier_masks,
+                            const std::array<at::Tensor, 7>* significant_masks,
+                            const QuantSpec& spec, std::array<at::Tensor, 7>& w_hat);
+
 struct CalibrationTimes {
-    double statistics_s = 0, quantize_s = 0;
+    double statistics_s = 0, quantize_s = 0, outliers_s = 0;
 };
 
 // Statistics (if the method needs them) and quantization of every layer of this rank's stage.
@@ -119,11 +137,13 @@ struct CalibrationTimes {
 // every layer's statistics (SqueezeLLM: the Fisher diagonal from forward+backward passes).
 // Sequential: layer by layer in model order, each layer's statistics taken from inputs that passed
 // through the already-quantized layers before it (hidden states pass from rank to rank).
-// `on_layer(done)` is called on each rank after each of its layers.
+// `on_layer(done)` is called on each rank after each of its layers. With outlier_select =
+// adaptive, Alg. 1 (pipeline/requant.h) picks the outliers first; `report` gets its tables.
 std::vector<LayerQuant> calibrate_and_quantize(model::Stage& stage, dist::Transport& t,
                                                const at::Tensor& calib_tokens, int64_t microbatch,
                                                const QuantSpec& spec, CalibrationTimes& times,
-                                               const std::function<void(int64_t)>& on_layer = {});
+                                               const std::function<void(int64_t)>& on_layer = {},
+                                               nlohmann::json* report = nullptr);
 
 bool method_needs_forward_stats(const std::string& method);  // gptq, awq
 

@@ -21,6 +21,7 @@ struct SparseCsr {
 // The entries of `values` [O, I] where `mask` [O, I] (bool) is set.
 SparseCsr      csr_from_mask(const at::Tensor& values, const at::Tensor& mask);
 at::Tensor     csr_to_dense(const SparseCsr& s);      // float [O, I], zeros elsewhere
+at::Tensor     csr_mask(const SparseCsr& s);          // bool [O, I]: where the entries are
 int64_t        csr_storage_bits(const SparseCsr& s);  // 48 * nnz + 32 * (O + 1)
 inline int64_t csr_paper_bits(const SparseCsr& s) {
     return 48 * s.nnz();

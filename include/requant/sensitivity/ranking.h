@@ -26,6 +26,8 @@ class LayerRanking {
     float   kth_largest(dist::Transport& t, int64_t k) const;
     double  sum_largest(dist::Transport& t, int64_t k) const;  // the k largest, summed
     double  sum_all(dist::Transport& t) const;
+    // Per layer, over every rank: how many values are >= v (strict: > v). double [L].
+    at::Tensor layer_counts(dist::Transport& t, float v, bool strict) const;
 
   private:
     // Per layer of this rank, descending: order keys, and prefix sums of the values (fp64).

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# ReQuant end to end on stories260k: SqueezeLLM + self-adaptive outliers (Alg. 1) + step-wise
+# PQI detach (Alg. 2) gives the same numbers on 1, 2 and 3 ranks, meets its budgets exactly,
+# beats dense-only SqueezeLLM; AWQ, GPTQ (sequential) and RTN take adaptive outliers; random
+# selection and one-step detach run; bad ReQuant keys are refused.
+# Usage: test_requant.sh PATH/TO/requant-dist REPO_ROOT PATH/TO/mpiexec
+set -uo pipefail
+bin=$1; root=$2; mpiexec=$3; job=$root/jobs/stories260k-gptq.toml
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+source "$(dirname "$0")/check_lib.sh"
+[ -d "$root/../shared/models" ] || { echo "FAIL: ../shared not found beside the checkout"; exit 1; }
+
+base=(--set data.calibration_seqs=8 --set sensitivity.nodes=4 --set quant.sequential=false)
+RQ=("${base[@]}" --set quant.method=squeezellm --set requant.outlier_ratio=0.0045
+    --set requant.outlier_select=adaptive --set requant.significant_ratio=0.0005
+    --set requant.step_ratio=0.00025 --set requant.significant_select=pqi)
+"$bin" run "$job" --out "$tmp/r1" "${RQ[@]}" > "$tmp/log" 2>&1 || fail "np=1: $(tail -3 "$tmp/log")"
+"$mpiexec" -np 2 "$bin" run "$job" --out "$tmp/r2" "${RQ[@]}" > "$tmp/log" 2>&1 || fail "np=2: $(tail -3 "$tmp/log")"
+"$mpiexec" -np 3 --oversubscribe "$bin" run "$job" --out "$tmp/r3" "${RQ[@]}" > "$tmp/log" 2>&1 || fail "np=3: $(tail -3 "$tmp/log")"
+key=eval-tokens.safetensors
+p1=$(val "$tmp/r1/results.json" $key); p2=$(val "$tmp/r2/results.json" $key); p3=$(val "$tmp/r3/results.json" $key)
+[ -n "$p1" ] && [ "$p1" = "$p2" ] && [ "$p1" = "$p3" ] && ok "squeezellm+ReQuant: perplexity $p1 on 1, 2 and 3 ranks" || fail "np 1/2/3: '$p1' '$p2' '$p3'"
+for f in outliers significant; do
+  a=$(val "$tmp/r1/results.json" "$f"); b=$(val "$tmp/r3/results.json" "$f")
+  [ "$a" = "$b" ] || fail "$f count differs: $a vs $b"
+done
+n=$(val "$tmp/r1/results.json" linear_weights); o=$(val "$tmp/r1/results.json" outliers)
+s=$(val "$tmp/r1/results.json" significant); bud=$(val "$tmp/r1/results.json" budget)
+awk -v o="$o" -v b="$bud" -v n="$n" 'BEGIN{exit !(b == int(0.0045*n) && o <= b && o >= 0.95*b)}' \
+  && ok "adaptive outliers $o within the budget $bud (0.45% of $n)" || fail "outliers $o, budget $bud, n $n"
+awk -v s="$s" -v n="$n" 'BEGIN{w=2*int(0.00025*n+0.5); exit !(s == w)}' \
+  && ok "significant weights $s = 2 rounds of 0.025% of $n" || fail "significant $s of $n"
+grep -q '"rounds": 2' "$tmp/r1/results.json" && grep -q '"per_linear"' "$tmp/r1/results.json" \
+  && ok "results.json: detach rounds and per-linear outlier ratios" || fail "results.json lacks the ReQuant report"
+"$bin" run "$job" --out "$tmp/dense" "${base[@]}" --set quant.method=squeezellm > /dev/null 2>&1
+d=$(val "$tmp/dense/results.json" $key)
+awk -v a="$p1" -v d="$d" 'BEGIN{exit !(a < d)}' && ok "ReQuant perplexity $p1 < dense-only $d" || fail "ReQuant $p1 not below dense-only $d"
+
+# Other base methods, random selection, one step.
+for spec in "awq --set quant.group_size=128" "gptq --set quant.sequential=true" "rtn"; do
+  set -- $spec; m=$1; shift
+  "$bin" run "$job" --out "$tmp/$m" "${base[@]}" --set quant.method=$m "$@" --set requant.outlier_ratio=0.0025 \
+    --set requant.outlier_select=adaptive > "$tmp/log" 2>&1 && grep -q '"select": "adaptive"' "$tmp/$m/results.json" \
+    && ok "$m + adaptive outliers: ppl $(val "$tmp/$m/results.json" $key), outliers $(val "$tmp/$m/results.json" outliers)" \
+    || fail "$m + adaptive: $(tail -3 "$tmp/log")"
+done
+"$bin" run "$job" --out "$tmp/rand" "${base[@]}" --set quant.method=squeezellm --set requant.outlier_ratio=0.0045 \
+  --set requant.outlier_select=random --set requant.significant_ratio=0.0005 --set requant.significant_select=random \
+  > "$tmp/log" 2>&1 && awk -v s="$(val "$tmp/rand/results.json" significant)" 'BEGIN{exit !(s > 0)}' \
+  && ok "random selection: ppl $(val "$tmp/rand/results.json" $key)" || fail "random: $(tail -3 "$tmp/log")"
+
+"$bin" run "$job" --out "$tmp/bad" --set requant.significant_ratio=0.0001 --set requant.step_ratio=0.001 > "$tmp/log" 2>&1; rc=$?
+[ $rc -ne 0 ] && grep -q "step_ratio' must not exceed" "$tmp/log" && ok "step_ratio > significant_ratio refused" || fail "bad step_ratio: rc $rc"
+"$bin" run "$job" --out "$tmp/bad" --set "requant.outlier_candidates=[1, 2]" > "$tmp/log" 2>&1; rc=$?
+[ $rc -ne 0 ] && grep -q "must start with 0" "$tmp/log" && ok "outlier_candidates without 0 refused" || fail "bad candidates: rc $rc"
+[ $fails -eq 0 ] && echo "all requant checks passed" || echo "$fails requant checks failed"
+exit $((fails > 0))
