@@ -339,4 +339,23 @@ TEST(Job, BundledJobFilesParseAndTheirPathsExist) {
         fs::equivalent(fs::path(rtn.model.path).parent_path(), fs::path(RQ_SHARED_DIR) / "models"));
 }
 
+TEST(Job, EveryBundledJobFileParses) {
+    int n = 0;
+    for (const auto& e : fs::directory_iterator(jobs_dir())) {
+        if (e.path().extension() != ".toml") continue;
+        ++n;
+        Job j;
+        try {
+            j = load_job(e.path().string());
+        } catch (const rq::Error& err) {
+            ADD_FAILURE() << e.path() << ": " << err.what();
+            continue;
+        }
+        EXPECT_TRUE(fs::is_regular_file(fs::path(j.model.path) / "config.json")) << e.path();
+        EXPECT_TRUE(fs::is_regular_file(j.data.calibration)) << e.path();
+        EXPECT_EQ(fs::path(j.run.out).filename().string(), e.path().stem().string()) << e.path();
+    }
+    EXPECT_GE(n, 9);
+}
+
 }  // namespace
