@@ -103,6 +103,13 @@ struct H5File::Impl {
     hid_t       file      = -1;
     bool        committed = false;
 
+    // Closes; an uncommitted Create leaves nothing behind. Here rather than in ~H5File so that
+    // a moved-over H5File cleans up too.
+    ~Impl() {
+        if (file >= 0) H5Fclose(file);
+        if (!committed && !tmp.empty()) std::remove(tmp.c_str());
+    }
+
     // Creates every missing group on the way to `object`'s parent.
     void make_parents(const std::string& object) {
         Handle lcpl{check(H5Pcreate(H5P_LINK_CREATE), path, "H5Pcreate"), H5Pclose};
@@ -170,11 +177,7 @@ H5File::H5File(const std::string& path, Mode mode) : impl_(std::make_unique<Impl
     }
 }
 
-H5File::~H5File() {
-    if (!impl_) return;
-    if (impl_->file >= 0) H5Fclose(impl_->file);
-    if (!impl_->committed && !impl_->tmp.empty()) std::remove(impl_->tmp.c_str());
-}
+H5File::~H5File() = default;
 
 H5File::H5File(H5File&&) noexcept            = default;
 H5File& H5File::operator=(H5File&&) noexcept = default;
@@ -237,6 +240,7 @@ void H5File::set_attr(const std::string& object, const std::string& name, const 
     Handle type{check(H5Tcopy(H5T_C_S1), impl_->path, "H5Tcopy"), H5Tclose};
     check(H5Tset_size(type.id, v.empty() ? 1 : v.size()), impl_->path, "H5Tset_size");
     check(H5Tset_cset(type.id, H5T_CSET_UTF8), impl_->path, "H5Tset_cset");
+    check(H5Tset_strpad(type.id, H5T_STR_NULLPAD), impl_->path, "H5Tset_strpad");
     impl_->write_attr(object, name, type.id, v.empty() ? "" : v.data());
 }
 
@@ -257,6 +261,13 @@ std::string H5File::attr_string(const std::string& object, const std::string& na
     Handle type{check(H5Aget_type(a.id), impl_->path, "H5Aget_type"), H5Tclose};
     if (H5Tget_class(type.id) != H5T_STRING)
         throw H5Error(impl_->path + ": " + object + " attribute " + name + " is not a string");
+    if (H5Tis_variable_str(type.id) > 0) {  // h5py's default string attributes
+        char* p = nullptr;
+        check(H5Aread(a.id, type.id, &p), impl_->path, "cannot read attribute " + name);
+        std::string s = p ? p : "";
+        H5free_memory(p);
+        return s;
+    }
     std::string s(H5Tget_size(type.id), '\0');
     check(H5Aread(a.id, type.id, s.data()), impl_->path, "cannot read attribute " + name);
     while (!s.empty() && s.back() == '\0') s.pop_back();

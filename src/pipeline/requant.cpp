@@ -133,10 +133,10 @@ SparseMasks adaptive_outliers(model::Stage& stage, dist::Transport& t, const at:
             quant::topk_mask(w.detach().abs(), int64_t(N[k][r].item<double>()));
     }
     report["outlier_selection"] = {{"select", "adaptive"},
-                          {"budget", budget},
-                          {"count", chosen},
-                          {"candidates", cand},
-                          {"per_linear", per}};
+                                   {"budget", budget},
+                                   {"count", chosen},
+                                   {"candidates", cand},
+                                   {"per_linear", per}};
     return masks;
 }
 
@@ -144,11 +144,15 @@ void detach_significant(model::Stage& stage, dist::Transport& t,
                         const sensitivity::LinearSet& w_orig, std::vector<LayerQuant>& q,
                         const at::Tensor& tokens, int64_t microbatch, const QuantSpec& spec,
                         const io::JobSensitivity& pqi_opt, nlohmann::json& report) {
-    auto&          layers = stage.weights().layers;
-    const int64_t  L = stage.config().n_layer, l0 = stage.range().layer_begin;
-    const double   beta   = spec.step_ratio > 0 ? spec.step_ratio : spec.significant_ratio;
-    const bool     random = spec.significant_select == "random";
-    const int      K = random ? 1 : std::max(1, int(std::llround(spec.significant_ratio / beta)));
+    auto&         layers = stage.weights().layers;
+    const int64_t L = stage.config().n_layer, l0 = stage.range().layer_begin;
+    const double  beta   = spec.step_ratio > 0 ? spec.step_ratio : spec.significant_ratio;
+    const bool    random = spec.significant_select == "random";
+    // K = ceil(r_s / beta) rounds of beta, the last one taking what is left of r_s.
+    const int K = random ? 1 : std::max(1, int(std::ceil(spec.significant_ratio / beta - 1e-9)));
+    auto      step_of = [&](int k) {
+        return k < K - 1 ? beta : spec.significant_ratio - (K - 1) * beta;
+    };
     requant::Masks taken(layers.size()), chosen;
     for (std::size_t il = 0; il < layers.size(); ++il)
         for (std::size_t i = 0; i < 7; ++i)
@@ -177,7 +181,7 @@ void detach_significant(model::Stage& stage, dist::Transport& t,
             for (std::size_t il = 0; il < layers.size(); ++il)
                 for (std::size_t i = 0; i < 7; ++i)
                     layers[il].linear(model::kLinears[i]) = wq[il][i];
-            pick = requant::select_top(t, r.pqi, requant::masks_or(taken, chosen), beta,
+            pick = requant::select_top(t, r.pqi, requant::masks_or(taken, chosen), step_of(k),
                                        {spec.scope, spec.signed_ranking}, l0, L);
             rounds.push_back({{"round", k + 1},
                               {"delta_f", r.delta_f()},

@@ -134,11 +134,12 @@ nlohmann::json sensitivity_study(model::Stage& stage, dist::Transport& t,
     if (js.study)
         for (int j = 0; j <= 2 * js.nodes; ++j) po.study_t.push_back(double(j) / (2.0 * js.nodes));
     std::unique_ptr<Progress> bar;
-    const auto                pqi =
-        sensitivity::compute_pqi(stage, t, w_quant, calib, job.run.microbatch, po,
-                                 progress(rank, bar, "pqi", "forward+backward passes"));
-    phases["pqi"]    = since(t0);
-    const double rel = std::abs(pqi.pqi_sum - pqi.delta_f()) / std::abs(pqi.delta_f());
+    auto pqi      = sensitivity::compute_pqi(stage, t, w_quant, calib, job.run.microbatch, po,
+                                             progress(rank, bar, "pqi", "forward+backward passes"));
+    phases["pqi"] = since(t0);
+    // |dF| is never 0 in practice; the floor keeps results.json free of inf/NaN if it is.
+    const double rel =
+        std::abs(pqi.pqi_sum - pqi.delta_f()) / std::max(std::abs(pqi.delta_f()), 1e-300);
     if (rank == 0)
         spdlog::info("pqi: dF {:.6e}, sum PQI {:.6e}, relative gap {:.2e} ({} N={})", pqi.delta_f(),
                      pqi.pqi_sum, rel, js.rule, js.nodes);
@@ -156,33 +157,36 @@ nlohmann::json sensitivity_study(model::Stage& stage, dist::Transport& t,
 
     // ---- 2. ranking: share of the total PQI held by the top weights --------------------------
     t0 = Clock::now();
-    std::vector<at::Tensor>            per_layer;
+    StudyTables                        tab;
     std::vector<std::array<double, 7>> abs_sum(pqi.pqi.size()), count(pqi.pqi.size());
-    for (std::size_t il = 0; il < pqi.pqi.size(); ++il) {
-        std::vector<at::Tensor> parts;
-        for (std::size_t i = 0; i < 7; ++i) {
-            parts.push_back(pqi.pqi[il][i].view(-1));
-            abs_sum[il][i] = pqi.pqi[il][i].abs().to(at::kDouble).sum().item<double>();
-            count[il][i]   = double(pqi.pqi[il][i].numel());
+    {  // sorted copies of every weight's PQI: released before the fp64 Taylor study
+        std::vector<at::Tensor> per_layer;
+        for (std::size_t il = 0; il < pqi.pqi.size(); ++il) {
+            std::vector<at::Tensor> parts;
+            for (std::size_t i = 0; i < 7; ++i) {
+                parts.push_back(pqi.pqi[il][i].view(-1));
+                abs_sum[il][i] = pqi.pqi[il][i].abs().to(at::kDouble).sum().item<double>();
+                count[il][i]   = double(pqi.pqi[il][i].numel());
+            }
+            per_layer.push_back(at::cat(parts));
         }
-        per_layer.push_back(at::cat(parts));
+        std::vector<at::Tensor> per_layer_abs;
+        for (const auto& v : per_layer) per_layer_abs.push_back(v.abs());
+        const sensitivity::LayerRanking by_signed(per_layer, l0, L), by_abs(per_layer_abs, l0, L);
+        const int64_t                   n_weights = by_signed.size(t);
+        const double                    total = by_signed.sum_all(t), total_abs = by_abs.sum_all(t);
+        auto                            share = [&](double fraction) -> StudyTables::Share {
+            const int64_t k = std::min(
+                                           n_weights, std::max<int64_t>(1, std::llround(fraction * double(n_weights))));
+            return {fraction, by_signed.sum_largest(t, k) / total,
+                    by_abs.sum_largest(t, k) / total_abs};
+        };
+        for (double f : {0.0005, 0.001, 0.0015, 0.005, 0.0071, 0.01, 0.05, 0.0525, 0.1, 0.5})
+            tab.share_table.push_back(share(f));
+        for (int i = 0; i <= 50; ++i)  // 1e-5 .. 1, log-spaced
+            tab.share_curve.push_back(share(std::pow(10.0, -5.0 + 5.0 * i / 50.0)));
     }
-    std::vector<at::Tensor> per_layer_abs;
-    for (const auto& v : per_layer) per_layer_abs.push_back(v.abs());
-    const sensitivity::LayerRanking by_signed(per_layer, l0, L), by_abs(per_layer_abs, l0, L);
-    const int64_t                   n_weights = by_signed.size(t);
-    const double                    total = by_signed.sum_all(t), total_abs = by_abs.sum_all(t);
-    auto                            share = [&](double fraction) -> StudyTables::Share {
-        const int64_t k =
-            std::min(n_weights, std::max<int64_t>(1, std::llround(fraction * double(n_weights))));
-        return {fraction, by_signed.sum_largest(t, k) / total,
-                by_abs.sum_largest(t, k) / total_abs};
-    };
-    StudyTables tab;
-    for (double f : {0.0005, 0.001, 0.0015, 0.005, 0.0071, 0.01, 0.05, 0.0525, 0.1, 0.5})
-        tab.share_table.push_back(share(f));
-    for (int i = 0; i <= 50; ++i)  // 1e-5 .. 1, log-spaced
-        tab.share_curve.push_back(share(std::pow(10.0, -5.0 + 5.0 * i / 50.0)));
+    pqi.pqi.clear();  // written to HDF5; only the per-linear sums are needed below
     const at::Tensor n_table = sensitivity::gather_layer_table(t, count, l0, L);
     tab.sublayer_mean        = pqi.layer_pqi / n_table;
     tab.sublayer_mean_abs    = sensitivity::gather_layer_table(t, abs_sum, l0, L) / n_table;
@@ -228,11 +232,11 @@ nlohmann::json sensitivity_study(model::Stage& stage, dist::Transport& t,
         for (int n : convergence_ns(rule, js.nodes)) {
             const double pred = pqi.path.integral(rule, n);
             tab.convergence.push_back({rule, n, pred});
-            conv.push_back(
-                {{"rule", rule},
-                 {"n", n},
-                 {"predicted", pred},
-                 {"rel_error", std::abs(pred - pqi.delta_f()) / std::abs(pqi.delta_f())}});
+            conv.push_back({{"rule", rule},
+                            {"n", n},
+                            {"predicted", pred},
+                            {"rel_error", std::abs(pred - pqi.delta_f()) /
+                                              std::max(std::abs(pqi.delta_f()), 1e-300)}});
         }
     nlohmann::json lambda = nlohmann::json::array();
     for (std::size_t i = 0; i < js.lambdas.size(); ++i) {
@@ -240,7 +244,8 @@ nlohmann::json sensitivity_study(model::Stage& stage, dist::Transport& t,
         lambda.push_back({{"lambda", l},
                           {"delta_f", tay.lambda_delta_f[i]},
                           {"first_order", l * tab.all_first},
-                          {"second_order", l * l * tab.all_second}});
+                          {"second_order", l * l * tab.all_second},
+                          {"second_order_full", l * l * tay.second_full}});
     }
     nlohmann::json share_j = nlohmann::json::array();
     for (const auto& sh : tab.share_table)

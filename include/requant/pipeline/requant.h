@@ -17,8 +17,12 @@
 //   and scores it with the base method's own objective (RTN: sum dW^2; GPTQ: tr(dW H dW^T),
 //   H = X^T X; AWQ: |dW X^T|^2 on its sampled inputs; SqueezeLLM: sum F dW^2, F the Fisher
 //   diagonal); rank 0 gathers the [L*7, R] tables, solves the global budget
-//   (requant/budget.h) and broadcasts the ratios; each rank builds its masks.
-// - phase 5, Alg. 2, step-wise significant-weight detach: K = r_s / beta rounds, each the PQI
+//   (requant/budget.h) and broadcasts the ratios; each rank builds its masks. A candidate is
+//   scored with all 7 linears of the layer at the same ratio and the linears are budgeted as
+//   independent; for AWQ, whose q/k/v and gate/up share one input scale, that is an
+//   approximation (the mixed choice is not re-scored).
+// - phase 5, Alg. 2, step-wise significant-weight detach: K = ceil(r_s / beta) rounds of beta
+//   (the last takes what is left of r_s), each the PQI
 //   of every weight between w and the current w~ (sensitivity.nodes, sensitivity.rule), the
 //   top beta (scope global or per linear, signed or |PQI|) among weights not yet sparse, and
 //   their original values restored; the dense codes are not refitted.
