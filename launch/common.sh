@@ -18,3 +18,8 @@ rq_need_shared() {
     exit 1
   fi
 }
+
+# requant-dist on one rank, or under mpirun -np $RQ_RANKS (report scripts).
+rq_launch() {
+  if [ "${RQ_RANKS:-1}" = 1 ]; then "$RQ_BIN" "$@"; else mpirun -np "$RQ_RANKS" --oversubscribe "$RQ_BIN" "$@"; fi
+}

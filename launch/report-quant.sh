@@ -10,8 +10,6 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 rq_need_shared
 OUT=$(realpath -m "${1:-$RQ_ROOT/runs/report-quant}")
 mkdir -p "$OUT"
-RANKS=${RQ_RANKS:-1}
-launch() { if [ "$RANKS" = 1 ]; then "$RQ_BIN" "$@"; else mpirun -np "$RANKS" --oversubscribe "$RQ_BIN" "$@"; fi; }
 
 cells() {  # cells MODEL JOB GROUP
   local m=$1 job=$2 g=$3
@@ -23,7 +21,7 @@ cells() {  # cells MODEL JOB GROUP
                                             --set requant.significant_ratio=0.0005 --set requant.significant_select=fisher)
     [ -f "$dir/results.json" ] && continue
     echo "== $m $method $bits-bit"
-    launch run "$job" --out "$dir" "${extra[@]}" 2>&1 | grep -E "bits/weight|error" || true
+    rq_launch run "$job" --out "$dir" "${extra[@]}" 2>&1 | grep -E "bits/weight|error" || true
   done
 }
 cells llama-7m-en "$RQ_ROOT/jobs/llama-7m-en-rtn.toml" 128

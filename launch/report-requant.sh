@@ -18,8 +18,6 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 rq_need_shared
 OUT=$(realpath -m "${1:-$RQ_ROOT/runs/report-requant}")
 mkdir -p "$OUT"
-RANKS=${RQ_RANKS:-1}
-launch() { if [ "$RANKS" = 1 ]; then "$RQ_BIN" "$@"; else mpirun -np "$RANKS" --oversubscribe "$RQ_BIN" "$@"; fi; }
 
 AO=(--set requant.outlier_select=adaptive)
 PQI2=(--set requant.significant_ratio=0.0005 --set requant.step_ratio=0.00025 --set requant.significant_select=pqi)
@@ -28,7 +26,7 @@ cell() {  # cell MODEL JOB NAME ARGS...
   local dir="$OUT/$m-$name"
   [ -f "$dir/results.json" ] && return 0
   echo "== $m $name"
-  launch run "$job" --out "$dir" --set quant.sequential=false "$@" 2>&1 | grep -E "bits/weight|error" || true
+  rq_launch run "$job" --out "$dir" --set quant.sequential=false "$@" 2>&1 | grep -E "bits/weight|error" || true
 }
 model() {  # model NAME JOB G
   local m=$1 job=$2 g=$3 g2=$(( $3 * 2 ))

@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <string>
 
+#include "bench_args.h"
 #include "requant/cli/sysinfo.h"
 #include "requant/dist/control.h"
 #include "requant/dist/mpi_env.h"
@@ -19,29 +20,16 @@
 int main(int argc, char** argv) {
     rq::dist::MpiEnv env(&argc, &argv);
     try {
-        std::string model;
-        int64_t     N = 16, T = 256, mb = 2, reps = 2;
-        int         threads  = 1;
-        bool        fwd_only = false;
-        for (int i = 1; i + 1 < argc; i += 2) {
-            const std::string k = argv[i], v = argv[i + 1];
-            if (k == "--model")
-                model = v;
-            else if (k == "--seqs")
-                N = std::stoll(v);
-            else if (k == "--seq-len")
-                T = std::stoll(v);
-            else if (k == "--microbatch")
-                mb = std::stoll(v);
-            else if (k == "--threads")
-                threads = std::stoi(v);
-            else if (k == "--reps")
-                reps = std::stoll(v);
-            else if (k == "--forward-only")
-                fwd_only = v == "1";
-            else
-                throw std::runtime_error("unknown option " + k);
-        }
+        const rq::bench::Args a(
+            argc, argv,
+            {"model", "seqs", "seq-len", "microbatch", "threads", "reps", "forward-only"},
+            "usage: bench_pipeline --model DIR [--seqs N] [--seq-len T] "
+            "[--microbatch B] [--threads n] [--reps R] [--forward-only 1]");
+        const std::string model = a.str("model");
+        const int64_t     N = a.integer("seqs", 16), T = a.integer("seq-len", 256),
+                      mb = a.integer("microbatch", 2), reps = a.integer("reps", 2);
+        const int  threads  = int(a.integer("threads", 1));
+        const bool fwd_only = a.integer("forward-only", 0) == 1;
         rq::cli::set_threads(threads);
         auto                 t = rq::dist::make_mpi_transport();
         rq::io::HfCheckpoint ckpt(model);

@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <string>
 
+#include "bench_args.h"
 #include "requant/cli/sysinfo.h"
 #include "requant/dist/control.h"
 #include "requant/dist/mpi_env.h"
@@ -30,28 +31,14 @@ double since(Clock::time_point t0) {
 int main(int argc, char** argv) {
     rq::dist::MpiEnv env(&argc, &argv);
     try {
-        std::string model, rule = "midpoint";
-        int64_t     N = 32, T = 256, mb = 4;
-        int         nodes = 8, threads = 2;
-        for (int i = 1; i + 1 < argc; i += 2) {
-            const std::string k = argv[i], v = argv[i + 1];
-            if (k == "--model")
-                model = v;
-            else if (k == "--seqs")
-                N = std::stoll(v);
-            else if (k == "--seq-len")
-                T = std::stoll(v);
-            else if (k == "--microbatch")
-                mb = std::stoll(v);
-            else if (k == "--nodes")
-                nodes = std::stoi(v);
-            else if (k == "--rule")
-                rule = v;
-            else if (k == "--threads")
-                threads = std::stoi(v);
-            else
-                throw std::runtime_error("unknown option " + k);
-        }
+        const rq::bench::Args a(
+            argc, argv, {"model", "seqs", "seq-len", "microbatch", "nodes", "rule", "threads"},
+            "usage: bench_pqi --model DIR [--seqs N] [--seq-len T] "
+            "[--microbatch B] [--nodes K] [--rule R] [--threads n]");
+        const std::string model = a.str("model"), rule = a.str("rule", "midpoint");
+        const int64_t     N = a.integer("seqs", 32), T = a.integer("seq-len", 256),
+                      mb = a.integer("microbatch", 4);
+        const int nodes = int(a.integer("nodes", 8)), threads = int(a.integer("threads", 2));
         rq::cli::set_threads(threads);
         auto                 t = rq::dist::make_mpi_transport();
         const int            P = t->size();
