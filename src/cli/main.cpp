@@ -66,7 +66,9 @@ int main(int argc, char** argv) {
     run->add_option("--set", ro.overrides, "Override one job key: section.key=value (repeatable)");
 
     auto* sens = app.add_subcommand(
-        "sensitivity", "Quantize as the job says, then the PQI of every weight and its self-test");
+        "sensitivity",
+        "Quantize as the job says, then the sensitivity study: per-weight PQI (HDF5) and its "
+        "self-test, Taylor terms, per-layer and lambda-path dF, tables and plots under OUT/report");
     sens->add_option("job", ro.job, "Job file (TOML)")->required()->check(CLI::ExistingFile);
     sens->add_option("--out", ro.out, "Run directory (overrides run.out)");
     sens->add_option("--set", ro.overrides, "Override one job key: section.key=value (repeatable)");
