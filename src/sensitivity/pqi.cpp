@@ -107,8 +107,8 @@ PqiResult compute_pqi(model::Stage& stage, dist::Transport& t, const LinearSet& 
         if (wk > 0)
             for (std::size_t il = 0; il < layers.size(); ++il)
                 for (std::size_t i = 0; i < model::kLinears.size(); ++i)
-                    grad_sum[il][i].add_(
-                        layers[il].linear(model::kLinears[i]).grad().to(at::kDouble), wk);
+                    grad_sum[il][i].add_(layers[il].linear(model::kLinears[i]).grad(),
+                                         wk);  // fp32 -> fp64 in place
         if (on_node) on_node(int(k) + 1, int(uniq.size()));
     }
     // The endpoints the nodes did not visit: F(w) with the first-order term, and F(w~).
