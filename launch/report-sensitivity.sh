@@ -31,7 +31,7 @@ cells() {  # cells MODEL JOB GROUP
           grep -E "pqi: dF|error" || true
       fi
       local same=yes
-      for f in "$dir"/pqi/layer-*.h5; do h5diff -q "$f" "$dir-p2/pqi/$(basename "$f")" || same=no; done
+      for f in "$dir/pqi"/layer-*.h5; do h5diff -q "$f" "$dir-p2/pqi/$(basename "$f")" || same=no; done
       echo "$same" > "$dir/p2-h5diff"
     done
   done

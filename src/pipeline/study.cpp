@@ -75,9 +75,10 @@ std::string write_pqi(dist::Transport& t, const model::Stage& stage,
         f.link_external(name, "pqi/" + layer_file(l), "/");
     }
     f.write("/layer_pqi", r.layer_pqi);
-    f.write("/path/t", at::tensor(r.path.t, at::kDouble));
-    f.write("/path/phi", at::tensor(r.path.phi, at::kDouble));
-    f.write("/path/f", at::tensor(r.path.f, at::kDouble));
+    const std::string path = "/path";  // the sampled path: t, phi(t) = dF/dt, F(t)
+    f.write(path + "/t", at::tensor(r.path.t, at::kDouble));
+    f.write(path + "/phi", at::tensor(r.path.phi, at::kDouble));
+    f.write(path + "/f", at::tensor(r.path.f, at::kDouble));
     f.set_attr("/", "model", job.model.path);
     f.set_attr("/", "method", job.quant.method);
     f.set_attr("/", "bits", int64_t(job.quant.bits));

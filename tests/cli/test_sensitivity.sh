@@ -32,7 +32,7 @@ else
   fail "sensitivity results differ between 1 and 2 ranks: $(head -5 "$tmp/diff")"
 fi
 same=0
-for f in "$tmp"/s1/pqi/layer-*.h5; do
+for f in "$tmp/s1/pqi"/layer-*.h5; do
   h5diff "$f" "$tmp/s2/pqi/$(basename "$f")" > /dev/null && same=$((same+1))
 done
 [ "$same" = 5 ] && ok "per-weight PQI: 5 layer files, h5diff-identical for 1 and 2 ranks" || fail "only $same of 5 layer files identical"

@@ -11,7 +11,7 @@
 // HDF5 files over the C API, in the shape of HighFive: one class that owns the file, every C
 // call checked once, failures as H5Error carrying the file, the object path and HDF5's own error
 // stack. Datasets are whole tensors (contiguous, no chunking); attributes are scalars or strings.
-// Paths are absolute inside the file ("/layers/003/q_proj"); missing groups are created on
+// Paths are absolute inside the file (/layers/003/q_proj); missing groups are created on
 // write. hdf5.h stays out of this header (pimpl).
 
 namespace rq::io {
