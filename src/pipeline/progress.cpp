@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <memory>
 
 namespace rq::pipeline {
 
@@ -61,6 +62,16 @@ void Progress::finish() {
     if (tty_) std::fprintf(stderr, "\n");
     std::fprintf(stderr, "%s: done, %lld %s in %s\n", label_.c_str(), (long long)done_,
                  unit_.c_str(), format_duration(elapsed_s()).c_str());
+}
+
+std::function<void(int, int)> step_progress(bool show, std::string label, std::string unit) {
+    auto bar = std::make_shared<std::unique_ptr<Progress>>();
+    return [=](int done, int total) {
+        if (!show) return;
+        if (!*bar) *bar = std::make_unique<Progress>(label, total, unit);
+        (*bar)->update(done);
+        if (done == total) (*bar)->finish(), bar->reset();
+    };
 }
 
 }  // namespace rq::pipeline

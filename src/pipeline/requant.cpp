@@ -9,6 +9,7 @@
 
 #include "requant/dist/schedule.h"
 #include "requant/io/error.h"
+#include "requant/pipeline/progress.h"
 #include "requant/quant/quantized.h"
 #include "requant/quant/sparse.h"
 #include "requant/requant/budget.h"
@@ -177,7 +178,10 @@ void detach_significant(model::Stage& stage, dist::Transport& t,
                     layers[il].linear(model::kLinears[i]) = w_orig[il][i].clone();
             const auto r = sensitivity::compute_pqi(
                 stage, t, wq, tokens, microbatch,
-                {sensitivity::quadrature(pqi_opt.rule, pqi_opt.nodes), {}});
+                {sensitivity::quadrature(pqi_opt.rule, pqi_opt.nodes), {}},
+                step_progress(t.rank() == 0,
+                              "detach " + std::to_string(k + 1) + "/" + std::to_string(K) + ": pqi",
+                              "forward+backward passes"));
             for (std::size_t il = 0; il < layers.size(); ++il)
                 for (std::size_t i = 0; i < 7; ++i)
                     layers[il].linear(model::kLinears[i]) = wq[il][i];

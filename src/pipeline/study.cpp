@@ -96,17 +96,6 @@ std::string write_pqi(dist::Transport& t, const model::Stage& stage,
     return index;
 }
 
-// Rank 0's progress bar for a loop that reports (done, total), done = 0 before the first pass.
-std::function<void(int, int)> progress(int rank, std::unique_ptr<Progress>& bar, const char* label,
-                                       const char* unit) {
-    return [&bar, rank, label, unit](int k, int n) {
-        if (rank != 0) return;
-        if (!bar) bar = std::make_unique<Progress>(label, n, unit);
-        bar->update(k);
-        if (k == n) bar->finish(), bar.reset();
-    };
-}
-
 // Intervals of the convergence table: powers of two up to N, and N, where the grid j/(2N)
 // holds the rule's nodes (n | N for midpoint, n | 2N otherwise).
 std::vector<int> convergence_ns(const std::string& rule, int N) {
@@ -134,9 +123,8 @@ nlohmann::json sensitivity_study(model::Stage& stage, dist::Transport& t,
     po.quad = sensitivity::quadrature(js.rule, js.nodes);
     if (js.study)
         for (int j = 0; j <= 2 * js.nodes; ++j) po.study_t.push_back(double(j) / (2.0 * js.nodes));
-    std::unique_ptr<Progress> bar;
     auto pqi      = sensitivity::compute_pqi(stage, t, w_quant, calib, job.run.microbatch, po,
-                                             progress(rank, bar, "pqi", "forward+backward passes"));
+                                             step_progress(rank == 0, "pqi", "forward+backward passes"));
     phases["pqi"] = since(t0);
     // |dF| is never 0 in practice; the floor keeps results.json free of inf/NaN if it is.
     const double rel =
@@ -198,7 +186,7 @@ nlohmann::json sensitivity_study(model::Stage& stage, dist::Transport& t,
     model::Stage s64(stage.config(), stage_weights_as(stage.weights(), at::kDouble), calib.size(1));
     sensitivity::TaylorOptions to{js.lambdas, js.hvp_eps};
     const auto tay   = sensitivity::taylor_study(s64, t, w_quant, calib, job.run.microbatch, to,
-                                                 progress(rank, bar, "taylor", "passes"));
+                                                 step_progress(rank == 0, "taylor", "passes"));
     phases["taylor"] = since(t0);
 
     // ---- 4. tables, results and the report -----------------------------------------------------

@@ -1,6 +1,7 @@
 #pragma once
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <string>
 
 // Progress with ETA on stderr: a bar redrawn in place on a terminal, plain lines (every 10% or
@@ -25,5 +26,10 @@ class Progress {
 };
 
 std::string format_duration(double seconds);  // "42 s", "3 min 05 s", "2 h 10 min"
+
+// A callback for loops that report (done, total), done = 0 before the first step (PQI nodes,
+// Taylor passes): a Progress bar when `show` (rank 0), created at done = 0 and finished at
+// done = total; nothing otherwise.
+std::function<void(int, int)> step_progress(bool show, std::string label, std::string unit);
 
 }  // namespace rq::pipeline
