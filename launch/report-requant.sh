@@ -12,7 +12,8 @@
 #   squeezellm-ds          0.45% fixed-rule outliers + 0.05% Fisher (SqueezeLLM's own recipe)
 #                      vs  0.45% adaptive outliers + 0.05% PQI in 2 steps of 0.025%
 #   ablation (squeezellm): dense only; fixed outliers only; adaptive outliers only; significant
-#   only; full; random w_o and w_s; K = 1, 2, 4 steps.
+#   only; full; random w_o and w_s; K = 1, 2, 4 steps; full ranked by |PQI|; full with one
+#   fraction per linear (scope = linear).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 rq_need_shared
@@ -54,6 +55,10 @@ model() {  # model NAME JOB G
   cell $m "$job" abl-significant "${S[@]}" "${PQI2[@]}"
   cell $m "$job" abl-random "${S[@]}" --set requant.outlier_ratio=0.0045 --set requant.outlier_select=random \
     --set requant.significant_ratio=0.0005 --set requant.significant_select=random
+  cell $m "$job" abl-full-abs "${S[@]}" --set requant.outlier_ratio=0.0045 "${AO[@]}" "${PQI2[@]}" \
+    --set requant.signed_ranking=false
+  cell $m "$job" abl-full-linear "${S[@]}" --set requant.outlier_ratio=0.0045 "${AO[@]}" "${PQI2[@]}" \
+    --set requant.scope=linear
   for k in 1 2 4; do
     cell $m "$job" abl-full-k$k "${S[@]}" --set requant.outlier_ratio=0.0045 "${AO[@]}" \
       --set requant.significant_ratio=0.0005 --set requant.significant_select=pqi \
@@ -96,7 +101,8 @@ for m in ("llama-7m-en", "stories260k"):
     for c, name in (("abl-dense", "dense only"), ("abl-fixed-outliers", "outliers only, fixed rule"),
                     ("abl-adaptive-outliers", "outliers only, self-adaptive"), ("abl-significant", "significant only (PQI, 2 steps)"),
                     ("abl-full-k2", "full (adaptive + PQI, 2 steps)"), ("abl-random", "random w_o and w_s"),
-                    ("abl-full-k1", "full, K = 1"), ("abl-full-k2", "full, K = 2"), ("abl-full-k4", "full, K = 4")):
+                    ("abl-full-k1", "full, K = 1"), ("abl-full-k2", "full, K = 2"), ("abl-full-k4", "full, K = 4"),
+                    ("abl-full-abs", "full, ranked by |PQI|"), ("abl-full-linear", "full, scope per linear")):
         r = load(m, c)
         if r: L.append(row(name, r))
     L.append("")
