@@ -80,8 +80,9 @@ L = ["# ReQuant on the bundled models", "",
      "part); 'paper': sparse parts at 48 bits/nnz only, as the paper counts. Perplexity on the held-out",
      "windows and on the calibration windows.", ""]
 for m in ("llama-7m-en", "stories260k"):
-    r0 = load(m, "rtn-4")
-    if not r0: continue
+    found = [d for d in sorted(os.listdir(out)) if d.startswith(m + "-") and load(m, d[len(m) + 1:])]
+    if not found: continue
+    r0 = load(m, found[0][len(m) + 1:])
     ev = [k for k in r0["perplexity_fp"] if k != "calibration"] + ["calibration"]
     head = "| method | bits | bits/w | paper | outliers | significant | " + " | ".join(f"ppl {e}" for e in ev) + " |"
     sep = "|---|---|---|---|---|---|" + "---|" * len(ev)
