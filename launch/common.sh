@@ -23,3 +23,9 @@ rq_need_shared() {
 rq_launch() {
   if [ "${RQ_RANKS:-1}" = 1 ]; then "$RQ_BIN" "$@"; else mpirun -np "$RQ_RANKS" --oversubscribe "$RQ_BIN" "$@"; fi
 }
+
+# The output folder of a report script: $1 if given, else runs/<name> in the checkout; created.
+rq_out_dir() {
+  OUT=$(realpath -m "${1:-$RQ_ROOT/runs/$2}")
+  mkdir -p "$OUT"
+}

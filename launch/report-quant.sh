@@ -8,8 +8,7 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 rq_need_shared
-OUT=$(realpath -m "${1:-$RQ_ROOT/runs/report-quant}")
-mkdir -p "$OUT"
+rq_out_dir "${1:-}" report-quant
 
 cells() {  # cells MODEL JOB GROUP
   local m=$1 job=$2 g=$3

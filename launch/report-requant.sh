@@ -17,8 +17,7 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 rq_need_shared
-OUT=$(realpath -m "${1:-$RQ_ROOT/runs/report-requant}")
-mkdir -p "$OUT"
+rq_out_dir "${1:-}" report-requant
 
 AO=(--set requant.outlier_select=adaptive)
 PQI2=(--set requant.significant_ratio=0.0005 --set requant.step_ratio=0.00025 --set requant.significant_select=pqi)

@@ -144,15 +144,17 @@ std::vector<Table> tables(const StudyTables& s) {
 
 // gnuplot scripts, one per plot, reading the CSV files beside them.
 std::vector<std::pair<std::string, std::string>> plots(const StudyTables& s) {
-    const std::string base =
-        "set datafile separator ','\n"
-        "set terminal pngcairo size 900,600 noenhanced\n";
-    const std::string                                head = base + "set key autotitle columnhead\n";
+    // Every plot: CSV input, a 900x600 PNG named after it, the run on the title's first line.
+    auto start = [&s](std::ostringstream& os, const char* name, const char* what, bool keyed) {
+        os << "set datafile separator ','\nset terminal pngcairo size 900,600 noenhanced\n"
+           << (keyed ? "set key autotitle columnhead\n" : "") << "set output '" << name
+           << ".png'\nset title \"" << s.title << "\\n"
+           << what << "\"\n";
+    };
     std::vector<std::pair<std::string, std::string>> p;
     std::ostringstream                               conv;
-    conv << head << "set output 'pqi_vs_n.png'\nset title \"" << s.title
-         << "\\ndF predicted by PQI vs intervals N\"\n"
-            "set logscale x 2\nset xlabel 'intervals N'\nset ylabel 'predicted dF'\n"
+    start(conv, "pqi_vs_n", "dF predicted by PQI vs intervals N", true);
+    conv << "set logscale x 2\nset xlabel 'intervals N'\nset ylabel 'predicted dF'\n"
             "set key top right\n"
          << "actual = " << sci(s.delta_f, 12) << "\nplot ";
     const char* rules[] = {"left", "right", "midpoint", "trapezoid"};
@@ -163,9 +165,8 @@ std::vector<std::pair<std::string, std::string>> plots(const StudyTables& s) {
     p.emplace_back("pqi_vs_n", conv.str());
 
     std::ostringstream layers;
-    layers << head << "set output 'layers.png'\nset title \"" << s.title
-           << "\\nper-layer estimates vs actual dF (absolute values)\"\n"
-              "set logscale y\nset format y '%.0e'\nset xlabel 'quantized layer'\n"
+    start(layers, "layers", "per-layer estimates vs actual dF (absolute values)", true);
+    layers << "set logscale y\nset format y '%.0e'\nset xlabel 'quantized layer'\n"
               "set ylabel '|value|'\nset xtics 1\nset key below\n"
               "plot for [c=2:5] 'table1_layers.csv' every ::0::"
            << s.layer_first.size() - 1
@@ -173,18 +174,16 @@ std::vector<std::pair<std::string, std::string>> plots(const StudyTables& s) {
     p.emplace_back("layers", layers.str());
 
     std::ostringstream share;
-    share << head << "set output 'share.png'\nset title \"" << s.title
-          << "\\ncumulative share of the total PQI vs share of weights\"\n"
-             "set logscale x\nset format x '%.0e'\nset xlabel 'fraction of weights (top by PQI)'\n"
+    start(share, "share", "cumulative share of the total PQI vs share of weights", true);
+    share << "set logscale x\nset format x '%.0e'\nset xlabel 'fraction of weights (top by PQI)'\n"
              "set ylabel 'share of sum of PQI'\nset grid\nset key bottom right\n"
              "plot 'share_curve.csv' using 1:2 with lines linewidth 2 title 'by signed PQI', "
              "'' using 1:3 with lines linewidth 2 title 'by |PQI| (share of sum |PQI|)'\n";
     p.emplace_back("share", share.str());
 
     std::ostringstream heat;
-    heat << base << "set output 'heatmap.png'\nset title \"" << s.title
-         << "\\nmean PQI per weight by layer and sublayer\"\n"
-            "set xlabel 'sublayer'\nset ylabel 'layer'\nset xtics ("
+    start(heat, "heatmap", "mean PQI per weight by layer and sublayer", false);
+    heat << "set xlabel 'sublayer'\nset ylabel 'layer'\nset xtics ("
          << "'q' 0, 'k' 1, 'v' 2, 'o' 3, 'gate' 4, 'up' 5, 'down' 6)\nset ytics 1\n"
             "set palette rgb 33,13,10\nset view map\nunset key\nset xrange [-0.5:6.5]\n"
          << "set yrange [-0.5:" << s.sublayer_mean.size(0) - 0.5
