@@ -7,4 +7,4 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 "$RQ_ROOT/launch/setup.sh"
 rq_need_shared
 cd "$RQ_BUILD"
-ctest --output-on-failure --timeout 900 "$@"
+ctest --output-on-failure --timeout 1500 "$@"

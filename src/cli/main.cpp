@@ -5,6 +5,7 @@
 #include <CLI/CLI.hpp>
 
 #include <cstdio>
+#include <cstdlib>
 #include <optional>
 
 #include "requant/cli/commands.h"
@@ -12,6 +13,7 @@
 #include "requant/dist/control.h"
 #include "requant/dist/mpi_env.h"
 #include "requant/io/error.h"
+#include "requant/pipeline/stop.h"
 
 #ifndef RQ_VERSION
 #define RQ_VERSION "unknown"
@@ -73,6 +75,38 @@ int main(int argc, char** argv) {
     sens->add_option("--out", ro.out, "Run directory (overrides run.out)");
     sens->add_option("--set", ro.overrides, "Override one job key: section.key=value (repeatable)");
 
+    run->add_flag("--restart", ro.restart,
+                  "Start over: remove the run's state (run.h5, layers/, model.requant.h5) first");
+
+    rq::cli::InspectOptions io;
+    auto*                   insp = app.add_subcommand(
+                          "inspect", "Summarise a model.requant.h5: bits/weight, memory, sparse counts per layer");
+    insp->add_option("file", io.file, "model.requant.h5")->required()->check(CLI::ExistingFile);
+    insp->add_flag("--json", io.json, "Print the summary as JSON");
+
+    rq::cli::PlanOptions po;
+    auto*                plan = app.add_subcommand(
+                       "plan", "Stage split and per-rank memory of a job, from config.json alone");
+    plan->add_option("job", po.job, "Job file (TOML)")->required()->check(CLI::ExistingFile);
+    plan->add_option("--ranks", po.ranks, "Ranks (default: the fewest that fit in --mem-gib)")
+        ->check(CLI::Range(1, 100000));
+    plan->add_option("--config", po.config, "config.json to plan for (default: the job's model)")
+        ->check(CLI::ExistingFile);
+    plan->add_option("--mem-gib", po.mem_gib, "Memory per rank, GiB (to choose --ranks)")
+        ->capture_default_str();
+    plan->add_option("--set", po.overrides, "Override one job key: section.key=value");
+
+    rq::cli::ExportOptions xo;
+    auto*                  exp = app.add_subcommand(
+                         "export", "Write a dequantized Hugging Face model (safetensors) from a finished run");
+    exp->add_option("run_dir", xo.from, "Run directory (or its model.requant.h5)")
+        ->required()
+        ->check(CLI::ExistingPath);
+    exp->add_option("--out", xo.out, "HF model folder to write")->required();
+    exp->add_option("--dtype", xo.dtype, "Weights dtype")
+        ->capture_default_str()
+        ->check(CLI::IsMember({"f32", "bf16", "f16"}));
+
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {
@@ -83,8 +117,16 @@ int main(int argc, char** argv) {
     // every rank (MPI_Abort): a rank that died alone would leave its peers hung.
     int                             rank = 0, size = 1;
     std::optional<rq::dist::MpiEnv> mpi;  // outlives the handlers below: abort needs MPI alive
+    if (*run || *sens) {                  // before MPI_Init: its threads inherit the mask
+        const char* g = std::getenv("RQ_STOP_GRACE");
+        rq::pipeline::install_stop_signals(g ? std::atof(g) : 60.0);
+    }
     try {
         mpi.emplace(&argc, &argv);
+        if (*run || *sens) {  // again: MPI_Init may have put its own handlers in place
+            const char* g = std::getenv("RQ_STOP_GRACE");
+            rq::pipeline::install_stop_signals(g ? std::atof(g) : 60.0);
+        }
         rank = mpi->rank();
         size = mpi->size();
         spdlog::set_pattern(size > 1 ? "[%H:%M:%S %l rank " + std::to_string(rank) + "] %v"
@@ -99,8 +141,17 @@ int main(int argc, char** argv) {
             ro.sensitivity = bool(*sens);
             rq::dist::broadcast_object(ro, 0, rank);
             rc = rq::cli::run_run(ro);
+        } else if (*insp) {
+            rc = rq::cli::run_inspect(io);
+        } else if (*exp) {
+            rc = rq::cli::run_export(xo);
+        } else if (*plan) {
+            rc = rq::cli::run_plan(po);
         }
         return rc;
+    } catch (const rq::pipeline::Stopped& e) {  // every rank stops here together
+        if (rank == 0) std::fprintf(stderr, "requant-dist: %s\n", e.what());
+        return rq::pipeline::kStoppedExit;
     } catch (const rq::Error& e) {
         std::fprintf(stderr, "%srequant-dist: error: %s\n",
                      size > 1 ? ("[rank " + std::to_string(rank) + "] ").c_str() : "", e.what());

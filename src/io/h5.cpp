@@ -5,8 +5,13 @@
 #include <ATen/ATen.h>
 #include <hdf5.h>
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <cstdio>
 #include <filesystem>
+
+#include "requant/io/digest.h"
 
 namespace rq::io {
 namespace {
@@ -48,8 +53,23 @@ struct Handle {
     }
 };
 
+// IEEE binary16, little endian: h5py reads it as numpy float16, h5dump prints its values.
+hid_t half_type() {
+    static const hid_t t = [] {
+        const hid_t h = H5Tcopy(H5T_IEEE_F32LE);
+        H5Tset_fields(h, 15, 10, 5, 0, 10);
+        H5Tset_size(h, 2);
+        H5Tset_ebias(h, 15);
+        H5Tlock(h);
+        return h;
+    }();
+    return t;
+}
+
 hid_t h5_type(at::ScalarType s, const std::string& file, const std::string& ds) {
     switch (s) {
+        case at::kHalf:
+            return half_type();
         case at::kFloat:
             return H5T_IEEE_F32LE;
         case at::kDouble:
@@ -63,13 +83,14 @@ hid_t h5_type(at::ScalarType s, const std::string& file, const std::string& ds) 
             return H5T_STD_U8LE;
         default:
             throw H5Error(file + ": " + ds + ": dtype " + std::string(c10::toString(s)) +
-                          " cannot be stored (float32, float64, int32, int64, uint8, bool)");
+                          " cannot be stored (float16/32/64, int32, int64, uint8, bool)");
     }
 }
 
 at::ScalarType scalar_type(hid_t type, const std::string& file, const std::string& ds) {
     const H5T_class_t cls  = H5Tget_class(type);
     const size_t      size = H5Tget_size(type);
+    if (cls == H5T_FLOAT && size == 2) return at::kHalf;
     if (cls == H5T_FLOAT && size == 4) return at::kFloat;
     if (cls == H5T_FLOAT && size == 8) return at::kDouble;
     if (cls == H5T_INTEGER) {
@@ -78,11 +99,13 @@ at::ScalarType scalar_type(hid_t type, const std::string& file, const std::strin
         if (is_signed && size == 8) return at::kLong;
         if (!is_signed && size == 1) return at::kByte;
     }
-    throw H5Error(file + ": " + ds + ": stored type is not float32/64, int32/64 or uint8");
+    throw H5Error(file + ": " + ds + ": stored type is not float16/32/64, int32/64 or uint8");
 }
 
 hid_t native(at::ScalarType s) {
     switch (s) {
+        case at::kHalf:
+            return half_type();
         case at::kFloat:
             return H5T_NATIVE_FLOAT;
         case at::kDouble:
@@ -94,6 +117,27 @@ hid_t native(at::ScalarType s) {
         default:
             return H5T_NATIVE_UINT8;
     }
+}
+
+// Object creation properties without modification times, so that the same content written in
+// the same order gives the same bytes (a resumed run's checkpoint equals an uninterrupted one).
+hid_t untimed(hid_t cls) {
+    const hid_t p = H5Pcreate(cls);
+    if (p >= 0) H5Pset_obj_track_times(p, 0);
+    return p;
+}
+
+// The digest of a tensor's bytes as stored, kept as the dataset's "sha256" attribute.
+std::string digest(const at::Tensor& c) {
+    return sha256_hex(c.data_ptr(), std::size_t(c.numel()) * c.element_size());
+}
+
+// Flushes a closed file's data to the disk (the rename that follows must not outrun it).
+void fsync_path(const std::string& path) {
+    const int fd = ::open(path.c_str(), O_RDONLY);
+    if (fd < 0) return;
+    ::fsync(fd);
+    ::close(fd);
 }
 
 }  // namespace
@@ -110,18 +154,20 @@ struct H5File::Impl {
         if (!committed && !tmp.empty()) std::remove(tmp.c_str());
     }
 
-    // Creates every missing group on the way to `object`'s parent.
+    // Creates every missing group on the way to `object`'s parent, one level at a time.
     void make_parents(const std::string& object) {
-        Handle lcpl{check(H5Pcreate(H5P_LINK_CREATE), path, "H5Pcreate"), H5Pclose};
-        check(H5Pset_create_intermediate_group(lcpl.id, 1), path,
-              "H5Pset_create_intermediate_group");
-        const auto slash = object.rfind('/');
-        if (slash == 0 || slash == std::string::npos) return;
-        const std::string parent = object.substr(0, slash);
-        if (exists(parent)) return;
-        Handle g{check(H5Gcreate2(file, parent.c_str(), lcpl.id, H5P_DEFAULT, H5P_DEFAULT), path,
-                       "cannot create group " + parent),
-                 H5Gclose};
+        Handle      gcpl{check(untimed(H5P_GROUP_CREATE), path, "H5Pcreate"), H5Pclose};
+        std::size_t pos = 1;
+        for (;;) {
+            const auto next = object.find('/', pos);
+            if (next == std::string::npos) return;
+            const std::string part = object.substr(0, next);
+            if (!exists(part))
+                Handle{check(H5Gcreate2(file, part.c_str(), H5P_DEFAULT, gcpl.id, H5P_DEFAULT),
+                             path, "cannot create group " + part),
+                       H5Gclose};
+            pos = next + 1;
+        }
     }
     bool exists(const std::string& object) const {
         if (object == "/") return true;
@@ -198,13 +244,18 @@ void H5File::write(const std::string& dataset, const at::Tensor& t) {
                                     : H5Screate_simple(int(dims.size()), dims.data(), nullptr),
                        f, "H5Screate"),
                  H5Sclose};
-    Handle ds{check(H5Dcreate2(impl_->file, dataset.c_str(), ftype, space.id, H5P_DEFAULT,
-                               H5P_DEFAULT, H5P_DEFAULT),
-                    f, "cannot create dataset " + dataset),
-              H5Dclose};
-    if (c.numel() > 0)
-        check(H5Dwrite(ds.id, native(c.scalar_type()), H5S_ALL, H5S_ALL, H5P_DEFAULT, c.data_ptr()),
-              f, "cannot write dataset " + dataset);
+    Handle dcpl{check(untimed(H5P_DATASET_CREATE), f, "H5Pcreate"), H5Pclose};
+    {
+        Handle ds{check(H5Dcreate2(impl_->file, dataset.c_str(), ftype, space.id, H5P_DEFAULT,
+                                   dcpl.id, H5P_DEFAULT),
+                        f, "cannot create dataset " + dataset),
+                  H5Dclose};
+        if (c.numel() > 0)
+            check(H5Dwrite(ds.id, native(c.scalar_type()), H5S_ALL, H5S_ALL, H5P_DEFAULT,
+                           c.data_ptr()),
+                  f, "cannot write dataset " + dataset);
+    }
+    set_attr(dataset, "sha256", digest(c));
 }
 
 at::Tensor H5File::read(const std::string& dataset) const {
@@ -223,6 +274,29 @@ at::Tensor H5File::read(const std::string& dataset) const {
     if (out.numel() > 0)
         check(H5Dread(ds.id, native(st), H5S_ALL, H5S_ALL, H5P_DEFAULT, out.data_ptr()), f,
               "cannot read dataset " + dataset);
+    if (H5Aexists(ds.id, "sha256") > 0 && attr_string(dataset, "sha256") != digest(out))
+        throw H5Error(f + ": " + dataset + ": checksum mismatch (the file is damaged)");
+    return out;
+}
+
+std::vector<std::string> H5File::children(const std::string& group) const {
+    const std::string& f = impl_->path;
+    Handle             g{
+        check(H5Gopen2(impl_->file, group.c_str(), H5P_DEFAULT), f, "cannot open group " + group),
+        H5Gclose};
+    H5G_info_t info;
+    check(H5Gget_info(g.id, &info), f, "H5Gget_info");
+    std::vector<std::string> out;
+    for (hsize_t i = 0; i < info.nlinks; ++i) {
+        const ssize_t n = check(
+            H5Lget_name_by_idx(g.id, ".", H5_INDEX_NAME, H5_ITER_INC, i, nullptr, 0, H5P_DEFAULT),
+            f, "H5Lget_name_by_idx");
+        std::string name(std::size_t(n) + 1, '\0');
+        H5Lget_name_by_idx(g.id, ".", H5_INDEX_NAME, H5_ITER_INC, i, name.data(), name.size(),
+                           H5P_DEFAULT);
+        name.pop_back();
+        out.push_back(name);
+    }
     return out;
 }
 
@@ -290,10 +364,12 @@ void H5File::commit() {
         check(rc, impl_->path, "cannot close");
     }
     if (!impl_->committed && !impl_->tmp.empty()) {
+        fsync_path(impl_->tmp);
         std::error_code ec;
         std::filesystem::rename(impl_->tmp, impl_->path, ec);
         if (ec)
             throw H5Error(impl_->path + ": cannot rename from " + impl_->tmp + ": " + ec.message());
+        fsync_path(std::filesystem::path(impl_->path).parent_path().string());  // the rename
     }
     impl_->committed = true;
 }

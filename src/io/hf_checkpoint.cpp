@@ -70,6 +70,13 @@ std::vector<std::string> HfCheckpoint::tensor_names() const {
     return names;
 }
 
+at::Tensor HfCheckpoint::load_stored(const std::string& name) const {
+    const auto it = weight_map_.find(name);
+    if (it == weight_map_.end())
+        throw FormatError(dir_ + ": tensor '" + name + "' is missing from the checkpoint");
+    return shard(it->second).load(name);
+}
+
 at::Tensor HfCheckpoint::load(const std::string& name, const std::vector<int64_t>& shape,
                               at::ScalarType dtype) const {
     const auto it = weight_map_.find(name);

@@ -231,19 +231,28 @@ LayerQuant quantize_weights(const std::array<at::Tensor, 7>& w, int64_t layer,
         } else if (spec.method != "awq") {
             throw ConfigError("unknown quant.method '" + spec.method + "'");
         }
-        at::Tensor       w_hat    = quant::dequantize(out[i].dense);
-        const at::Tensor residual = w0[i].to(at::kFloat) - w_hat;
-        if (outlier_masks && (*outlier_masks)[i].defined()) {
+        const at::Tensor residual = w0[i].to(at::kFloat) - quant::dequantize(out[i].dense);
+        if (outlier_masks && (*outlier_masks)[i].defined())
             out[i].outliers = quant::csr_from_mask(residual, (*outlier_masks)[i]);
-            w_hat           = w_hat + quant::csr_to_dense(out[i].outliers);
-        }
-        if (significant_masks && (*significant_masks)[i].defined()) {
+        if (significant_masks && (*significant_masks)[i].defined())
             out[i].significant = quant::csr_from_mask(residual, (*significant_masks)[i]);
-            w_hat              = w_hat + quant::csr_to_dense(out[i].significant);
-        }
-        w_hat_out[i] = w_hat.to(w0[i].scalar_type());
+        w_hat_out[i] = reconstruct(out[i]).to(w0[i].scalar_type());
     }
     return out;
+}
+
+at::Tensor reconstruct(const LinearQuant& q) {
+    at::Tensor w = quant::dequantize(q.dense);
+    if (q.outliers.indptr.defined()) w = w + quant::csr_to_dense(q.outliers);
+    if (q.significant.indptr.defined()) w = w + quant::csr_to_dense(q.significant);
+    return w;
+}
+
+void set_layer_weights(model::Stage& stage, std::size_t il, const LayerQuant& q) {
+    auto& lw = stage.weights().layers.at(il);
+    for (std::size_t i = 0; i < model::kLinears.size(); ++i)
+        lw.linear(model::kLinears[i]) =
+            reconstruct(q[i]).to(lw.linear(model::kLinears[i]).scalar_type());
 }
 
 LayerQuant quantize_layer(model::Stage& stage, int64_t layer, const StatsCollector* stats,
@@ -264,10 +273,10 @@ LayerQuant quantize_layer(model::Stage& stage, int64_t layer, const StatsCollect
 std::vector<LayerQuant> calibrate_and_quantize(model::Stage& stage, dist::Transport& t,
                                                const at::Tensor& tokens, int64_t microbatch,
                                                const QuantSpec& spec, CalibrationTimes& times,
-                                               const std::function<void(int64_t)>& on_layer,
-                                               nlohmann::json*                     report) {
-    const auto&             range = stage.range();
-    const bool              needs = method_needs_forward_stats(spec.method);
+                                               const LayerHooks& hooks, nlohmann::json* report) {
+    const auto& range = stage.range();
+    const bool  needs = method_needs_forward_stats(spec.method);
+    auto        load  = [&](int64_t l) { return hooks.load ? hooks.load(l) : std::nullopt; };
     std::vector<LayerQuant> out;
     StatsCollector          stats(stats_options(spec, tokens.size(0) * tokens.size(1)));
     std::vector<std::array<at::Tensor, 7>> fisher;
@@ -304,10 +313,15 @@ std::vector<LayerQuant> calibrate_and_quantize(model::Stage& stage, dist::Transp
         for (int64_t l = range.layer_begin; l < range.layer_end; ++l) {
             const int64_t i = l - range.layer_begin;
             const auto*   f = fisher.empty() ? nullptr : &fisher[std::size_t(i)];
-            out.push_back(quantize_layer(stage, l, needs ? &stats : nullptr, f,
-                                         masks_of(sel.outliers, i), masks_of(sel.significant, i),
-                                         spec));
-            if (on_layer) on_layer(l - range.layer_begin + 1);
+            if (auto done = load(l)) {
+                set_layer_weights(stage, std::size_t(i), *done);
+                out.push_back(std::move(*done));
+            } else {
+                out.push_back(quantize_layer(stage, l, needs ? &stats : nullptr, f,
+                                             masks_of(sel.outliers, i),
+                                             masks_of(sel.significant, i), spec));
+            }
+            if (hooks.saved) hooks.saved(i + 1, l, out.back());
         }
         times.quantize_s += since(t0);
         return out;
@@ -329,21 +343,26 @@ std::vector<LayerQuant> calibrate_and_quantize(model::Stage& stage, dist::Transp
         }
     }
     for (int64_t l = range.layer_begin; l < range.layer_end; ++l) {
-        auto t0 = Clock::now();
-        stats.clear();
-        stage.set_observer(&stats);
-        for (const auto& xm : x) stage.forward_layer(l, xm);
-        stage.set_observer(nullptr);
-        times.statistics_s += since(t0);
-        t0              = Clock::now();
-        const int64_t i = l - range.layer_begin;
-        out.push_back(quantize_layer(stage, l, &stats, nullptr, masks_of(sel.outliers, i),
-                                     masks_of(sel.significant, i), spec));
-        times.quantize_s += since(t0);
+        const int64_t i  = l - range.layer_begin;
+        auto          t0 = Clock::now();
+        if (auto done = load(l)) {
+            set_layer_weights(stage, std::size_t(i), *done);
+            out.push_back(std::move(*done));
+        } else {
+            stats.clear();
+            stage.set_observer(&stats);
+            for (const auto& xm : x) stage.forward_layer(l, xm);
+            stage.set_observer(nullptr);
+            times.statistics_s += since(t0);
+            t0 = Clock::now();
+            out.push_back(quantize_layer(stage, l, &stats, nullptr, masks_of(sel.outliers, i),
+                                         masks_of(sel.significant, i), spec));
+            times.quantize_s += since(t0);
+        }
         t0 = Clock::now();
         for (auto& xm : x) xm = stage.forward_layer(l, xm);  // through the quantized layer
         times.statistics_s += since(t0);
-        if (on_layer) on_layer(l - range.layer_begin + 1);
+        if (hooks.saved) hooks.saved(i + 1, l, out.back());
     }
     if (r < P - 1) {
         std::vector<std::unique_ptr<dist::Work>> sends;

@@ -144,7 +144,8 @@ SparseMasks adaptive_outliers(model::Stage& stage, dist::Transport& t, const at:
 void detach_significant(model::Stage& stage, dist::Transport& t,
                         const sensitivity::LinearSet& w_orig, std::vector<LayerQuant>& q,
                         const at::Tensor& tokens, int64_t microbatch, const QuantSpec& spec,
-                        const io::JobSensitivity& pqi_opt, nlohmann::json& report) {
+                        const io::JobSensitivity& pqi_opt, nlohmann::json& report,
+                        DetachResume resume) {
     auto&         layers = stage.weights().layers;
     const int64_t L = stage.config().n_layer, l0 = stage.range().layer_begin;
     const double  beta   = spec.step_ratio > 0 ? spec.step_ratio : spec.significant_ratio;
@@ -166,8 +167,15 @@ void detach_significant(model::Stage& stage, dist::Transport& t,
                 w[il][i] = layers[il].linear(model::kLinears[i]).detach().clone();
         return w;
     };
-    nlohmann::json rounds = nlohmann::json::array();
-    for (int k = 0; k < K; ++k) {
+    nlohmann::json rounds = resume.rounds;
+    if (resume.rounds_done > 0) {  // the stage as the finished rounds left it
+        chosen = resume.picked;
+        for (std::size_t il = 0; il < layers.size(); ++il)
+            for (std::size_t i = 0; i < 7; ++i)
+                layers[il].linear(model::kLinears[i]) = at::where(
+                    chosen[il][i], w_orig[il][i], layers[il].linear(model::kLinears[i]).detach());
+    }
+    for (int k = resume.rounds_done; k < K; ++k) {
         requant::Masks pick;
         if (random) {
             pick = requant::select_random(w_orig, taken, spec.significant_ratio, l0, 2025);
@@ -201,6 +209,7 @@ void detach_significant(model::Stage& stage, dist::Transport& t,
             for (std::size_t i = 0; i < 7; ++i)
                 layers[il].linear(model::kLinears[i]) = at::where(
                     pick[il][i], w_orig[il][i], layers[il].linear(model::kLinears[i]).detach());
+        if (resume.on_round) resume.on_round(k + 1, pick, rounds);
     }
     // Store them: W - dequant(dense) on the chosen weights, fp16 CSR; the stage gets W_hat as
     // stored (the fp16 residuals, not the exact originals).
@@ -209,9 +218,8 @@ void detach_significant(model::Stage& stage, dist::Transport& t,
             const at::Tensor dense = quant::dequantize(q[il][i].dense);
             q[il][i].significant =
                 quant::csr_from_mask(w_orig[il][i].to(at::kFloat) - dense, chosen[il][i]);
-            at::Tensor w_hat = dense + quant::csr_to_dense(q[il][i].significant);
-            if (q[il][i].outliers.nnz() > 0) w_hat = w_hat + quant::csr_to_dense(q[il][i].outliers);
-            layers[il].linear(model::kLinears[i]) = w_hat.to(w_orig[il][i].scalar_type());
+            layers[il].linear(model::kLinears[i]) =
+                reconstruct(q[il][i]).to(w_orig[il][i].scalar_type());
         }
     at::Tensor n = at::tensor({double(requant::masks_count(chosen))}, at::kDouble);
     t.allreduce_sum(n)->wait();

@@ -1,6 +1,7 @@
 // HDF5 files: every dtype round trips, attributes, groups made on the way, external links,
-// atomic creation (nothing at the final name before commit, nothing left on abandon), and one
-// H5Error per kind of bad input naming the file and object.
+// atomic creation (nothing at the final name before commit, nothing left on abandon), equal
+// content gives equal bytes, a flipped bit in a dataset is caught by its digest, and one H5Error
+// per kind of bad input naming the file and object.
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 #include <sys/stat.h>
@@ -30,6 +31,7 @@ TEST(H5, RoundTripEveryDtype) {
     const at::Tensor  i64 = at::arange(6, at::kLong).view({2, 3}) * (int64_t(1) << 40);
     const at::Tensor  u8  = at::arange(200, 210, at::kByte);
     const at::Tensor  bl  = at::arange(4, at::kLong).remainder(2).to(at::kBool);
+    const at::Tensor  f16 = (at::arange(6, at::kFloat) / 3 - 1).to(at::kHalf);
     {
         H5File h(p, H5File::Mode::Create);
         h.write("/f32", f32);
@@ -38,6 +40,7 @@ TEST(H5, RoundTripEveryDtype) {
         h.write("/i64", i64);
         h.write("/u8", u8);
         h.write("/bool", bl);
+        h.write("/f16", f16);
         h.write("/empty", at::zeros({0, 3}, at::kFloat));
         h.set_attr("/", "name", std::string("llama"));
         h.set_attr(f64_path, "scale", 0.125);
@@ -52,6 +55,9 @@ TEST(H5, RoundTripEveryDtype) {
     EXPECT_TRUE(at::equal(h.read("/i64"), i64));
     EXPECT_TRUE(at::equal(h.read("/u8"), u8));
     EXPECT_TRUE(at::equal(h.read("/bool"), bl.to(at::kByte)));
+    EXPECT_TRUE(at::equal(h.read("/f16"), f16));
+    EXPECT_EQ(h.children("/"), (std::vector<std::string>{"bool", "deep", "empty", "f16", "f32",
+                                                         "i32", "i64", "u8"}));
     EXPECT_EQ(h.read("/empty").sizes(), (std::vector<int64_t>{0, 3}));
     EXPECT_EQ(h.attr_string("/", "name"), "llama");
     EXPECT_EQ(h.attr_double(f64_path, "scale"), 0.125);
@@ -76,6 +82,30 @@ TEST(H5, CreateIsAtomic) {
     h.commit();
     EXPECT_TRUE(exists(p));
     EXPECT_FALSE(exists(p + ".tmp"));
+}
+
+TEST(H5, EqualContentEqualBytesAndFlippedBitsCaught) {
+    TempDir    d;
+    const auto w = at::arange(1000, at::kFloat) / 9;
+    for (const char* name : {"one.h5", "two.h5"}) {
+        H5File h(d.file(name), H5File::Mode::Create);
+        h.write(std::string("/layers") + "/000" + "/w", w);
+        h.set_attr("/", "phase", std::string("quantized"));
+        h.commit();
+    }
+    const std::string one = read_file(d.file("one.h5"));
+    EXPECT_EQ(one, read_file(d.file("two.h5"))) << "no timestamps in the file";
+    // Flip one bit inside w's bytes (found by its value pattern) and read it back.
+    const float       probe[2] = {w[500].item<float>(), w[501].item<float>()};
+    const std::string needle(reinterpret_cast<const char*>(probe), sizeof probe);
+    const auto        at = one.find(needle);
+    ASSERT_NE(at, std::string::npos);
+    std::string bad = one;
+    bad[at] ^= 0x10;
+    write_file(d.file("bad.h5"), bad);
+    H5File h(d.file("bad.h5"), H5File::Mode::Read);
+    expect_error<H5Error>([&] { h.read(std::string("/layers") + "/000" + "/w"); },
+                          {"bad.h5", "checksum mismatch"});
 }
 
 TEST(H5, ExternalLinkResolvesBesideTheFile) {
@@ -111,7 +141,7 @@ TEST(H5Errors, BadInput) {
     expect_error<H5Error>([&] { h.write("/x", at::ones({1})); }, {"c.h5", "/x already exists"});
     expect_error<H5Error>([&] { h.attr_double("/x", "m"); }, {"c.h5", "no attribute m"});
     expect_error<H5Error>([&] { h.attr_string("/x", "n"); }, {"is not a string"});
-    expect_error<H5Error>([&] { h.write("/h", at::ones({2}, at::kHalf)); },
+    expect_error<H5Error>([&] { h.write("/h", at::ones({2}, at::kShort)); },
                           {"/h", "cannot be stored"});
     // A file cut short: its superblock says more bytes than there are.
     const std::string bytes = read_file(d.file("c.h5"));

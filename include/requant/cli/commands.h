@@ -36,15 +36,38 @@ struct RunOptions {
     std::string              out;                  // --out, overrides run.out when set
     std::vector<std::string> overrides;            // --set section.key=value
     bool                     sensitivity = false;  // the `sensitivity` command: run + PQI
+    bool                     restart     = false;  // --restart: drop the run's old state
 
     template <class Ar>
     void serialize(Ar& ar, unsigned /*version*/) {
         // clang-format off
-        ar & job & out & overrides & sensitivity;
+        ar & job & out & overrides & sensitivity & restart;
         // clang-format on
     }
 };
 
 int run_run(const RunOptions& o);
+
+// `inspect FILE.h5 [--json]`: the summary of a model.requant.h5 (rank 0 only).
+struct InspectOptions {
+    std::string file;
+    bool        json = false;
+};
+int run_inspect(const InspectOptions& o);
+
+// `plan JOB.toml [--ranks P] [--config FILE] [--mem-gib G]` (rank 0 only).
+struct PlanOptions {
+    std::string              job, config;
+    std::vector<std::string> overrides;
+    int                      ranks   = 0;  // 0: the least count that fits in mem_gib
+    double                   mem_gib = 64;
+};
+int run_plan(const PlanOptions& o);
+
+// `export RUN_DIR --out HF_DIR [--dtype f32|bf16|f16]` (rank 0 only).
+struct ExportOptions {
+    std::string from, out, dtype = "f32";
+};
+int run_export(const ExportOptions& o);
 
 }  // namespace rq::cli

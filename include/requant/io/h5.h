@@ -38,11 +38,15 @@ class H5File {
 
     const std::string& path() const;
 
-    // Writes `t` (float32, float64, int32, int64, uint8 or bool stored as uint8; any shape,
-    // CPU) as a new dataset. Throws if the path already exists.
-    void       write(const std::string& dataset, const at::Tensor& t);
-    at::Tensor read(const std::string& dataset) const;  // in the stored dtype and shape
-    bool       exists(const std::string& object) const;
+    // Writes `t` (float16/32/64, int32, int64, uint8 or bool stored as uint8; any shape, CPU)
+    // as a new dataset with the SHA-256 of its bytes in its "sha256" attribute. Throws if the
+    // path already exists. Objects carry no timestamps: equal content written in equal order
+    // gives equal files.
+    void write(const std::string& dataset, const at::Tensor& t);
+    // In the stored dtype and shape; throws H5Error when the bytes do not match "sha256".
+    at::Tensor               read(const std::string& dataset) const;
+    bool                     exists(const std::string& object) const;
+    std::vector<std::string> children(const std::string& group) const;  // names, sorted
 
     // Scalar attributes on a group or dataset (created if absent, replaced if present).
     void        set_attr(const std::string& object, const std::string& name, double v);
@@ -56,7 +60,8 @@ class H5File {
     // file's folder in h5py, h5dump and the C library alike).
     void link_external(const std::string& link, const std::string& file, const std::string& object);
 
-    // Flushes and closes; for Create, renames the temporary into place (atomic on POSIX).
+    // Flushes and closes; for Create, fsyncs the temporary and renames it into place (atomic on
+    // POSIX), then fsyncs the folder.
     void commit();
 
   private:

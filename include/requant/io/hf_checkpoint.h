@@ -32,6 +32,9 @@ class HfCheckpoint {
     at::Tensor load(const std::string& name, const std::vector<int64_t>& shape,
                     at::ScalarType dtype) const;
 
+    // The tensor `name` as stored (dtype and shape). Throws FormatError if it is missing.
+    at::Tensor load_stored(const std::string& name) const;
+
     // Names loaded so far, and those never loaded (llama.cpp's done_getting_tensors check).
     const std::set<std::string>& used() const { return used_; }
     std::vector<std::string>     unused() const;

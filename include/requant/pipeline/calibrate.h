@@ -3,6 +3,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -95,6 +96,10 @@ struct LinearQuant {
 };
 using LayerQuant = std::array<LinearQuant, 7>;  // model::kLinears order
 
+// W_hat = dequant(dense) + outliers + significant (each part added when present), fp32 [O, I]:
+// the one reconstruction used in the run, on resume and in export.
+at::Tensor reconstruct(const LinearQuant& q);
+
 // Masks [layer of the stage][kLinears] of the weights kept sparse (bool [O, I]; undefined = none).
 using SparseMasks = std::vector<std::array<at::Tensor, 7>>;
 struct SparseSelection {
@@ -137,13 +142,24 @@ struct CalibrationTimes {
 // every layer's statistics (SqueezeLLM: the Fisher diagonal from forward+backward passes).
 // Sequential: layer by layer in model order, each layer's statistics taken from inputs that passed
 // through the already-quantized layers before it (hidden states pass from rank to rank).
-// `on_layer(done)` is called on each rank after each of its layers. With outlier_select =
-// adaptive, Alg. 1 (pipeline/requant.h) picks the outliers first; `report` gets its tables.
+// With outlier_select = adaptive, Alg. 1 (pipeline/requant.h) picks the outliers first;
+// `report` gets its tables.
+// Resume: `hooks.load(layer)` may return a layer finished by an earlier run; it is used as is
+// (its W_hat goes into the stage in place of quantizing), which gives the same result because
+// the statistics of every other layer come from the same full-precision or quantized inputs.
+// `hooks.saved(done, layer, q)` is called on each rank after each of its layers.
+struct LayerHooks {
+    std::function<std::optional<LayerQuant>(int64_t layer)>             load;
+    std::function<void(int64_t done, int64_t layer, const LayerQuant&)> saved;
+};
 std::vector<LayerQuant> calibrate_and_quantize(model::Stage& stage, dist::Transport& t,
                                                const at::Tensor& calib_tokens, int64_t microbatch,
                                                const QuantSpec& spec, CalibrationTimes& times,
-                                               const std::function<void(int64_t)>& on_layer = {},
-                                               nlohmann::json* report = nullptr);
+                                               const LayerHooks& hooks  = {},
+                                               nlohmann::json*   report = nullptr);
+
+// Puts W_hat = reconstruct(q) of every linear of stage layer `il` (0-based in the stage).
+void set_layer_weights(model::Stage& stage, std::size_t il, const LayerQuant& q);
 
 bool method_needs_forward_stats(const std::string& method);  // gptq, awq
 

@@ -1,4 +1,5 @@
 #pragma once
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -37,6 +38,18 @@ SparseMasks adaptive_outliers(model::Stage& stage, dist::Transport& t, const at:
                               const std::vector<std::array<at::Tensor, 7>>* fisher,
                               nlohmann::json&                               report);
 
+// Resume of Alg. 2: the rounds an earlier run finished (their picks per layer of this rank and
+// their report entries), and a callback after each new round (collective: every rank calls it
+// with its own layers' picks).
+struct DetachResume {
+    int                                    rounds_done = 0;
+    std::vector<std::array<at::Tensor, 7>> picked;  // union of the finished rounds' picks
+    nlohmann::json                         rounds = nlohmann::json::array();
+    std::function<void(int round, const std::vector<std::array<at::Tensor, 7>>& pick,
+                       const nlohmann::json& rounds)>
+        on_round;
+};
+
 // Alg. 2 (significant_select = pqi), or the same number of weights at random (= random) in
 // one round. `stage` holds W_hat = dense + outliers on entry and the final W_hat on return;
 // w_orig is this rank's w; q gains the significant CSR parts (W - dequant(dense) on the
@@ -44,6 +57,7 @@ SparseMasks adaptive_outliers(model::Stage& stage, dist::Transport& t, const at:
 void detach_significant(model::Stage& stage, dist::Transport& t,
                         const sensitivity::LinearSet& w_orig, std::vector<LayerQuant>& q,
                         const at::Tensor& tokens, int64_t microbatch, const QuantSpec& spec,
-                        const io::JobSensitivity& pqi, nlohmann::json& report);
+                        const io::JobSensitivity& pqi, nlohmann::json& report,
+                        DetachResume resume = {});
 
 }  // namespace rq::pipeline

@@ -4,10 +4,15 @@
 #include "requant/io/job.h"
 
 // `requant-dist run JOB.toml`: the quantization pipeline across the ranks of MPI_COMM_WORLD.
-// Phases (DESIGN.md §3): prepare (rank 0 tokenizes calibration and eval data, broadcasts it),
-// baseline (perplexity of the full-precision model on each eval set), statistics + prequant
-// (base quantizer on every linear of every layer, each rank on its own layers), evaluate
-// (perplexity of the quantized model), results (OUT/results.json and OUT/job.toml, rank 0).
+// Phases (DESIGN.md §3): prepare (rank 0 fingerprints model, data and job, tokenizes the
+// calibration and eval data, broadcasts it), baseline (full-precision perplexity), quantize
+// (statistics, Alg. 1 outliers, the base quantizer; each rank its own layers), detach (Alg. 2,
+// round by round), evaluate, assemble (rank 0 gathers the layer files into
+// OUT/model.requant.h5), results (OUT/results.json, OUT/job.toml).
+// Resumable (pipeline/state.h): each phase is recorded in OUT/run.h5 once every rank has
+// written its files; a rerun on the same OUT skips what is recorded, reuses every sound layer
+// and detach-round file, and gives the same bytes whatever the rank count. `restart` removes
+// the old state first. A folder made for another model, data or job is refused.
 // Every rank calls it; results do not depend on the number of ranks.
 
 namespace rq::pipeline {
@@ -15,6 +20,6 @@ namespace rq::pipeline {
 // Returns 0; throws rq::Error on failure (the caller aborts the job). with_pqi (the
 // `sensitivity` command) adds the PQI between w and the quantized w~ on the calibration set
 // (sensitivity.nodes, sensitivity.rule) and its self-test: results.json "sensitivity".
-int run_job(const io::Job& job, bool with_pqi = false);
+int run_job(const io::Job& job, bool with_pqi = false, bool restart = false);
 
 }  // namespace rq::pipeline

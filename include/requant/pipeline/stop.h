@@ -1,0 +1,25 @@
+#pragma once
+#include "requant/io/error.h"
+
+// Stopping on a signal without losing work: Slurm's warning before a time limit
+// (--signal=USR1@T), scancel and requeue send SIGUSR1 or SIGTERM. install_stop_signals() sets a
+// handler for both (call it before MPI_Init, and again after: the warning can come at once, and
+// MPI may set its own). On a signal the run stops at the next phase boundary, where every rank
+// agrees (Stopped, exit code kStoppedExit); if no boundary comes within `grace_s` seconds, the
+// process exits with the same code at once. Either way nothing written is lost: every state file
+// is replaced atomically, so the next run resumes from the last finished layer or round.
+
+namespace rq::pipeline {
+
+constexpr int kStoppedExit = 3;  // "stopped on a signal; the state is saved; rerun to resume"
+
+class Stopped : public Error {
+  public:
+    using Error::Error;
+};
+
+void install_stop_signals(double grace_s);
+bool stop_requested();
+int  stop_signal();  // the signal received, 0 if none
+
+}  // namespace rq::pipeline
