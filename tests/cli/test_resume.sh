@@ -5,7 +5,8 @@
 #   the uninterrupted run's byte for byte, and the kills landed in several phases;
 # - a truncated or bit-flipped layer file is redone; a damaged run.h5 and a folder made for
 #   another job are refused with a clear message; --restart starts over;
-# - h5dump reads the checkpoint; inspect summarises it; export + eval gives the run's perplexity.
+# - h5dump and h5py read the checkpoint; inspect summarises it; export + eval gives the run's
+#   perplexity.
 # Usage: test_resume.sh PATH/TO/requant-dist REPO_ROOT PATH/TO/mpiexec  (RQ_KILL_SEED, RQ_KILLS)
 set -uo pipefail
 bin=$1; root=$2; mpiexec=$3; job=$root/jobs/stories260k-gptq.toml
@@ -120,6 +121,15 @@ cp -r "$tmp/ref" "$tmp/bad"; head -c 2000 "$tmp/ref/run.h5" > "$tmp/bad/run.h5"
 h5dump -H "$ref" > "$tmp/h5" 2>&1 && grep -q 'GROUP "000"' "$tmp/h5" && grep -q 'DATASET "codes"' "$tmp/h5" \
   && grep -q 'GROUP "significant"' "$tmp/h5" && ok "h5dump reads model.requant.h5 (layers, codes, sparse parts)" \
   || fail "h5dump: $(head -3 "$tmp/h5")"
+/usr/bin/python3 - "$ref" <<'PY' && ok "h5py reads it: fp16 LUTs and sparse values, packed codes, the other tensors" || fail "h5py cannot read model.requant.h5"
+import sys, h5py, numpy as np
+f = h5py.File(sys.argv[1], "r")
+q = f["layers/000/q_proj"]
+assert q["lut"].dtype == np.float16 and q["codes"].dtype == np.int32, (q["lut"].dtype, q["codes"].dtype)
+assert q["codes"].shape == (q.attrs["rows"], (q.attrs["cols"] * q.attrs["bits"] + 31) // 32)
+assert q["outliers/values"].dtype == np.float16 and len(q["outliers/indices"]) == len(q["outliers/values"])
+assert "model.embed_tokens.weight" in f["tensors"] and f.attrs["n_layer"] == 5
+PY
 "$bin" inspect "$ref" > "$tmp/insp" && grep -q "^total: .* bits/weight" "$tmp/insp" \
   && ok "inspect: $(grep '^total' "$tmp/insp" | cut -c1-90)" || fail "inspect: $(cat "$tmp/insp")"
 "$bin" inspect "$ref" --json > "$tmp/insp.json" && python3 -c "
