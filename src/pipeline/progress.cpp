@@ -35,8 +35,9 @@ void Progress::update(int64_t done) {
     done_                     = done;
     const auto        now     = std::chrono::steady_clock::now();
     const double      elapsed = elapsed_s();
-    const double      eta     = done > 0 ? elapsed * double(total_ - done) / double(done) : 0.0;
-    const std::string eta_s   = done > 0 ? format_duration(eta) : "?";
+    const int64_t     worked  = done - skipped_;  // steps of this run
+    const double      eta     = worked > 0 ? elapsed * double(total_ - done) / double(worked) : 0.0;
+    const std::string eta_s   = worked > 0 ? format_duration(eta) : done == total_ ? "0 s" : "?";
     if (tty_) {
         constexpr int kWidth = 30;
         const int     fill   = total_ > 0 ? int(kWidth * done / total_) : kWidth;

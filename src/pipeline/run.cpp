@@ -2,6 +2,7 @@
 #include "requant/pipeline/run.h"
 
 #include <ATen/ATen.h>
+#include <spdlog/sinks/basic_file_sink.h>
 #include <spdlog/spdlog.h>
 
 #include <chrono>
@@ -111,6 +112,19 @@ void clear_run(const std::string& out) {
         std::filesystem::remove(out + "/" + f);
     std::filesystem::remove_all(out + "/layers");
 }
+// OUT/logs/rank-NNN.log: what this rank did (phases, layers, rounds), for every rank; the
+// console shows rank 0 only.
+std::shared_ptr<spdlog::logger> open_rank_log(const std::string& out, int rank, int P) {
+    char name[32];
+    std::snprintf(name, sizeof name, "rank-%03d.log", rank);
+    std::filesystem::create_directories(out + "/logs");
+    auto log = std::make_shared<spdlog::logger>(
+        name, std::make_shared<spdlog::sinks::basic_file_sink_mt>(out + "/logs/" + name));
+    log->set_pattern("[%Y-%m-%d %H:%M:%S] %v");
+    log->flush_on(spdlog::level::info);
+    log->info("rank {} of {} starts", rank, P);
+    return log;
+}
 }  // namespace
 
 int run_job(const io::Job& job, bool with_pqi, bool restart) {
@@ -173,8 +187,9 @@ int run_job(const io::Job& job, bool with_pqi, bool restart) {
         evals[i].tokens =
             dist::broadcast_tensor(*t, rank == 0 ? st.eval_tokens[i] : at::Tensor(), 0, at::kLong);
     }
-    const at::Tensor& calib = st.calib;
-    int64_t           max_t = calib.size(1);
+    const at::Tensor& calib    = st.calib;
+    const auto        rank_log = open_rank_log(out, rank, P);
+    int64_t           max_t    = calib.size(1);
     for (const auto& e : evals) max_t = std::max(max_t, e.tokens.size(1));
     const dist::PipelinePlan plan = dist::plan_pipeline(cfg, P, calib.size(1));
     if (rank == 0) {
@@ -190,11 +205,13 @@ int run_job(const io::Job& job, bool with_pqi, bool restart) {
     // A phase is recorded once every rank has written its part of it.
     // A signal (pipeline/stop.h) stops every rank here, once the phase is recorded.
     auto mark = [&](const std::string& phase, double seconds) {
+        rank_log->info("phase {} done on this rank ({:.1f} s)", phase, seconds);
         barrier(*t);
         st.mark(phase, seconds);
         st.log["phases"][phase] = seconds;
         if (rank == 0) write_run_state(out, st);
         if (all_ranks(*t, !stop_requested())) return;
+        rank_log->info("stopping on a signal after phase {}", phase);
         throw Stopped("stopped on a signal after phase " + phase + "; " + out +
                       " holds the state: run the same command again to resume");
     };
@@ -249,13 +266,22 @@ int run_job(const io::Job& job, bool with_pqi, bool restart) {
             if (lq) loaded.insert(l);
             return lq;
         };
-        auto progress = step_progress(rank == 0, "quantize (rank 0's layers)", "layers");
-        hooks.saved   = [&](int64_t done, int64_t l, const LayerQuant& lq) {
-            if (!loaded.count(l)) write_layer_state(out, l, lq, fp);
-            progress(done, range.layer_end - range.layer_begin);
+        Progress progress("quantize (rank 0's layers)", range.layer_end - range.layer_begin,
+                          "layers");
+        hooks.saved = [&](int64_t done, int64_t l, const LayerQuant& lq) {
+            if (loaded.count(l)) {
+                progress.skip(1);
+                rank_log->info("layer {}: reused from an earlier run", l);
+            } else {
+                write_layer_state(out, l, lq, fp);
+                rank_log->info("layer {}: quantized and saved ({}/{} of this rank)", l, done,
+                               range.layer_end - range.layer_begin);
+            }
+            if (rank == 0) progress.update(done);
         };
         q = calibrate_and_quantize(stage, *t, calib, job.run.microbatch, spec, ct, hooks,
                                    &requant_report);
+        if (rank == 0) progress.finish();
         st.log["phases"]["statistics"] = ct.statistics_s;
         st.log["phases"]["prequant"]   = ct.quantize_s;
         if (ct.outliers_s > 0) st.log["phases"]["outlier_search"] = ct.outliers_s;
@@ -273,6 +299,8 @@ int run_job(const io::Job& job, bool with_pqi, bool restart) {
         const int    done = st.log.value("/detach/rounds_done"_json_pointer, 0);
         res.rounds_done =
             read_detach_rounds(*t, out, range.layer_begin, w_orig, done, fp, res.picked);
+        if (res.rounds_done > 0)
+            rank_log->info("detach: {} of {} finished rounds reused", res.rounds_done, done);
         if (res.rounds_done > 0) {
             res.rounds = st.log["detach"]["rounds"];
             res.rounds.get_ref<nlohmann::json::array_t&>().resize(std::size_t(res.rounds_done));

@@ -12,13 +12,16 @@ namespace rq::pipeline {
 class Progress {
   public:
     Progress(std::string label, int64_t total, std::string unit);
-    void   update(int64_t done);  // done in [0, total]
-    void   finish();              // final line with the elapsed time
+    void update(int64_t done);  // done in [0, total]
+    // n more steps were done by an earlier run (resume): they count as done but not in the
+    // rate, so the ETA stays right.
+    void   skip(int64_t n) { skipped_ += n; }
+    void   finish();  // final line with the elapsed time
     double elapsed_s() const;
 
   private:
     std::string                           label_, unit_;
-    int64_t                               total_, done_ = 0;
+    int64_t                               total_, done_ = 0, skipped_ = 0;
     bool                                  tty_;
     bool                                  finished_ = false;
     std::chrono::steady_clock::time_point start_, last_print_;
