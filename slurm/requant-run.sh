@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The body of every sbatch script here: runs `requant-dist run` over the job's tasks, and on
-# Slurm's warning signal before the time limit (--signal=B:USR1@T) forwards it to the ranks,
-# waits for them to save and stop (exit code 3), and requeues the job, which then resumes from
+# Slurm's warning signal before the time limit (--signal=B:USR1@T) asks the ranks to save and
+# stop (through RQ_STOP_FILE), waits for them (exit code 3), and requeues the job, which then resumes from
 # the run directory. A job that needs several time slices goes through as many requeues.
 #   requant-run.sh JOB.toml [requant-dist run options]
 # Environment: RQ_BIN (default $RQ_ROOT/build/bin/requant-dist), RQ_ROOT (the checkout;
@@ -23,25 +23,26 @@ case ${RQ_LAUNCHER:-srun} in
   mpirun) launch=(mpirun -np "$ntasks" --oversubscribe "$BIN" run "$@") ;;
   *) echo "requant: RQ_LAUNCHER must be srun or mpirun" >&2; exit 2 ;;
 esac
+# The ranks are asked to stop through a file they poll (RQ_STOP_FILE), not a signal: a signal
+# that reached a rank still loading its libraries would kill it.
+# It lives in the submit directory, which every node sees.
+export RQ_STOP_FILE=${RQ_STOP_FILE:-${SLURM_SUBMIT_DIR:-${TMPDIR:-/tmp}}/.requant-stop-${SLURM_JOB_ID:-$$}}
+rm -f "$RQ_STOP_FILE"
 signalled=0; pid=""
-started=0
 forward() {
   signalled=1; echo "requant: $1 from Slurm: asking the ranks to save and stop"
-  [ -n "$pid" ] || return 0
-  # The ranks take their handlers a moment after they start: hold the signal till then.
-  local up=$(( $(date +%s) - started )); [ $up -lt 5 ] && sleep $(( 5 - up ))
-  kill -USR1 "$pid" 2> /dev/null
+  touch "$RQ_STOP_FILE"
 }
 trap 'forward USR1' USR1  # before the launch: the warning may come in the job's first second
 trap 'forward TERM' TERM
 "${launch[@]}" &
-pid=$!; started=$(date +%s)
-[ $signalled = 1 ] && { sleep 5; kill -USR1 $pid 2> /dev/null; }
+pid=$!
 rc=0
 while :; do  # a trapped signal interrupts wait: wait again until the launcher is gone
   wait $pid; rc=$?
   kill -0 $pid 2> /dev/null || break
 done
+rm -f "$RQ_STOP_FILE"
 if [ $signalled = 1 ] && [ -n "${SLURM_JOB_ID:-}" ]; then
   if [ $rc -eq 3 ] || [ $rc -eq 0 ]; then
     [ $rc -eq 0 ] && { echo "requant: finished before stopping"; exit 0; }

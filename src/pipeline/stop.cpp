@@ -6,7 +6,10 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstdio>
+#include <cstdlib>
+#include <string>
 #include <thread>
 
 namespace rq::pipeline {
@@ -48,12 +51,26 @@ void watch(double grace_s) {
     _exit(kStoppedExit);
 }
 
+// RQ_STOP_FILE: a stop asked for by creating a file (the Slurm scripts do this, so no signal
+// can reach a rank before its handler is in place).
+void poll_stop_file(std::string path) {
+    while (g_signal.load() == 0) {
+        if (access(path.c_str(), F_OK) == 0) {
+            on_signal(SIGUSR1);
+            return;
+        }
+        std::this_thread::sleep_for(std::chrono::seconds(1));
+    }
+}
+
 }  // namespace
 
 void install_stop_signals(double grace_s) {
     if (g_pipe[0] < 0) {
         if (pipe(g_pipe) != 0) return;
         std::thread(watch, grace_s).detach();
+        if (const char* f = std::getenv("RQ_STOP_FILE"); f && *f)
+            std::thread(poll_stop_file, std::string(f)).detach();
     }
     struct sigaction sa {};
     sa.sa_handler = on_signal;

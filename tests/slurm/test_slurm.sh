@@ -11,21 +11,21 @@ source "$root/tests/cli/check_lib.sh"
 [ -d "$root/../shared/models" ] || { echo "FAIL: ../shared not found beside the checkout"; exit 1; }
 "$root/launch/slurm-local.sh" start "$tmp/slurm" || { echo "FAIL: Slurm did not start"; exit 1; }
 trap '"$root/launch/slurm-local.sh" stop "$tmp/slurm" > /dev/null; rm -rf "$tmp"' EXIT
-export SLURM_CONF=$tmp/slurm/slurm.conf RQ_BIN=$bin RQ_ROOT=$root RQ_STOP_GRACE=15
+export SLURM_CONF=$tmp/slurm/slurm.conf RQ_BIN=$bin RQ_ROOT=$root RQ_STOP_GRACE=25
 cd "$tmp"
 
-# Half a minute of work or more in short steps (8 detach rounds of a few seconds), so that every
-# time slice between Slurm's warnings gets past at least one phase boundary.
-RQ=(--set data.calibration_seqs=16 --set sensitivity.nodes=4 --set quant.sequential=false
+# Half a minute of work or more in short steps (16 detach rounds of a few seconds), so that
+# every time slice between Slurm's warnings gets past at least one phase boundary.
+RQ=(--set data.calibration_seqs=24 --set sensitivity.nodes=4 --set quant.sequential=false
     --set quant.method=squeezellm --set requant.outlier_ratio=0.0045 --set requant.outlier_select=adaptive
-    --set requant.significant_ratio=0.0005 --set requant.step_ratio=0.0000625 --set requant.significant_select=pqi)
+    --set requant.significant_ratio=0.0005 --set requant.step_ratio=0.00003125 --set requant.significant_select=pqi)
 t0=$(date +%s)
 "$mpiexec" -np 2 "$bin" run "$job" --out "$tmp/ref" "${RQ[@]}" > "$tmp/ref.log" 2>&1 || fail "reference run: $(tail -3 "$tmp/ref.log")"
 echo "reference run: $(( $(date +%s) - t0 )) s on 2 ranks"
 
 # --time=1 (a minute) and the warning 45 s before it: slurmctld looks every 30 s, so the warning
 # comes in the first 15 s of each time slice; the ranks stop at the next boundary (at most
-# RQ_STOP_GRACE = 15 s later), well before the limit.
+# RQ_STOP_GRACE = 25 s later), well before the limit.
 [ "$(( $(date +%s) - t0 ))" -ge 20 ] || fail "the reference run took under 20 s: too short to be warned for sure"
 id=$(sbatch --parsable --wait --time=1 --signal=B:USR1@45 --ntasks=2 --cpus-per-task=1 -o "$tmp/job.out" \
      "$root/slurm/run.sbatch" "$job" --out "$tmp/s" "${RQ[@]}")

@@ -6,8 +6,10 @@
 // handler for both (call it before MPI_Init, and again after: the warning can come at once, and
 // MPI may set its own). On a signal the run stops at the next phase boundary, where every rank
 // agrees (Stopped, exit code kStoppedExit); if no boundary comes within `grace_s` seconds, the
-// process exits with the same code at once. Either way nothing written is lost: every state file
-// is replaced atomically, so the next run resumes from the last finished layer or round.
+// process exits with the same code at once. With RQ_STOP_FILE set, the file appearing (polled
+// every second) counts as the signal: the Slurm scripts ask for a stop that way, which cannot
+// kill a rank that has not yet installed its handler. Either way nothing written is lost: every
+// state file is replaced atomically, so the next run resumes from the last finished layer or round.
 
 namespace rq::pipeline {
 
