@@ -296,7 +296,7 @@ int run_job(const io::Job& job, bool with_pqi, bool restart) {
             for (auto& lq : q[il]) lq.significant = {};
         for (std::size_t il = 0; il < q.size(); ++il) set_layer_weights(stage, il, q[il]);
         DetachResume res;
-        const int    done = st.log.value("/detach/rounds_done"_json_pointer, 0);
+        const int done = st.log.contains("detach") ? st.log["detach"].value("rounds_done", 0) : 0;
         res.rounds_done =
             read_detach_rounds(*t, out, range.layer_begin, w_orig, done, fp, res.picked);
         if (res.rounds_done > 0)

@@ -18,6 +18,8 @@ namespace {
 
 constexpr const char* kRunFormat   = "requant-dist run state 1";
 constexpr const char* kLayerFormat = "requant-dist layer state 1";
+const std::string     kData        = "/data";  // run.h5: the tokenized sequences
+const std::string     kCalib       = kData + "/calibration";
 
 // A safetensors file's identity without reading its tensors: size, then the JSON header.
 void add_safetensors_header(io::Sha256& h, const fs::path& p) {
@@ -110,11 +112,11 @@ std::optional<RunState> read_run_state(const std::string& out) {
         s.fp.model        = f.attr_string("/", "fingerprint_model");
         s.fp.data         = f.attr_string("/", "fingerprint_data");
         s.fp.job          = f.attr_string("/", "fingerprint_job");
-        s.calib           = f.read("/data/calibration");
-        s.calib_available = f.attr_int("/data/calibration", "available");
-        const auto n      = f.attr_int("/data", "n_eval");
+        s.calib           = f.read(kCalib);
+        s.calib_available = f.attr_int(kCalib, "available");
+        const auto n      = f.attr_int(kData, "n_eval");
         for (int64_t i = 0; i < n; ++i) {
-            const std::string ds = "/data/eval-" + std::to_string(i);
+            const std::string ds = kData + "/eval-" + std::to_string(i);
             s.eval_tokens.push_back(f.read(ds));
             s.eval_names.push_back(f.attr_string(ds, "name"));
         }
@@ -134,11 +136,11 @@ void write_run_state(const std::string& out, const RunState& s) {
     f.set_attr("/", "fingerprint_model", s.fp.model);
     f.set_attr("/", "fingerprint_data", s.fp.data);
     f.set_attr("/", "fingerprint_job", s.fp.job);
-    f.write("/data/calibration", s.calib);
-    f.set_attr("/data/calibration", "available", s.calib_available);
-    f.set_attr("/data", "n_eval", int64_t(s.eval_tokens.size()));
+    f.write(kCalib, s.calib);
+    f.set_attr(kCalib, "available", s.calib_available);
+    f.set_attr(kData, "n_eval", int64_t(s.eval_tokens.size()));
     for (std::size_t i = 0; i < s.eval_tokens.size(); ++i) {
-        const std::string ds = "/data/eval-" + std::to_string(i);
+        const std::string ds = kData + "/eval-" + std::to_string(i);
         f.write(ds, s.eval_tokens[i]);
         f.set_attr(ds, "name", s.eval_names[i]);
     }
