@@ -6,7 +6,8 @@
 set -uo pipefail
 bin=$1; root=$2
 source "$(dirname "$0")/check_lib.sh"
-for j in "$root"/jobs/llama-3.*.toml; do
+jobs=$root/jobs
+for j in $jobs/llama-3.*.toml; do
   cmd=$(sed -n 's/^# Ranks and memory (requant-dist \(plan .*\)):$/\1/p' "$j")
   want=$(sed -n 's/^# \([0-9]*\) ranks, at most \([0-9.]*\) GiB per rank.*/\1 \2/p' "$j")
   [ -n "$cmd" ] && [ -n "$want" ] || { fail "$(basename "$j"): no plan line in the header"; continue; }
