@@ -14,16 +14,25 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 rq_need_shared
-# OpenBLAS 0.3.21 may take an AVX-512 EPYC for Haswell; SkylakeX kernels are then ~2x faster.
-# Only where the CPU has AVX-512 (else SIGILL), and only in launchers and benchmarks.
-if [ -z "${OPENBLAS_CORETYPE:-}" ] && grep -q avx512f /proc/cpuinfo; then
-  if ! "$RQ_BIN" --version | grep -qiE "core=(SkylakeX|Cooperlake|SapphireRapids)"; then
-    export OPENBLAS_CORETYPE=SkylakeX
-  fi
-fi
+# The OpenBLAS core: requant-dist and the benchmarks re-execute themselves with an AVX-512 core
+# where OpenBLAS 0.3.21 falls back to a lesser one (cli/sysinfo.h); a user's OPENBLAS_CORETYPE
+# wins. Section 0 measures what the fallback would cost.
 M7=$RQ_SHARED/models/llama-7m-en
 echo "# machine  : $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
-echo "# env      : OMP_WAIT_POLICY=$OMP_WAIT_POLICY OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-(auto)}"
+echo "# env      : OMP_WAIT_POLICY=$OMP_WAIT_POLICY OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-(chosen by the binary)}"
+echo "## 0. the OpenBLAS core: forward+backward of llama-7m-en on the fallback (Prescott) vs the core in use"
+core_fb() {  # tokens/s of forward+backward, and the core line
+  "$RQ_BUILD/bin/bench_model" --model "$M7" --seq-len 256 --batch "${RQ_BENCH_BATCH:-8}" \
+    --threads "${RQ_BENCH_THREADS:-2}" --min-seconds "${RQ_BENCH_SECONDS:-3}" > "$1"
+  grep "^# BLAS" "$1"; awk '/^  forward\+backward/ {print "  forward+backward tokens/s:", $3}' "$1"
+}
+c0=$(mktemp); c1=$(mktemp)
+OPENBLAS_CORETYPE=Prescott core_fb "$c0"
+core_fb "$c1"
+awk '/^  forward\+backward/ {v[FILENAME]=$3} END {for (f in v) n++; if (n == 2)
+  printf "# forward+backward: chosen core / Prescott = %.2fx\n", v[ARGV[2]] / v[ARGV[1]] }' "$c0" "$c1"
+rm -f "$c0" "$c1"
+
 echo "## 1. single process vs the GEMM roofline"
 "$RQ_BUILD/bin/bench_model" --model "$M7" --seq-len 256 --batch "${RQ_BENCH_BATCH:-8}" \
   --threads "${RQ_BENCH_THREADS:-2}" --min-seconds "${RQ_BENCH_SECONDS:-3}"

@@ -66,6 +66,7 @@ Args parse(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) try {
+    rq::cli::reexec_with_runtime_env(argv);  // the OpenBLAS core and environment of requant-dist
     const Args a = parse(argc, argv);
     rq::cli::set_threads(a.threads);
     std::printf("# BLAS     : %s\n# threads  : %d (ATen intra-op and OpenBLAS)\n",

@@ -15,13 +15,31 @@ bool        blas_is_openblas();
 // n from the machine or the rank count: ATen's reductions depend on it.
 void set_threads(int n);
 
-// Re-executes the program once with OMP_WAIT_POLICY=PASSIVE and
-// GLIBC_TUNABLES=glibc.malloc.hugetlb=1 where the user left them unset. Both are read only at
-// process start; spinning OpenMP workers fight OpenBLAS's threads for the cores (3x slower
-// forward+backward measured on 2 cores), and fresh memory without huge pages faults at
+// The OPENBLAS_CORETYPE to re-execute with, or "" to keep the running core (DESIGN.md §6).
+// OpenBLAS 0.3.21 does not know every CPU these machines have: it runs an AVX-512 Intel of
+// family 6 model 207 on its SSE3 `Prescott` kernels and may take an AVX-512 EPYC for Haswell
+// or Zen. Where the CPU lists `avx512f` and `core` (openblas_get_corename()) is not an AVX-512
+// core, the answer is "Cooperlake" if `avx512_bf16` is listed too, else "SkylakeX".
+// `cpu_flags`: the flags line of /proc/cpuinfo (or just its value); `core`: "" when the BLAS is
+// not OpenBLAS (then nothing is forced); `user_set`: OPENBLAS_CORETYPE was given, which wins.
+std::string openblas_core_to_force(const std::string& cpu_flags, const std::string& core,
+                                   bool user_set);
+
+// The first "flags" line of /proc/cpuinfo ("" if unreadable).
+std::string cpu_flags();
+
+// Re-executes the program once with OMP_WAIT_POLICY=PASSIVE,
+// GLIBC_TUNABLES=glibc.malloc.hugetlb=1 and the OPENBLAS_CORETYPE of openblas_core_to_force
+// where the user left them unset (RQ_FORCED_CORE then names the core forced, for the logs). Both
+// are read only at process start; spinning OpenMP workers fight OpenBLAS's threads for the cores
+// (3x slower forward+backward measured on 2 cores), and fresh memory without huge pages faults at
 // ~0.2 GB/s on these VMs. Returns normally when nothing needs changing (or exec fails).
 // Set RQ_KEEP_ENV=1 to opt out.
 void reexec_with_runtime_env(char** argv);
+
+// "" or "OPENBLAS_CORETYPE=Cooperlake forced (OpenBLAS chose Haswell)" after a re-execution
+// that forced the core; the commands log it beside blas_info().
+std::string forced_core_note();
 
 std::string torch_version();  // "1.13.0"
 std::string nccl_info();      // "NCCL 2.28.9 (compiled in)" or "NCCL: not compiled in"
