@@ -143,8 +143,13 @@ assert s['outliers'] == r['requant']['outliers'] and s['significant'] == r['requ
 "$bin" inspect "$tmp/ref/run.h5" > "$tmp/log" 2>&1; rc=$?
 [ $rc -ne 0 ] && grep -q "not a requant-dist checkpoint" "$tmp/log" && ok "inspect refuses a file that is not a checkpoint" \
   || fail "inspect on run.h5: rc $rc"
+# The same computation as the run's evaluation: the same weights (f32 export of W_hat) and the
+# same batch shapes (--batch = run.microbatch) and threads, so the two agree bit for bit on any
+# BLAS kernel (a GEMM's rounding may depend on the number of rows it is given).
+mb=$(val "$tmp/ref/results.json" microbatch); th=$(val "$tmp/ref/results.json" threads)
 "$bin" export "$tmp/ref" --out "$tmp/hf" > /dev/null 2>&1 \
-  && "$bin" eval --model "$tmp/hf" --data "$root/../shared/models/stories260k/eval-tokens.safetensors" --json "$tmp/e.json" > /dev/null 2>&1
+  && "$bin" eval --model "$tmp/hf" --data "$root/../shared/models/stories260k/eval-tokens.safetensors" \
+       --batch "$mb" --threads "$th" --json "$tmp/e.json" > /dev/null 2>&1
 a=$(val "$tmp/e.json" perplexity); b=$(val "$tmp/ref/results.json" eval-tokens.safetensors)
 [ -n "$a" ] && awk -v a="$a" -v b="$b" 'BEGIN{exit !(a == b)}' \
   && ok "export (f32) + eval: perplexity $a = the run's $b" || fail "export perplexity '$a' vs run '$b'"
