@@ -10,22 +10,22 @@
 
 #include "requant/cli/commands.h"
 #include "requant/cli/sysinfo.h"
-#include "requant/dist/control.h"
-#include "requant/dist/mpi_env.h"
-#include "requant/dist/partition.h"
-#include "requant/dist/schedule.h"
-#include "requant/dist/transport.h"
+#include "requant/error.h"
 #include "requant/io/dataset.h"
-#include "requant/io/error.h"
 #include "requant/io/hf_checkpoint.h"
 #include "requant/model/evaluate.h"
-#include "requant/pipeline/progress.h"
+#include "requant/parallel/control.h"
+#include "requant/parallel/mpi_env.h"
+#include "requant/parallel/partition.h"
+#include "requant/parallel/schedule.h"
+#include "requant/parallel/transport.h"
+#include "requant/phases/progress.h"
 
 namespace rq::cli {
 
 namespace {
 
-void print_ranks(const std::vector<dist::RankStatus>& all) {
+void print_ranks(const std::vector<parallel::RankStatus>& all) {
     std::fprintf(stderr,
                  "  rank  host          layers     tensors  loaded (MiB)  peak RSS (MiB)  busy (s) "
                  " wall (s)\n");
@@ -40,7 +40,7 @@ void print_ranks(const std::vector<dist::RankStatus>& all) {
 
 int run_eval(const EvalOptions& o) {
     set_threads(o.threads);
-    auto             transport = dist::make_mpi_transport();
+    auto             transport = parallel::make_mpi_transport();
     const int        rank = transport->rank(), P = transport->size();
     io::HfCheckpoint ckpt(o.model);
     const auto&      cfg = ckpt.config();
@@ -62,32 +62,32 @@ int run_eval(const EvalOptions& o) {
                      o.data, data.n_tokens, n_available, tokens.size(1), tokens.size(0), P,
                      o.threads, blas_info());
     }
-    tokens          = dist::broadcast_tensor(*transport, tokens, 0, at::kLong);
+    tokens          = parallel::broadcast_tensor(*transport, tokens, 0, at::kLong);
     const int64_t N = tokens.size(0), T = tokens.size(1);
 
-    const dist::PipelinePlan plan = dist::plan_pipeline(cfg, P, T);
-    if (rank == 0 && P > 1) std::fprintf(stderr, "%s", dist::format_plan(plan).c_str());
-    const auto&          range = plan.stages[std::size_t(rank)].range;
-    model::Stage         stage(cfg, model::load_stage_weights(ckpt, range, at::kFloat), T);
-    dist::PipelineRunner runner(stage, *transport, o.batch);
+    const parallel::PipelinePlan plan = parallel::plan_pipeline(cfg, P, T);
+    if (rank == 0 && P > 1) std::fprintf(stderr, "%s", parallel::format_plan(plan).c_str());
+    const auto&              range = plan.stages[std::size_t(rank)].range;
+    model::Stage             stage(cfg, model::load_stage_weights(ckpt, range, at::kFloat), T);
+    parallel::PipelineRunner runner(stage, *transport, o.batch);
 
-    const int64_t      M = (N + o.batch - 1) / o.batch;
-    pipeline::Progress progress("eval", M, "microbatches");
-    const auto         loss = runner.forward(tokens, [&](int64_t done) {
+    const int64_t    M = (N + o.batch - 1) / o.batch;
+    phases::Progress progress("eval", M, "microbatches");
+    const auto       loss = runner.forward(tokens, [&](int64_t done) {
         if (rank == 0) progress.update(done);
     });
     if (rank == 0) progress.finish();
 
-    dist::RankStatus me{rank,
-                        dist::host_name(),
-                        range.layer_begin,
-                        range.layer_end,
-                        dist::peak_rss_bytes(),
-                        runner.stats().wall_s,
-                        runner.stats().busy_s,
-                        int64_t(ckpt.used().size()),
-                        int64_t(ckpt.bytes_loaded())};
-    const auto       all = dist::gather_objects(me, 0);
+    parallel::RankStatus me{rank,
+                            parallel::host_name(),
+                            range.layer_begin,
+                            range.layer_end,
+                            parallel::peak_rss_bytes(),
+                            runner.stats().wall_s,
+                            runner.stats().busy_s,
+                            int64_t(ckpt.used().size()),
+                            int64_t(ckpt.bytes_loaded())};
+    const auto           all = parallel::gather_objects(me, 0);
     if (rank != 0) return 0;
     if (P > 1) print_ranks(all);
 

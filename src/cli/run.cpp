@@ -6,19 +6,19 @@
 
 #include "requant/cli/commands.h"
 #include "requant/cli/sysinfo.h"
-#include "requant/dist/control.h"
-#include "requant/dist/mpi_env.h"
-#include "requant/io/error.h"
+#include "requant/error.h"
 #include "requant/io/hf_config.h"
 #include "requant/io/job.h"
-#include "requant/pipeline/checkpoint.h"
-#include "requant/pipeline/plan.h"
-#include "requant/pipeline/run.h"
+#include "requant/parallel/control.h"
+#include "requant/parallel/memory_plan.h"
+#include "requant/parallel/mpi_env.h"
+#include "requant/phases/run.h"
+#include "requant/store/checkpoint.h"
 
 namespace rq::cli {
 
 int run_run(const RunOptions& o) {
-    const int rank = dist::world_rank();
+    const int rank = parallel::world_rank();
     io::Job   job;
     if (rank == 0) {
         job = io::load_job(o.job, o.overrides);
@@ -26,28 +26,28 @@ int run_run(const RunOptions& o) {
         if (!o.out.empty())
             job.run.out = std::filesystem::absolute(o.out).lexically_normal().string();
     }
-    dist::broadcast_object(job, 0, rank);
+    parallel::broadcast_object(job, 0, rank);
     set_threads(job.run.threads);
     if (rank == 0)
         spdlog::info("job {}: {} threads per rank, {}", o.job, job.run.threads, blas_info());
-    return pipeline::run_job(job, o.sensitivity, o.restart);
+    return phases::run_job(job, o.sensitivity, o.restart);
 }
 
 int run_inspect(const InspectOptions& o) {
-    if (dist::world_rank() != 0) return 0;
-    const auto s = pipeline::inspect_checkpoint(o.file);
-    std::printf("%s", o.json ? (s.dump(2) + "\n").c_str() : pipeline::format_inspection(s).c_str());
+    if (parallel::world_rank() != 0) return 0;
+    const auto s = store::inspect_checkpoint(o.file);
+    std::printf("%s", o.json ? (s.dump(2) + "\n").c_str() : store::format_inspection(s).c_str());
     return 0;
 }
 
 int run_plan(const PlanOptions& o) {
-    if (dist::world_rank() != 0) return 0;
+    if (parallel::world_rank() != 0) return 0;
     const io::Job         job      = io::load_job(o.job, o.overrides);
     const std::string     cfg_path = o.config.empty() ? job.model.path + "/config.json" : o.config;
     const io::LlamaConfig cfg      = io::load_llama_config(cfg_path);
     int                   P        = o.ranks;
     if (P == 0) {
-        P = pipeline::ranks_for_memory(cfg, job, o.mem_gib);
+        P = parallel::ranks_for_memory(cfg, job, o.mem_gib);
         if (P == 0)
             throw ConfigError(cfg_path + ": even one rank per layer needs more than " +
                               std::to_string(o.mem_gib) + " GiB per rank (see --ranks " +
@@ -56,13 +56,13 @@ int run_plan(const PlanOptions& o) {
     }
     std::printf("%s: %s, %lld parameters\n%s", o.job.c_str(), cfg_path.c_str(),
                 (long long)io::n_params(cfg),
-                pipeline::format_memory_plan(pipeline::plan_memory(cfg, job, P), cfg).c_str());
+                parallel::format_memory_plan(parallel::plan_memory(cfg, job, P), cfg).c_str());
     return 0;
 }
 
 int run_export(const ExportOptions& o) {
-    if (dist::world_rank() != 0) return 0;
-    pipeline::export_hf(o.from, o.out, o.dtype);
+    if (parallel::world_rank() != 0) return 0;
+    store::export_hf(o.from, o.out, o.dtype);
     std::printf("exported %s to %s (%s)\n", o.from.c_str(), o.out.c_str(), o.dtype.c_str());
     return 0;
 }

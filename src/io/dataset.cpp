@@ -3,7 +3,7 @@
 
 #include <ATen/ATen.h>
 
-#include "requant/io/error.h"
+#include "requant/error.h"
 #include "requant/io/mmap_file.h"
 #include "requant/io/safetensors.h"
 #include "requant/io/tokenizer.h"

@@ -7,7 +7,7 @@
 #include <cstdio>
 #include <vector>
 
-#include "requant/io/error.h"
+#include "requant/error.h"
 
 namespace rq::io {
 
@@ -19,12 +19,13 @@ struct Sha256::Impl {
 Sha256::Sha256() : impl_(std::make_unique<Impl>()) {
     impl_->ctx = EVP_MD_CTX_new();
     if (!impl_->ctx || EVP_DigestInit_ex(impl_->ctx, EVP_sha256(), nullptr) != 1)
-        throw Error("SHA-256: OpenSSL cannot initialise a digest");
+        throw InternalError("SHA-256: OpenSSL cannot initialise a digest");
 }
 Sha256::~Sha256() = default;
 
 Sha256& Sha256::add(const void* data, std::size_t n) {
-    if (n > 0 && EVP_DigestUpdate(impl_->ctx, data, n) != 1) throw Error("SHA-256: update failed");
+    if (n > 0 && EVP_DigestUpdate(impl_->ctx, data, n) != 1)
+        throw InternalError("SHA-256: update failed");
     return *this;
 }
 
@@ -56,7 +57,7 @@ Sha256& Sha256::add_file(const std::string& path) {
 std::string Sha256::hex() {
     unsigned char md[EVP_MAX_MD_SIZE];
     unsigned int  n = 0;
-    if (EVP_DigestFinal_ex(impl_->ctx, md, &n) != 1) throw Error("SHA-256: final failed");
+    if (EVP_DigestFinal_ex(impl_->ctx, md, &n) != 1) throw InternalError("SHA-256: final failed");
     static const char* digits = "0123456789abcdef";
     std::string        s;
     for (unsigned i = 0; i < n; ++i) s += {digits[md[i] >> 4], digits[md[i] & 15]};

@@ -5,7 +5,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
-#include "requant/io/error.h"
+#include "requant/error.h"
 
 namespace rq::io {
 namespace {

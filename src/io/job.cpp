@@ -15,7 +15,7 @@
 
 #include <toml++/toml.h>
 
-#include "requant/io/error.h"
+#include "requant/error.h"
 
 namespace rq::io {
 namespace {
@@ -28,7 +28,7 @@ const std::vector<std::pair<std::string, std::vector<std::string>>> kSchema = {
     {"data", {"calibration", "calibration_seqs", "seq_len", "eval", "eval_max_seqs"}},
     {"quant",
      {"method", "bits", "group_size", "sequential", "damp", "act_order", "block_size", "awq_grid",
-      "kmeans_iters"}},
+      "awq_samples", "kmeans_iters"}},
     {"requant",
      {"outlier_ratio", "outlier_select", "outlier_candidates", "significant_ratio", "step_ratio",
       "scope", "significant_select", "signed_ranking"}},
@@ -224,14 +224,21 @@ void fraction(const Reader& r, const char* key, double v) {
         r.fail(key, "must be a fraction in [0, 1), got " + format_double(v));
 }
 
-void one_of(const Reader& r, const char* key, const std::string& v,
-            std::initializer_list<const char*> allowed) {
+// Reads an enum key: its text must be one of `allowed` (names as name(E) spells them).
+template <class E>
+void read_enum(const Reader& r, const char* section, const char* key, E& v,
+               std::initializer_list<E> allowed) {
+    std::string text = name(v);
+    r.read(section, key, text);
     std::string list;
-    for (const char* a : allowed) {
-        if (v == a) return;
-        list += (list.empty() ? "" : ", ") + std::string(a);
+    for (E a : allowed) {
+        if (text == name(a)) {
+            v = a;
+            return;
+        }
+        list += (list.empty() ? "" : ", ") + std::string(name(a));
     }
-    r.fail(key, "is '" + v + "'; allowed: " + list);
+    r.fail(std::string(section) + "." + key, "is '" + text + "'; allowed: " + list);
 }
 
 void not_empty(const Reader& r, const char* key, const std::string& v) {
@@ -248,7 +255,7 @@ auto fields(const JobData& d) {
 }
 auto fields(const JobQuant& q) {
     return std::tie(q.method, q.bits, q.group_size, q.sequential, q.damp, q.act_order, q.block_size,
-                    q.awq_grid, q.kmeans_iters);
+                    q.awq_grid, q.awq_samples, q.kmeans_iters);
 }
 auto fields(const JobRequant& q) {
     return std::tie(q.outlier_ratio, q.outlier_select, q.outlier_candidates, q.significant_ratio,
@@ -262,6 +269,33 @@ auto fields(const JobRun& r) {
 }
 
 }  // namespace
+
+namespace {
+template <class E, std::size_t N>
+const char* name_of(E v, const char* const (&names)[N]) {
+    const auto i = static_cast<std::size_t>(v);
+    return i < N ? names[i] : "?";
+}
+}  // namespace
+
+const char* name(QuantMethod v) {
+    return name_of(v, {"rtn", "gptq", "awq", "squeezellm"});
+}
+const char* name(OutlierSelect v) {
+    return name_of(v, {"none", "fixed", "adaptive", "random"});
+}
+const char* name(SignificantSelect v) {
+    return name_of(v, {"none", "fisher", "pqi", "random"});
+}
+const char* name(SelectScope v) {
+    return name_of(v, {"global", "linear"});
+}
+const char* name(PqiRule v) {
+    return name_of(v, {"left", "right", "midpoint", "trapezoid"});
+}
+const char* name(TransportKind v) {
+    return name_of(v, {"mpi", "nccl"});
+}
 
 bool operator==(const Job& a, const Job& b) {
     return a.model.path == b.model.path && fields(a.data) == fields(b.data) &&
@@ -284,6 +318,104 @@ Job load_job(const std::string& path, const std::vector<std::string>& overrides)
     return parse_job(text.str(), path, overrides);
 }
 
+namespace {
+
+void read_data(const Reader& r, JobData& d) {
+    if (!r.read("data", "calibration", d.calibration)) r.fail("data.calibration", "is required");
+    not_empty(r, "data.calibration", d.calibration);
+    r.read("data", "calibration_seqs", d.calibration_seqs);
+    r.read("data", "seq_len", d.seq_len);
+    r.read("data", "eval", d.eval);
+    r.read("data", "eval_max_seqs", d.eval_max_seqs);
+    at_least(r, "data.calibration_seqs", d.calibration_seqs, 1);
+    at_least(r, "data.seq_len", d.seq_len, 2);
+    for (const auto& e : d.eval) not_empty(r, "data.eval", e);
+    if (d.eval_max_seqs == 0 || d.eval_max_seqs < -1)
+        r.fail("data.eval_max_seqs",
+               "must be -1 (all) or >= 1, got " + std::to_string(d.eval_max_seqs));
+}
+
+void read_quant(const Reader& r, JobQuant& q) {
+    read_enum(r, "quant", "method", q.method,
+              {QuantMethod::Rtn, QuantMethod::Gptq, QuantMethod::Awq, QuantMethod::SqueezeLlm});
+    r.read("quant", "bits", q.bits);
+    in_range(r, "quant.bits", q.bits, 2, 8);
+    r.read("quant", "group_size", q.group_size);
+    if (q.group_size < 0 || q.group_size == 1)
+        r.fail("quant.group_size",
+               "must be 0 (per output channel) or >= 2, got " + std::to_string(q.group_size));
+    const bool sequential_set = r.read("quant", "sequential", q.sequential);
+    if (!sequential_set)
+        q.sequential = (q.method == QuantMethod::Gptq);  // as the reference codes do
+    r.read("quant", "damp", q.damp);
+    fraction(r, "quant.damp", q.damp);
+    r.read("quant", "act_order", q.act_order);
+    r.read("quant", "block_size", q.block_size);
+    at_least(r, "quant.block_size", q.block_size, 1);
+    r.read("quant", "awq_grid", q.awq_grid);
+    at_least(r, "quant.awq_grid", q.awq_grid, 1);
+    r.read("quant", "awq_samples", q.awq_samples);
+    at_least(r, "quant.awq_samples", q.awq_samples, 1);
+    r.read("quant", "kmeans_iters", q.kmeans_iters);
+    at_least(r, "quant.kmeans_iters", q.kmeans_iters, 1);
+}
+
+void read_requant(const Reader& r, JobRequant& rq) {
+    r.read("requant", "outlier_ratio", rq.outlier_ratio);
+    fraction(r, "requant.outlier_ratio", rq.outlier_ratio);
+    read_enum(r, "requant", "outlier_select", rq.outlier_select,
+              {OutlierSelect::Adaptive, OutlierSelect::Fixed, OutlierSelect::Random,
+               OutlierSelect::None});
+    r.read("requant", "outlier_candidates", rq.outlier_candidates);
+    if (rq.outlier_candidates.empty() || rq.outlier_candidates.front() != 0.0)
+        r.fail("requant.outlier_candidates", "must start with 0 (the candidate without outliers)");
+    for (std::size_t i = 1; i < rq.outlier_candidates.size(); ++i)
+        if (!(rq.outlier_candidates[i] > rq.outlier_candidates[i - 1]))
+            r.fail("requant.outlier_candidates", "must increase strictly");
+    r.read("requant", "significant_ratio", rq.significant_ratio);
+    fraction(r, "requant.significant_ratio", rq.significant_ratio);
+    r.read("requant", "step_ratio", rq.step_ratio);
+    fraction(r, "requant.step_ratio", rq.step_ratio);
+    read_enum(r, "requant", "scope", rq.scope, {SelectScope::Global, SelectScope::Linear});
+    read_enum(r, "requant", "significant_select", rq.significant_select,
+              {SignificantSelect::Pqi, SignificantSelect::Fisher, SignificantSelect::Random});
+    r.read("requant", "signed_ranking", rq.signed_ranking);
+    if (rq.step_ratio > rq.significant_ratio)
+        r.fail("requant.step_ratio", "must not exceed requant.significant_ratio (" +
+                                         format_double(rq.significant_ratio) + "), got " +
+                                         format_double(rq.step_ratio));
+}
+
+void read_sensitivity(const Reader& r, JobSensitivity& s) {
+    r.read("sensitivity", "nodes", s.nodes);
+    at_least(r, "sensitivity.nodes", s.nodes, 1);
+    read_enum(r, "sensitivity", "rule", s.rule,
+              {PqiRule::Left, PqiRule::Right, PqiRule::Midpoint, PqiRule::Trapezoid});
+    r.read("sensitivity", "study", s.study);
+    r.read("sensitivity", "lambdas", s.lambdas);
+    if (s.lambdas.empty()) r.fail("sensitivity.lambdas", "must not be empty");
+    for (double l : s.lambdas)
+        if (!(l > 0.0 && l <= 1.0))
+            r.fail("sensitivity.lambdas", "must lie in (0, 1], got " + format_double(l));
+    r.read("sensitivity", "hvp_eps", s.hvp_eps);
+    if (!(s.hvp_eps > 0.0 && s.hvp_eps < 1.0))
+        r.fail("sensitivity.hvp_eps", "must lie in (0, 1), got " + format_double(s.hvp_eps));
+}
+
+// `stem`: the job file's stem, for the default run.out.
+void read_run(const Reader& r, JobRun& run, const std::string& stem) {
+    run.out = "runs/" + stem;
+    r.read("run", "out", run.out);
+    not_empty(r, "run.out", run.out);
+    r.read("run", "microbatch", run.microbatch);
+    at_least(r, "run.microbatch", run.microbatch, 1);
+    r.read("run", "threads", run.threads);
+    at_least(r, "run.threads", run.threads, 1);
+    read_enum(r, "run", "transport", run.transport, {TransportKind::Mpi, TransportKind::Nccl});
+}
+
+}  // namespace
+
 Job parse_job(const std::string& toml_text, const std::string& origin_path,
               const std::vector<std::string>& overrides) {
     const std::string& origin = origin_path;
@@ -303,99 +435,19 @@ Job parse_job(const std::string& toml_text, const std::string& origin_path,
     if (!r.read("model", "path", j.model.path)) r.fail("model.path", "is required");
     not_empty(r, "model.path", j.model.path);
 
-    JobData& d = j.data;
-    if (!r.read("data", "calibration", d.calibration)) r.fail("data.calibration", "is required");
-    not_empty(r, "data.calibration", d.calibration);
-    r.read("data", "calibration_seqs", d.calibration_seqs);
-    r.read("data", "seq_len", d.seq_len);
-    r.read("data", "eval", d.eval);
-    r.read("data", "eval_max_seqs", d.eval_max_seqs);
-    at_least(r, "data.calibration_seqs", d.calibration_seqs, 1);
-    at_least(r, "data.seq_len", d.seq_len, 2);
-    for (const auto& e : d.eval) not_empty(r, "data.eval", e);
-    if (d.eval_max_seqs == 0 || d.eval_max_seqs < -1)
-        r.fail("data.eval_max_seqs",
-               "must be -1 (all) or >= 1, got " + std::to_string(d.eval_max_seqs));
-
-    JobQuant& q = j.quant;
-    r.read("quant", "method", q.method);
-    one_of(r, "quant.method", q.method, {"rtn", "gptq", "awq", "squeezellm"});
-    r.read("quant", "bits", q.bits);
-    in_range(r, "quant.bits", q.bits, 2, 8);
-    r.read("quant", "group_size", q.group_size);
-    if (q.group_size < 0 || q.group_size == 1)
-        r.fail("quant.group_size",
-               "must be 0 (per output channel) or >= 2, got " + std::to_string(q.group_size));
-    const bool sequential_set = r.read("quant", "sequential", q.sequential);
-    if (!sequential_set) q.sequential = (q.method == "gptq");  // as the reference codes do
-    r.read("quant", "damp", q.damp);
-    fraction(r, "quant.damp", q.damp);
-    r.read("quant", "act_order", q.act_order);
-    r.read("quant", "block_size", q.block_size);
-    at_least(r, "quant.block_size", q.block_size, 1);
-    r.read("quant", "awq_grid", q.awq_grid);
-    at_least(r, "quant.awq_grid", q.awq_grid, 1);
-    r.read("quant", "kmeans_iters", q.kmeans_iters);
-    at_least(r, "quant.kmeans_iters", q.kmeans_iters, 1);
-
-    JobRequant& rq = j.requant;
-    r.read("requant", "outlier_ratio", rq.outlier_ratio);
-    fraction(r, "requant.outlier_ratio", rq.outlier_ratio);
-    r.read("requant", "outlier_select", rq.outlier_select);
-    one_of(r, "requant.outlier_select", rq.outlier_select, {"adaptive", "fixed", "random", "none"});
-    r.read("requant", "outlier_candidates", rq.outlier_candidates);
-    if (rq.outlier_candidates.empty() || rq.outlier_candidates.front() != 0.0)
-        r.fail("requant.outlier_candidates", "must start with 0 (the candidate without outliers)");
-    for (std::size_t i = 1; i < rq.outlier_candidates.size(); ++i)
-        if (!(rq.outlier_candidates[i] > rq.outlier_candidates[i - 1]))
-            r.fail("requant.outlier_candidates", "must increase strictly");
-    r.read("requant", "significant_ratio", rq.significant_ratio);
-    fraction(r, "requant.significant_ratio", rq.significant_ratio);
-    r.read("requant", "step_ratio", rq.step_ratio);
-    fraction(r, "requant.step_ratio", rq.step_ratio);
-    r.read("requant", "scope", rq.scope);
-    one_of(r, "requant.scope", rq.scope, {"global", "linear"});
-    r.read("requant", "significant_select", rq.significant_select);
-    one_of(r, "requant.significant_select", rq.significant_select, {"pqi", "fisher", "random"});
-    r.read("requant", "signed_ranking", rq.signed_ranking);
-    if (rq.step_ratio > rq.significant_ratio)
-        r.fail("requant.step_ratio", "must not exceed requant.significant_ratio (" +
-                                         format_double(rq.significant_ratio) + "), got " +
-                                         format_double(rq.step_ratio));
-
-    JobSensitivity& s = j.sensitivity;
-    r.read("sensitivity", "nodes", s.nodes);
-    at_least(r, "sensitivity.nodes", s.nodes, 1);
-    r.read("sensitivity", "rule", s.rule);
-    one_of(r, "sensitivity.rule", s.rule, {"left", "right", "midpoint", "trapezoid"});
-    r.read("sensitivity", "study", s.study);
-    r.read("sensitivity", "lambdas", s.lambdas);
-    if (s.lambdas.empty()) r.fail("sensitivity.lambdas", "must not be empty");
-    for (double l : s.lambdas)
-        if (!(l > 0.0 && l <= 1.0))
-            r.fail("sensitivity.lambdas", "must lie in (0, 1], got " + format_double(l));
-    r.read("sensitivity", "hvp_eps", s.hvp_eps);
-    if (!(s.hvp_eps > 0.0 && s.hvp_eps < 1.0))
-        r.fail("sensitivity.hvp_eps", "must lie in (0, 1), got " + format_double(s.hvp_eps));
-
-    JobRun&        run = j.run;
+    read_data(r, j.data);
+    read_quant(r, j.quant);
+    read_requant(r, j.requant);
+    read_sensitivity(r, j.sensitivity);
     const fs::path origin_fs(origin_path);
-    run.out = "runs/" + origin_fs.stem().string();
-    r.read("run", "out", run.out);
-    not_empty(r, "run.out", run.out);
-    r.read("run", "microbatch", run.microbatch);
-    at_least(r, "run.microbatch", run.microbatch, 1);
-    r.read("run", "threads", run.threads);
-    at_least(r, "run.threads", run.threads, 1);
-    r.read("run", "transport", run.transport);
-    one_of(r, "run.transport", run.transport, {"mpi", "nccl"});
+    read_run(r, j.run, origin_fs.stem().string());
 
     // Relative paths are relative to the job file's folder, not to the working directory.
     const fs::path dir = fs::absolute(origin_fs).parent_path();
     j.model.path       = resolve(dir, j.model.path);
-    d.calibration      = resolve(dir, d.calibration);
-    for (auto& e : d.eval) e = resolve(dir, e);
-    run.out = resolve(dir, run.out);
+    j.data.calibration = resolve(dir, j.data.calibration);
+    for (auto& e : j.data.eval) e = resolve(dir, e);
+    j.run.out = resolve(dir, j.run.out);
     return j;
 }
 
@@ -425,7 +477,7 @@ std::string job_to_toml(const Job& j) {
     put("eval", eval);
     put("eval_max_seqs", num(j.data.eval_max_seqs));
     os << "\n[quant]\n";
-    put("method", str(j.quant.method));
+    put("method", str(name(j.quant.method)));
     put("bits", num(j.quant.bits));
     put("group_size", num(j.quant.group_size));
     put("sequential", flag(j.quant.sequential));
@@ -433,19 +485,20 @@ std::string job_to_toml(const Job& j) {
     put("act_order", flag(j.quant.act_order));
     put("block_size", num(j.quant.block_size));
     put("awq_grid", num(j.quant.awq_grid));
+    put("awq_samples", num(j.quant.awq_samples));
     put("kmeans_iters", num(j.quant.kmeans_iters));
     os << "\n[requant]\n";
     put("outlier_ratio", format_double(j.requant.outlier_ratio));
-    put("outlier_select", str(j.requant.outlier_select));
+    put("outlier_select", str(name(j.requant.outlier_select)));
     put("outlier_candidates", list(j.requant.outlier_candidates));
     put("significant_ratio", format_double(j.requant.significant_ratio));
     put("step_ratio", format_double(j.requant.step_ratio));
-    put("scope", str(j.requant.scope));
-    put("significant_select", str(j.requant.significant_select));
+    put("scope", str(name(j.requant.scope)));
+    put("significant_select", str(name(j.requant.significant_select)));
     put("signed_ranking", flag(j.requant.signed_ranking));
     os << "\n[sensitivity]\n";
     put("nodes", num(j.sensitivity.nodes));
-    put("rule", str(j.sensitivity.rule));
+    put("rule", str(name(j.sensitivity.rule)));
     put("study", flag(j.sensitivity.study));
     put("lambdas", list(j.sensitivity.lambdas));
     put("hvp_eps", format_double(j.sensitivity.hvp_eps));
@@ -453,7 +506,7 @@ std::string job_to_toml(const Job& j) {
     put("out", str(j.run.out));
     put("microbatch", num(j.run.microbatch));
     put("threads", num(j.run.threads));
-    put("transport", str(j.run.transport));
+    put("transport", str(name(j.run.transport)));
     return os.str();
 }
 

@@ -6,7 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "requant/io/error.h"
+#include "requant/error.h"
 
 namespace rq::io {
 

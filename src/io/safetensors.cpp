@@ -10,7 +10,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
-#include "requant/io/error.h"
+#include "requant/error.h"
 
 namespace rq::io {
 namespace {
@@ -32,7 +32,7 @@ constexpr DTypeRow kDTypes[] = {
 const DTypeRow& row(DType dt) {
     for (const auto& r : kDTypes)
         if (r.dt == dt) return r;
-    throw Error("internal: unknown DType");
+    throw InternalError("unknown DType");
 }
 
 std::uint64_t read_le64(const std::uint8_t* p) {

@@ -8,7 +8,7 @@
 #include <cstdlib>
 #include <mutex>
 
-#include "requant/io/error.h"
+#include "requant/error.h"
 #include "requant/io/mmap_file.h"
 
 #ifndef RQ_SPM_SHIM_FILE

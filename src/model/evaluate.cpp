@@ -5,7 +5,7 @@
 
 #include <cmath>
 
-#include "requant/io/error.h"
+#include "requant/error.h"
 
 namespace rq::model {
 

@@ -11,7 +11,7 @@
 #include <cmath>
 #include <limits>
 
-#include "requant/io/error.h"
+#include "requant/error.h"
 
 namespace rq::model {
 
@@ -86,11 +86,16 @@ at::Tensor lm_logits(const at::Tensor& x, const at::Tensor& out_norm, const at::
     return at::linear(rms_norm(x, out_norm, eps), head);
 }
 
+at::Tensor prediction_losses(const at::Tensor& logits, const at::Tensor& targets) {
+    const int64_t B = logits.size(0), n = logits.size(1), V = logits.size(2);
+    return at::cross_entropy_loss(logits.reshape({B * n, V}), targets.reshape({B * n}), {},
+                                  at::Reduction::None)
+        .view({B, n});
+}
+
 at::Tensor next_token_losses(const at::Tensor& logits, const at::Tensor& tokens) {
-    const int64_t B = logits.size(0), T = logits.size(1), V = logits.size(2);
-    at::Tensor    pred = logits.narrow(1, 0, T - 1).reshape({B * (T - 1), V});
-    at::Tensor    tgt  = tokens.narrow(1, 1, T - 1).reshape({B * (T - 1)});
-    return at::cross_entropy_loss(pred, tgt, {}, at::Reduction::None).view({B, T - 1});
+    const int64_t T = logits.size(1);
+    return prediction_losses(logits.narrow(1, 0, T - 1), tokens.narrow(1, 1, T - 1));
 }
 
 Stage::Stage(LlamaConfig config, StageWeights weights, int64_t max_seq_len)
@@ -144,13 +149,9 @@ at::Tensor Stage::forward(const at::Tensor& in, const at::Tensor& tokens) const 
     if (!weights_.range.last) return x;
     const int64_t T = x.size(1);
     // Position T-1 predicts nothing: leave it out of the head.
-    at::Tensor logits =
+    const at::Tensor logits =  // [B, T-1, V]
         lm_logits(x.narrow(1, 0, T - 1), weights_.out_norm, weights_.head, config_.rms_norm_eps);
-    at::Tensor    tgt = tokens.narrow(1, 1, T - 1);
-    const int64_t B = logits.size(0), V = logits.size(2);
-    return at::cross_entropy_loss(logits.reshape({B * (T - 1), V}), tgt.reshape({B * (T - 1)}), {},
-                                  at::Reduction::None)
-        .view({B, T - 1});
+    return prediction_losses(logits, tokens.narrow(1, 1, T - 1));
 }
 
 at::Tensor Stage::forward_logits(const at::Tensor& in) const {

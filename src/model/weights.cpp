@@ -4,7 +4,7 @@
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 
-#include "requant/io/error.h"
+#include "requant/error.h"
 
 namespace rq::model {
 
@@ -45,7 +45,7 @@ at::Tensor& LayerWeights::linear(Linear l) {
         case Linear::Down:
             return w_down;
     }
-    throw Error("internal: bad Linear");
+    throw InternalError("bad Linear");
 }
 const at::Tensor& LayerWeights::linear(Linear l) const {
     return const_cast<LayerWeights*>(this)->linear(l);

@@ -12,7 +12,7 @@
 #include <sstream>
 #include <string>
 
-#include "requant/io/error.h"
+#include "requant/error.h"
 #include "requant/quant/rtn.h"
 
 namespace rq::quant {
@@ -55,8 +55,9 @@ void check_inputs(const std::vector<AwqLinear>& group, const at::Tensor& x,
     }
     const at::Tensor m = x_abs_mean.to(at::kDouble);
     if (!at::isfinite(m).all().item<bool>() || (m < 0).any().item<bool>())
-        throw Error("awq: x_abs_mean must be finite and >= 0");
-    if (!at::isfinite(x).all().item<bool>()) throw Error("awq: sampled inputs x are not finite");
+        throw NumericError("awq: x_abs_mean must be finite and >= 0");
+    if (!at::isfinite(x).all().item<bool>())
+        throw NumericError("awq: sampled inputs x are not finite");
 }
 
 // s(alpha) = max(mean|x|, 1e-4)^alpha / sqrt(max * min), rounded to fp16: float [I].

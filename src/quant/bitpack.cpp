@@ -3,7 +3,7 @@
 
 #include <ATen/ATen.h>
 
-#include "requant/io/error.h"
+#include "requant/error.h"
 
 namespace rq::quant {
 

@@ -4,7 +4,7 @@
 
 #include <ATen/ATen.h>
 
-#include "requant/io/error.h"
+#include "requant/error.h"
 #include "requant/quant/rtn.h"
 
 namespace rq::quant {
@@ -41,7 +41,7 @@ QuantizedLinear gptq_quantize(const at::Tensor& w_in, const at::Tensor& hessian,
     H.diagonal().add_(p.damp * H.diagonal().mean().item<double>());
     auto [L, info] = at::linalg_cholesky_ex(H);
     if (info.item<int64_t>() != 0)
-        throw Error("gptq: Hessian + dampening is not positive definite (raise quant.damp)");
+        throw NumericError("gptq: Hessian + dampening is not positive definite (raise quant.damp)");
     at::Tensor Hinv = at::linalg_cholesky(at::cholesky_inverse(L), /*upper=*/true);
 
     const int64_t G      = p.group_size > 0 ? p.group_size : I;

@@ -6,7 +6,7 @@
 
 #include <cmath>
 
-#include "requant/io/error.h"
+#include "requant/error.h"
 
 namespace rq::quant {
 

@@ -5,7 +5,7 @@
 
 #include <algorithm>
 
-#include "requant/io/error.h"
+#include "requant/error.h"
 
 namespace rq::quant {
 

@@ -14,7 +14,7 @@
 #include <numeric>
 #include <string>
 
-#include "requant/io/error.h"
+#include "requant/error.h"
 #include "requant/quant/rtn.h"
 
 namespace rq::quant {

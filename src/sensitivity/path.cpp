@@ -3,11 +3,11 @@
 
 #include <ATen/ATen.h>
 
-#include "requant/io/error.h"
+#include "requant/error.h"
 
 namespace rq::sensitivity {
 
-LinearPath::LinearPath(model::Stage& stage, const LinearSet& w_quant)
+LinearPath::LinearPath(model::Stage& stage, const model::StageTensors& w_quant)
     : stage_(stage), wq_(w_quant) {
     auto& layers = stage.weights().layers;
     if (w_quant.size() != layers.size()) throw ShapeError("path: one w~ set per stage layer");
@@ -42,9 +42,9 @@ void LinearPath::set_all(double scale, bool grad) {
     set([scale](int64_t) { return scale; }, [grad](int64_t) { return grad; });
 }
 
-std::array<double, 7> LinearPath::directional(std::size_t il) const {
-    std::array<double, 7> out{};
-    const auto&           lw = stage_.weights().layers[il];
+std::array<double, model::kNumLinears> LinearPath::directional(std::size_t il) const {
+    std::array<double, model::kNumLinears> out{};
+    const auto&                            lw = stage_.weights().layers[il];
     for (std::size_t i = 0; i < model::kLinears.size(); ++i) {
         const at::Tensor& g = lw.linear(model::kLinears[i]).grad();
         if (g.defined())
@@ -53,8 +53,8 @@ std::array<double, 7> LinearPath::directional(std::size_t il) const {
     return out;
 }
 
-std::vector<std::array<double, 7>> LinearPath::directional() const {
-    std::vector<std::array<double, 7>> out;
+std::vector<std::array<double, model::kNumLinears>> LinearPath::directional() const {
+    std::vector<std::array<double, model::kNumLinears>> out;
     for (std::size_t il = 0; il < w0_.size(); ++il) out.push_back(directional(il));
     return out;
 }

@@ -7,49 +7,49 @@
 #include <algorithm>
 #include <cmath>
 
-#include "requant/dist/schedule.h"
-#include "requant/io/error.h"
+#include "requant/error.h"
+#include "requant/parallel/schedule.h"
 #include "requant/sensitivity/path.h"
 
 namespace rq::sensitivity {
 
-Quadrature quadrature(const std::string& rule, int n) {
+Quadrature quadrature(io::PqiRule rule, int n) {
     if (n < 1) throw ConfigError("sensitivity.nodes must be >= 1");
     Quadrature   q;
     const double d = 2.0 * n;  // every node is j / (2n), an exact ratio of integers
-    if (rule == "left" || rule == "right" || rule == "midpoint") {
-        const int off = rule == "left" ? 0 : rule == "right" ? 2 : 1;
-        for (int k = 0; k < n; ++k) q.t.push_back(double(2 * k + off) / d);
-        q.weight.assign(q.t.size(), 1.0 / n);
-    } else if (rule == "trapezoid") {
+    if (rule == io::PqiRule::Trapezoid) {
         for (int k = 0; k <= n; ++k) q.t.push_back(double(2 * k) / d);
         q.weight.assign(q.t.size(), 1.0 / n);
         q.weight.front() = q.weight.back() = 0.5 / n;
     } else {
-        throw ConfigError("sensitivity.rule '" + rule + "' (left, right, midpoint, trapezoid)");
+        const int off = rule == io::PqiRule::Left ? 0 : rule == io::PqiRule::Right ? 2 : 1;
+        for (int k = 0; k < n; ++k) q.t.push_back(double(2 * k + off) / d);
+        q.weight.assign(q.t.size(), 1.0 / n);
     }
     return q;
 }
 
-double PathSamples::integral(const std::string& rule, int n) const {
+double PathSamples::integral(io::PqiRule rule, int n) const {
     const Quadrature q   = quadrature(rule, n);
     double           sum = 0;
     for (std::size_t k = 0; k < q.t.size(); ++k) {
         const auto it = std::find(t.begin(), t.end(), q.t[k]);
         if (it == t.end())
             throw ConfigError("the path was not sampled at t = " + std::to_string(q.t[k]) + " (" +
-                              rule + ", " + std::to_string(n) + " intervals)");
+                              io::name(rule) + ", " + std::to_string(n) + " intervals)");
         sum += q.weight[k] * phi[std::size_t(it - t.begin())];
     }
     return sum;
 }
 
-at::Tensor gather_layer_table(dist::Transport& t, const std::vector<std::array<double, 7>>& local,
+at::Tensor gather_layer_table(parallel::Transport&                                       t,
+                              const std::vector<std::array<double, model::kNumLinears>>& local,
                               int64_t layer_begin, int64_t n_layer) {
-    at::Tensor table = at::zeros({n_layer, 7}, at::kDouble);
+    at::Tensor table = at::zeros({n_layer, int64_t(model::kNumLinears)}, at::kDouble);
     auto       a     = table.accessor<double, 2>();
     for (std::size_t il = 0; il < local.size(); ++il)
-        for (std::size_t i = 0; i < 7; ++i) a[layer_begin + int64_t(il)][int64_t(i)] = local[il][i];
+        for (std::size_t i = 0; i < model::kNumLinears; ++i)
+            a[layer_begin + int64_t(il)][int64_t(i)] = local[il][i];
     t.allreduce_sum(table)->wait();
     return table;
 }
@@ -62,13 +62,14 @@ double table_sum(const at::Tensor& table) {
     return sum;
 }
 
-PqiResult compute_pqi(model::Stage& stage, dist::Transport& t, const LinearSet& w_quant,
-                      const at::Tensor& tokens, int64_t microbatch, const PqiOptions& opt,
+PqiResult compute_pqi(model::Stage& stage, parallel::Transport& t,
+                      const model::StageTensors& w_quant, const at::Tensor& tokens,
+                      int64_t microbatch, const PqiOptions& opt,
                       const std::function<void(int, int)>& on_node) {
-    auto&         layers = stage.weights().layers;
-    const int64_t L = stage.config().n_layer, l0 = stage.range().layer_begin;
-    LinearPath    path(stage, w_quant);
-    LinearSet     grad_sum(layers.size());
+    auto&               layers = stage.weights().layers;
+    const int64_t       L = stage.config().n_layer, l0 = stage.range().layer_begin;
+    LinearPath          path(stage, w_quant);
+    model::StageTensors grad_sum(layers.size());
     for (std::size_t il = 0; il < layers.size(); ++il)
         for (std::size_t i = 0; i < model::kLinears.size(); ++i)
             grad_sum[il][i] =
@@ -90,9 +91,9 @@ PqiResult compute_pqi(model::Stage& stage, dist::Transport& t, const LinearSet& 
             uniq.push_back(n);
     }
 
-    dist::PipelineRunner runner(stage, t, microbatch);
-    PqiResult            r;
-    bool                 have_orig = false, have_quant = false;
+    parallel::PipelineRunner runner(stage, t, microbatch);
+    PqiResult                r;
+    bool                     have_orig = false, have_quant = false;
     if (on_node) on_node(0, int(uniq.size()));
     for (std::size_t k = 0; k < uniq.size(); ++k) {
         const auto [tk, wk] = uniq[k];
@@ -121,7 +122,7 @@ PqiResult compute_pqi(model::Stage& stage, dist::Transport& t, const LinearSet& 
     path.set_all(0.0, false);  // leave w in place, without gradients
 
     r.pqi.resize(layers.size());
-    std::vector<std::array<double, 7>> local(layers.size());
+    std::vector<std::array<double, model::kNumLinears>> local(layers.size());
     for (std::size_t il = 0; il < layers.size(); ++il)
         for (std::size_t i = 0; i < model::kLinears.size(); ++i) {
             const at::Tensor p = path.dw()[il][i].to(at::kDouble) * grad_sum[il][i];

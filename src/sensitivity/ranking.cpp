@@ -8,7 +8,7 @@
 #include <cstring>
 #include <functional>
 
-#include "requant/io/error.h"
+#include "requant/error.h"
 
 namespace rq::sensitivity {
 
@@ -30,7 +30,8 @@ LayerRanking::LayerRanking(const std::vector<at::Tensor>& values, int64_t layer_
     : layer_begin_(layer_begin), n_layer_(n_layer) {
     for (const auto& v : values) {
         const at::Tensor f = v.detach().to(at::kFloat).contiguous().view(-1);
-        if (at::isnan(f).any().item<bool>()) throw Error("LayerRanking: NaN among the values");
+        if (at::isnan(f).any().item<bool>())
+            throw NumericError("LayerRanking: NaN among the values");
         const float*          p = f.data_ptr<float>();
         std::vector<uint32_t> k(std::size_t(f.numel()));
         for (std::size_t i = 0; i < k.size(); ++i) k[i] = float_key(p[i]);
@@ -42,7 +43,7 @@ LayerRanking::LayerRanking(const std::vector<at::Tensor>& values, int64_t layer_
     }
 }
 
-at::Tensor LayerRanking::count_at_least(dist::Transport& t, uint32_t key, bool strict) const {
+at::Tensor LayerRanking::count_at_least(parallel::Transport& t, uint32_t key, bool strict) const {
     at::Tensor table = at::zeros({n_layer_, 2}, at::kDouble);  // count, sum
     auto       a     = table.accessor<double, 2>();
     for (std::size_t il = 0; il < keys_.size(); ++il) {
@@ -59,7 +60,7 @@ at::Tensor LayerRanking::count_at_least(dist::Transport& t, uint32_t key, bool s
     return table;
 }
 
-int64_t LayerRanking::size(dist::Transport& t) const {
+int64_t LayerRanking::size(parallel::Transport& t) const {
     at::Tensor n = at::zeros({1}, at::kDouble);
     for (const auto& k : keys_) n += double(k.size());
     t.allreduce_sum(n)->wait();
@@ -75,10 +76,11 @@ double column_sum(const at::Tensor& table, int64_t col) {
 }
 }  // namespace
 
-float LayerRanking::kth_largest(dist::Transport& t, int64_t k) const {
+float LayerRanking::kth_largest(parallel::Transport& t, int64_t k) const {
     const int64_t n = size(t);
     if (k < 1 || k > n)
-        throw Error("LayerRanking: k = " + std::to_string(k) + " outside 1.." + std::to_string(n));
+        throw InternalError("LayerRanking: k = " + std::to_string(k) + " outside 1.." +
+                            std::to_string(n));
     // Largest key K with count(key >= K) >= k: bisect on [lo, hi) with count(>= lo) >= k.
     uint64_t lo = 0, hi = uint64_t(1) << 32;
     while (hi - lo > 1) {
@@ -91,18 +93,18 @@ float LayerRanking::kth_largest(dist::Transport& t, int64_t k) const {
     return key_float(uint32_t(lo));
 }
 
-double LayerRanking::sum_largest(dist::Transport& t, int64_t k) const {
+double LayerRanking::sum_largest(parallel::Transport& t, int64_t k) const {
     const float      v     = kth_largest(t, k);
     const at::Tensor above = count_at_least(t, float_key(v), true);
     // Everything strictly above the k-th value, plus as many copies of it as complete k.
     return column_sum(above, 1) + double(k - int64_t(column_sum(above, 0))) * double(v);
 }
 
-at::Tensor LayerRanking::layer_counts(dist::Transport& t, float v, bool strict) const {
+at::Tensor LayerRanking::layer_counts(parallel::Transport& t, float v, bool strict) const {
     return count_at_least(t, float_key(v), strict).select(1, 0).contiguous();
 }
 
-double LayerRanking::sum_all(dist::Transport& t) const {
+double LayerRanking::sum_all(parallel::Transport& t) const {
     return column_sum(count_at_least(t, 0, false), 1);
 }
 

@@ -5,14 +5,14 @@
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/autograd.h>
 
-#include "requant/dist/schedule.h"
-#include "requant/io/error.h"
+#include "requant/error.h"
+#include "requant/parallel/schedule.h"
 #include "requant/sensitivity/path.h"
 
 namespace rq::sensitivity {
 namespace {
 
-double row_sum(const std::array<double, 7>& r) {
+double row_sum(const std::array<double, model::kNumLinears>& r) {
     double s = 0;
     for (double v : r) s += v;
     return s;
@@ -29,14 +29,15 @@ double TaylorResult::second_total() const {
     return s;
 }
 
-TaylorResult taylor_study(model::Stage& stage, dist::Transport& t, const LinearSet& w_quant,
-                          const at::Tensor& tokens, int64_t microbatch, const TaylorOptions& opt,
+TaylorResult taylor_study(model::Stage& stage, parallel::Transport& t,
+                          const model::StageTensors& w_quant, const at::Tensor& tokens,
+                          int64_t microbatch, const TaylorOptions& opt,
                           const std::function<void(int, int)>& on_pass) {
-    const int64_t        L = stage.config().n_layer, l0 = stage.range().layer_begin;
-    const int64_t        n_local = int64_t(stage.weights().layers.size());
-    LinearPath           p(stage, w_quant);
-    dist::PipelineRunner runner(stage, t, microbatch);
-    int                  lambda_passes = 0;
+    const int64_t            L = stage.config().n_layer, l0 = stage.range().layer_begin;
+    const int64_t            n_local = int64_t(stage.weights().layers.size());
+    LinearPath               p(stage, w_quant);
+    parallel::PipelineRunner runner(stage, t, microbatch);
+    int                      lambda_passes = 0;
     for (double l : opt.lambdas) lambda_passes += l != 1.0;
     const int total = 1 + 2 * int(L + 1) + int(L) + 1 + lambda_passes;
     int       done  = 0;
@@ -55,8 +56,8 @@ TaylorResult taylor_study(model::Stage& stage, dist::Transport& t, const LinearS
     tick();
 
     // Second order per layer: v = dw on layer l only, central difference of v . g.
-    const double                       eps = opt.hvp_eps;
-    std::vector<std::array<double, 7>> second(static_cast<std::size_t>(n_local));
+    const double                                        eps = opt.hvp_eps;
+    std::vector<std::array<double, model::kNumLinears>> second(static_cast<std::size_t>(n_local));
     for (int64_t layer = 0; layer < L; ++layer) {
         double d[2] = {0, 0};
         for (int side = 0; side < 2; ++side) {
@@ -107,8 +108,8 @@ TaylorResult taylor_study(model::Stage& stage, dist::Transport& t, const LinearS
     return r;
 }
 
-double second_order_exact(model::Stage& stage, const LinearSet& w_quant, const at::Tensor& tokens,
-                          int64_t microbatch, int64_t layer) {
+double second_order_exact(model::Stage& stage, const model::StageTensors& w_quant,
+                          const at::Tensor& tokens, int64_t microbatch, int64_t layer) {
     if (!stage.range().first || !stage.range().last)
         throw ConfigError("second_order_exact needs the whole model in one stage");
     LinearPath    p(stage, w_quant);

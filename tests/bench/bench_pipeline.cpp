@@ -11,14 +11,14 @@
 
 #include "bench_args.h"
 #include "requant/cli/sysinfo.h"
-#include "requant/dist/control.h"
-#include "requant/dist/mpi_env.h"
-#include "requant/dist/partition.h"
-#include "requant/dist/schedule.h"
 #include "requant/io/hf_checkpoint.h"
+#include "requant/parallel/control.h"
+#include "requant/parallel/mpi_env.h"
+#include "requant/parallel/partition.h"
+#include "requant/parallel/schedule.h"
 
 int main(int argc, char** argv) {
-    rq::dist::MpiEnv env(&argc, &argv);
+    rq::parallel::MpiEnv env(&argc, &argv);
     try {
         const rq::bench::Args a(
             argc, argv,
@@ -31,16 +31,16 @@ int main(int argc, char** argv) {
         const int  threads  = int(a.integer("threads", 1));
         const bool fwd_only = a.integer("forward-only", 0) == 1;
         rq::cli::set_threads(threads);
-        auto                 t = rq::dist::make_mpi_transport();
+        auto                 t = rq::parallel::make_mpi_transport();
         rq::io::HfCheckpoint ckpt(model);
-        const auto           plan  = rq::dist::plan_pipeline(ckpt.config(), t->size(), T);
+        const auto           plan  = rq::parallel::plan_pipeline(ckpt.config(), t->size(), T);
         const auto&          range = plan.stages[std::size_t(t->rank())].range;
         rq::model::Stage     stage(ckpt.config(),
                                    rq::model::load_stage_weights(ckpt, range, at::kFloat), T);
         if (!fwd_only) rq::model::enable_linear_grads(stage.weights());
-        at::Generator            g   = at::detail::createCPUGenerator(1);
-        at::Tensor               tok = at::randint(0, ckpt.config().n_vocab, {N, T}, g, at::kLong);
-        rq::dist::PipelineRunner runner(stage, *t, mb);
+        at::Generator g   = at::detail::createCPUGenerator(1);
+        at::Tensor    tok = at::randint(0, ckpt.config().n_vocab, {N, T}, g, at::kLong);
+        rq::parallel::PipelineRunner runner(stage, *t, mb);
         auto pass = [&] { fwd_only ? runner.forward(tok) : runner.forward_backward(tok); };
         pass();  // warm-up
         double wall = 0, busy = 0;
@@ -49,10 +49,11 @@ int main(int argc, char** argv) {
             wall += runner.stats().wall_s;
             busy += runner.stats().busy_s;
         }
-        rq::dist::RankStatus me{t->rank(),       rq::dist::host_name(),      range.layer_begin,
-                                range.layer_end, rq::dist::peak_rss_bytes(), wall / reps,
-                                busy / reps};
-        const auto           all = rq::dist::gather_objects(me, 0);
+        rq::parallel::RankStatus me{
+            t->rank(),       rq::parallel::host_name(),      range.layer_begin,
+            range.layer_end, rq::parallel::peak_rss_bytes(), wall / reps,
+            busy / reps};
+        const auto all = rq::parallel::gather_objects(me, 0);
         if (t->rank() == 0) {
             const int64_t M    = (N + mb - 1) / mb;
             double        wmax = 0, bubble = 0;
@@ -62,13 +63,13 @@ int main(int argc, char** argv) {
             std::printf("  %-8s P=%d threads=%d  %6.0f tokens/s", fwd_only ? "fwd" : "fwd+bwd",
                         t->size(), threads, double(N * T) / wmax);
             std::printf("    M=%lld  bubble %.3f (ideal %.3f)  peak RSS/rank MiB:", (long long)M,
-                        bubble, rq::dist::PipelineRunner::ideal_bubble(t->size(), M));
+                        bubble, rq::parallel::PipelineRunner::ideal_bubble(t->size(), M));
             for (const auto& s : all) std::printf(" %.0f", s.peak_rss / 1048576.0);
             std::printf("\n");
         }
         return 0;
     } catch (const std::exception& e) {
         std::fprintf(stderr, "[rank %d] bench_pipeline: %s\n", env.rank(), e.what());
-        rq::dist::abort_job(1);
+        rq::parallel::abort_job(1);
     }
 }

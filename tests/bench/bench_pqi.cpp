@@ -14,10 +14,10 @@
 
 #include "bench_args.h"
 #include "requant/cli/sysinfo.h"
-#include "requant/dist/control.h"
-#include "requant/dist/mpi_env.h"
-#include "requant/dist/partition.h"
 #include "requant/io/hf_checkpoint.h"
+#include "requant/parallel/control.h"
+#include "requant/parallel/mpi_env.h"
+#include "requant/parallel/partition.h"
 #include "requant/quant/rtn.h"
 #include "requant/sensitivity/pqi.h"
 
@@ -29,7 +29,7 @@ double since(Clock::time_point t0) {
 }  // namespace
 
 int main(int argc, char** argv) {
-    rq::dist::MpiEnv env(&argc, &argv);
+    rq::parallel::MpiEnv env(&argc, &argv);
     try {
         const rq::bench::Args a(
             argc, argv, {"model", "seqs", "seq-len", "microbatch", "nodes", "rule", "threads"},
@@ -40,15 +40,15 @@ int main(int argc, char** argv) {
                       mb = a.integer("microbatch", 4);
         const int nodes = int(a.integer("nodes", 8)), threads = int(a.integer("threads", 2));
         rq::cli::set_threads(threads);
-        auto                 t = rq::dist::make_mpi_transport();
-        const int            P = t->size();
-        rq::io::HfCheckpoint ckpt(model);
-        const auto&          c     = ckpt.config();
-        const auto           plan  = rq::dist::plan_pipeline(c, P, T);
-        const auto&          range = plan.stages[std::size_t(t->rank())].range;
-        rq::model::Stage     stage(c, rq::model::load_stage_weights(ckpt, range, at::kFloat), T);
-        rq::sensitivity::LinearSet wq(stage.weights().layers.size());
-        double                     own = 0;  // linear weights of this rank
+        auto                    t = rq::parallel::make_mpi_transport();
+        const int               P = t->size();
+        rq::io::HfCheckpoint    ckpt(model);
+        const auto&             c     = ckpt.config();
+        const auto              plan  = rq::parallel::plan_pipeline(c, P, T);
+        const auto&             range = plan.stages[std::size_t(t->rank())].range;
+        rq::model::Stage        stage(c, rq::model::load_stage_weights(ckpt, range, at::kFloat), T);
+        rq::model::StageTensors wq(stage.weights().layers.size());
+        double                  own = 0;  // linear weights of this rank
         for (std::size_t il = 0; il < wq.size(); ++il)
             for (std::size_t i = 0; i < rq::model::kLinears.size(); ++i) {
                 const at::Tensor& w = stage.weights().layers[il].linear(rq::model::kLinears[i]);
@@ -69,7 +69,12 @@ int main(int argc, char** argv) {
         const double gemm = 2.0 * n * n * n * reps / since(t0) / 1e9;
         t->barrier()->wait();
 
-        const rq::sensitivity::PqiOptions opt{rq::sensitivity::quadrature(rule, nodes), {}};
+        rq::io::PqiRule pqi_rule = rq::io::PqiRule::Midpoint;
+        bool            known    = false;
+        for (rq::io::PqiRule r : rq::io::kPqiRules)
+            if (rule == rq::io::name(r)) pqi_rule = r, known = true;
+        if (!known) throw std::runtime_error("--rule: left, right, midpoint or trapezoid");
+        const rq::sensitivity::PqiOptions opt{rq::sensitivity::quadrature(pqi_rule, nodes), {}};
         t0                = Clock::now();
         const auto   r    = rq::sensitivity::compute_pqi(stage, *t, wq, tok, mb, opt);
         const double wall = since(t0);
@@ -85,14 +90,15 @@ int main(int argc, char** argv) {
         const double flops =
             double(N * T) * (fb * (3 * f_layers + 2 * f_head) + fw * (f_layers + f_head));
 
-        rq::dist::RankStatus me{t->rank(),       rq::dist::host_name(),      range.layer_begin,
-                                range.layer_end, rq::dist::peak_rss_bytes(), wall};
+        rq::parallel::RankStatus me{
+            t->rank(),       rq::parallel::host_name(),      range.layer_begin,
+            range.layer_end, rq::parallel::peak_rss_bytes(), wall};
         at::Tensor gemms = at::zeros({P}, at::kDouble), owns = at::zeros({P}, at::kDouble);
         gemms[t->rank()] = gemm;
         owns[t->rank()]  = own;
         t->allreduce_sum(gemms)->wait();
         t->allreduce_sum(owns)->wait();
-        const auto all = rq::dist::gather_objects(me, 0);
+        const auto all = rq::parallel::gather_objects(me, 0);
         if (t->rank() == 0) {
             const double roof = gemms.sum().item<double>(), achieved = flops / wall / 1e9;
             const double total_lin = owns.sum().item<double>();
@@ -116,6 +122,6 @@ int main(int argc, char** argv) {
         return 0;
     } catch (const std::exception& e) {
         std::fprintf(stderr, "[rank %d] bench_pqi: %s\n", env.rank(), e.what());
-        rq::dist::abort_job(1);
+        rq::parallel::abort_job(1);
     }
 }

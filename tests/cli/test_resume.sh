@@ -3,8 +3,9 @@
 # - the kill harness: kill -9 one rank or all ranks at RQ_KILLS (default 20) random moments,
 #   resuming each time on a random rank count (1, 2 or 3); the final model.requant.h5 equals
 #   the uninterrupted run's byte for byte, and the kills landed in several phases;
-# - a truncated or bit-flipped layer file is redone; a damaged run.h5 and a folder made for
-#   another job are refused with a clear message; --restart starts over;
+# - a truncated or bit-flipped layer file is redone; a damaged run.h5, a folder made for
+#   another job and one written by an older version are refused with a clear message;
+#   --restart starts over;
 # - h5dump and h5py read the checkpoint; inspect summarises it; export + eval gives the run's
 #   perplexity.
 # Usage: test_resume.sh PATH/TO/requant-dist REPO_ROOT PATH/TO/mpiexec  (RQ_KILL_SEED, RQ_KILLS)
@@ -114,6 +115,16 @@ cp -r "$tmp/ref" "$tmp/bad"; head -c 2000 "$tmp/ref/run.h5" > "$tmp/bad/run.h5"
 "$bin" run "$job" --out "$tmp/ref" "${RQ[@]}" --set quant.bits=3 > "$tmp/log" 2>&1; rc=$?
 [ $rc -ne 0 ] && grep -q "holds a run of another job (the job differ)" "$tmp/log" \
   && ok "a folder made for another job refused" || fail "foreign folder: rc $rc $(tail -2 "$tmp/log")"
+# A folder written by requant-dist before run state 2 (whose job fingerprint left out
+# quant.awq_samples) is refused with a message that says so, never mixed.
+cp -r "$tmp/ref" "$tmp/old"
+/usr/bin/python3 -c "
+import sys, h5py
+with h5py.File(sys.argv[1], 'r+') as f: f.attrs['format'] = 'requant-dist run state 1'" "$tmp/old/run.h5"
+"$bin" run "$job" --out "$tmp/old" "${RQ[@]}" > "$tmp/log" 2>&1; rc=$?
+[ $rc -ne 0 ] && grep -q "holds a run made by an older requant-dist (requant-dist run state 1)" "$tmp/log" \
+  && ok "a folder of an older version refused: $(grep -o 'made by an older.*' "$tmp/log" | head -1 | cut -c1-60)" \
+  || fail "older folder: rc $rc $(tail -2 "$tmp/log")"
 "$bin" run "$job" --out "$tmp/bad" "${RQ[@]}" --restart > "$tmp/log" 2>&1 && cmp -s "$ref" "$tmp/bad/model.requant.h5" \
   && ok "--restart starts over and gives the same checkpoint" || fail "--restart: $(tail -2 "$tmp/log")"
 

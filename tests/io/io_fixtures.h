@@ -6,7 +6,7 @@
 
 #include <gtest/gtest.h>
 
-#include "requant/io/error.h"
+#include "requant/error.h"
 
 // Shared helpers of the io tests: where the bundled models and data are, temporary folders,
 // hand-made (possibly malformed) files, and expect_error for the rq::Error hierarchy.

@@ -9,8 +9,8 @@
 #include <vector>
 
 #include "io_fixtures.h"
+#include "requant/error.h"
 #include "requant/io/dataset.h"
-#include "requant/io/error.h"
 #include "requant/io/safetensors.h"
 #include "requant/io/tokenizer.h"
 

@@ -11,7 +11,7 @@
 #include <vector>
 
 #include "io_fixtures.h"
-#include "requant/io/error.h"
+#include "requant/error.h"
 #include "requant/io/hf_checkpoint.h"
 #include "requant/io/hf_config.h"
 #include "requant/io/safetensors.h"

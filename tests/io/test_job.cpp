@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "io_fixtures.h"
-#include "requant/io/error.h"
+#include "requant/error.h"
 #include "requant/io/hf_config.h"
 #include "requant/io/job.h"
 
@@ -24,8 +24,16 @@ using rq::FormatError;
 using rq::IoError;
 using rq::io::Job;
 using rq::io::job_to_toml;
+using rq::io::kPqiRules;
 using rq::io::load_job;
+using rq::io::name;
+using rq::io::OutlierSelect;
 using rq::io::parse_job;
+using rq::io::PqiRule;
+using rq::io::QuantMethod;
+using rq::io::SelectScope;
+using rq::io::SignificantSelect;
+using rq::io::TransportKind;
 using rq::io_test::expect_error;
 using rq::io_test::TempDir;
 
@@ -62,7 +70,7 @@ TEST(Job, Defaults) {
     EXPECT_EQ(j.data.seq_len, 256);
     EXPECT_TRUE(j.data.eval.empty());
     EXPECT_EQ(j.data.eval_max_seqs, 64);
-    EXPECT_EQ(j.quant.method, "rtn");
+    EXPECT_EQ(j.quant.method, QuantMethod::Rtn);
     EXPECT_EQ(j.quant.bits, 4);
     EXPECT_EQ(j.quant.group_size, 128);
     EXPECT_FALSE(j.quant.sequential);
@@ -70,16 +78,17 @@ TEST(Job, Defaults) {
     EXPECT_FALSE(j.quant.act_order);
     EXPECT_EQ(j.quant.block_size, 128);
     EXPECT_EQ(j.quant.awq_grid, 20);
+    EXPECT_EQ(j.quant.awq_samples, 2048);
     EXPECT_EQ(j.quant.kmeans_iters, 50);
     EXPECT_EQ(j.requant.outlier_ratio, 0.0);
-    EXPECT_EQ(j.requant.outlier_select, "none");
+    EXPECT_EQ(j.requant.outlier_select, OutlierSelect::None);
     EXPECT_EQ(j.requant.significant_ratio, 0.0);
     EXPECT_EQ(j.requant.step_ratio, 0.0);
-    EXPECT_EQ(j.requant.scope, "global");
-    EXPECT_EQ(j.requant.significant_select, "pqi");
+    EXPECT_EQ(j.requant.scope, SelectScope::Global);
+    EXPECT_EQ(j.requant.significant_select, SignificantSelect::Pqi);
     EXPECT_TRUE(j.requant.signed_ranking);
     EXPECT_EQ(j.sensitivity.nodes, 32);
-    EXPECT_EQ(j.sensitivity.rule, "midpoint");
+    EXPECT_EQ(j.sensitivity.rule, PqiRule::Midpoint);
     EXPECT_EQ(j.requant.outlier_candidates, (std::vector<double>{0, 0.25, 0.5, 1, 1.5, 2, 3, 4}));
     EXPECT_TRUE(j.sensitivity.study);
     EXPECT_EQ(j.sensitivity.lambdas, (std::vector<double>{1e-3, 5e-3, 1e-2, 5e-2, 1e-1, 1.0}));
@@ -88,7 +97,7 @@ TEST(Job, Defaults) {
               (std::filesystem::path(kDir) / "runs" / "job").string());  // runs/<job file stem>
     EXPECT_EQ(j.run.microbatch, 4);
     EXPECT_EQ(j.run.threads, 2);
-    EXPECT_EQ(j.run.transport, "mpi");
+    EXPECT_EQ(j.run.transport, TransportKind::Mpi);
 }
 
 TEST(Job, SequentialDefaultFollowsMethod) {
@@ -207,16 +216,16 @@ TEST(Job, Overrides) {
                          "requant.outlier_ratio=0.0045", "requant.outlier_select = adaptive",
                          "quant.act_order=true", "run.out=\"" + abs_out + "\""});
     EXPECT_EQ(j.quant.bits, 3);
-    EXPECT_EQ(j.quant.method, "gptq");  // bare word taken as a string
+    EXPECT_EQ(j.quant.method, QuantMethod::Gptq);  // bare word taken as a string
     EXPECT_EQ(j.data.eval, (std::vector<std::string>{kDir + "/a.txt", kDir + "/b.txt"}));
     EXPECT_DOUBLE_EQ(j.requant.outlier_ratio, 0.0045);
-    EXPECT_EQ(j.requant.outlier_select, "adaptive");
+    EXPECT_EQ(j.requant.outlier_select, OutlierSelect::Adaptive);
     EXPECT_TRUE(j.quant.act_order);
     EXPECT_EQ(j.run.out, abs_out);
     // Later overrides win; overrides beat the file; they can add a whole table.
     EXPECT_EQ(parse(kMinimal + "[quant]\nbits = 8\n", {"quant.bits=2", "quant.bits=5"}).quant.bits,
               5);
-    EXPECT_EQ(parse(kMinimal, {"sensitivity.rule=trapezoid"}).sensitivity.rule, "trapezoid");
+    EXPECT_EQ(parse(kMinimal, {"sensitivity.rule=trapezoid"}).sensitivity.rule, PqiRule::Trapezoid);
     // Overrides are validated like the file.
     expect_config_error(kMinimal, {"'quant.bits' must be in 2..8, got 12"}, {"quant.bits=12"});
     expect_config_error(kMinimal, {"'quant.bits' must be an integer, got string"},
@@ -254,16 +263,35 @@ TEST(Job, RelativePathsResolveAgainstTheJobFolder) {
 }
 
 Job everything_set() {
-    Job j = parse(
-        kMinimal,
-        {"quant.method=squeezellm", "quant.bits=3", "quant.group_size=0", "quant.damp=0.1",
-         "quant.act_order=true", "quant.sequential=true", "requant.outlier_ratio=0.0045",
-         "requant.significant_ratio=5e-4", "requant.step_ratio=0.00025", "requant.scope=linear",
-         "requant.signed_ranking=false", "data.eval=[\"it's.txt\", 'b \"q\".txt']",
-         "run.transport=nccl", "sensitivity.nodes=7", "data.eval_max_seqs=-1",
-         "sensitivity.study=false", "sensitivity.lambdas=[0.25, 1]", "sensitivity.hvp_eps=1e-4"});
+    Job j =
+        parse(kMinimal,
+              {"quant.method=squeezellm", "quant.bits=3", "quant.group_size=0", "quant.damp=0.1",
+               "quant.awq_samples=512", "quant.act_order=true", "quant.sequential=true",
+               "requant.outlier_ratio=0.0045", "requant.significant_ratio=5e-4",
+               "requant.step_ratio=0.00025", "requant.scope=linear", "requant.signed_ranking=false",
+               "data.eval=[\"it's.txt\", 'b \"q\".txt']", "run.transport=nccl",
+               "sensitivity.nodes=7", "data.eval_max_seqs=-1", "sensitivity.study=false",
+               "sensitivity.lambdas=[0.25, 1]", "sensitivity.hvp_eps=1e-4"});
     j.requant.outlier_ratio = 0.1 + 0.2;  // not short in decimal: must still round-trip exactly
     return j;
+}
+
+TEST(Job, AwqSamplesIsAJobKey) {
+    // It shapes AWQ's result, so it is a key (and in job_to_toml, which the fingerprint covers).
+    EXPECT_EQ(parse(kMinimal, {"quant.awq_samples=64"}).quant.awq_samples, 64);
+    EXPECT_NE(job_to_toml(parse(kMinimal, {"quant.awq_samples=64"})), job_to_toml(parse(kMinimal)));
+    expect_config_error(kMinimal, {"'quant.awq_samples' must be >= 1"}, {"quant.awq_samples=0"});
+}
+
+TEST(Job, EveryEnumValueRoundTripsByName) {
+    for (QuantMethod m :
+         {QuantMethod::Rtn, QuantMethod::Gptq, QuantMethod::Awq, QuantMethod::SqueezeLlm})
+        EXPECT_EQ(parse(kMinimal, {std::string("quant.method=") + name(m)}).quant.method, m);
+    for (PqiRule r : kPqiRules)
+        EXPECT_EQ(parse(kMinimal, {std::string("sensitivity.rule=") + name(r)}).sensitivity.rule,
+                  r);
+    for (SelectScope sc : {SelectScope::Global, SelectScope::Linear})
+        EXPECT_EQ(parse(kMinimal, {std::string("requant.scope=") + name(sc)}).requant.scope, sc);
 }
 
 TEST(Job, RoundTripThroughToml) {
@@ -312,7 +340,7 @@ TEST(Job, LoadJobReadsFilesAndRefusesMissingOnes) {
 
 TEST(Job, BundledJobFilesParseAndTheirPathsExist) {
     const Job rtn = load_job((jobs_dir() / "llama-7m-en-rtn.toml").string());
-    EXPECT_EQ(rtn.quant.method, "rtn");
+    EXPECT_EQ(rtn.quant.method, QuantMethod::Rtn);
     EXPECT_EQ(rtn.quant.bits, 4);
     EXPECT_EQ(rtn.quant.group_size, 128);
     EXPECT_FALSE(rtn.quant.sequential);
@@ -322,7 +350,7 @@ TEST(Job, BundledJobFilesParseAndTheirPathsExist) {
     EXPECT_EQ(fs::path(rtn.run.out).filename().string(), "llama-7m-en-rtn");
 
     const Job gptq = load_job((jobs_dir() / "stories260k-gptq.toml").string());
-    EXPECT_EQ(gptq.quant.method, "gptq");
+    EXPECT_EQ(gptq.quant.method, QuantMethod::Gptq);
     EXPECT_EQ(gptq.quant.group_size, 64);
     EXPECT_TRUE(gptq.quant.sequential);
     EXPECT_EQ(fs::path(gptq.model.path).filename().string(), "stories260k");

@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "io_fixtures.h"
-#include "requant/io/error.h"
+#include "requant/error.h"
 #include "requant/io/safetensors.h"
 #include "requant/io/tokenizer.h"
 

@@ -5,8 +5,8 @@
 #include <gtest/gtest.h>
 
 #include "../common/shared_dir.h"
+#include "requant/error.h"
 #include "requant/io/dataset.h"
-#include "requant/io/error.h"
 #include "requant/io/hf_checkpoint.h"
 #include "requant/model/llama.h"
 #include "tiny_model.h"

@@ -4,10 +4,10 @@
 #include <mpi.h>
 
 #include "requant/cli/sysinfo.h"
-#include "requant/dist/mpi_env.h"
+#include "requant/parallel/mpi_env.h"
 
 int main(int argc, char** argv) {
-    rq::dist::MpiEnv env(&argc, &argv);
+    rq::parallel::MpiEnv env(&argc, &argv);
     ::testing::InitGoogleTest(&argc, argv);
     rq::cli::set_threads(1);  // oversubscribed ranks; every comparison uses the same count
     if (env.rank() != 0) {

@@ -6,15 +6,15 @@
 #include <mpi.h>
 
 #include "../common/shared_dir.h"
-#include "requant/dist/control.h"
-#include "requant/dist/partition.h"
-#include "requant/dist/schedule.h"
-#include "requant/dist/transport.h"
+#include "requant/error.h"
 #include "requant/io/dataset.h"
-#include "requant/io/error.h"
 #include "requant/io/hf_checkpoint.h"
+#include "requant/parallel/control.h"
+#include "requant/parallel/partition.h"
+#include "requant/parallel/schedule.h"
+#include "requant/parallel/transport.h"
 
-namespace rq::dist {
+namespace rq::parallel {
 namespace {
 
 constexpr double kMaxRel = 1e-5;  // the bound; we also require bitwise equality
@@ -137,4 +137,4 @@ TEST(Pipeline, Llama3TinyRandomEqualsSingleProcess) {
 }
 
 }  // namespace
-}  // namespace rq::dist
+}  // namespace rq::parallel

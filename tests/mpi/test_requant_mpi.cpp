@@ -6,9 +6,9 @@
 #include <gtest/gtest.h>
 #include <mpi.h>
 
-#include "requant/requant/select.h"
+#include "requant/decompose/select.h"
 
-namespace rq::requant {
+namespace rq::decompose {
 namespace {
 
 constexpr int64_t kLayers = 5;
@@ -25,9 +25,9 @@ at::Tensor taken_of(int64_t l, int64_t i) {
 }
 
 struct Slice {
-    int64_t   begin, end;
-    LinearSet score;
-    Masks     taken;
+    int64_t             begin, end;
+    model::StageTensors score;
+    model::StageTensors taken;
 };
 Slice slice(int rank, int P) {
     Slice s{rank * kLayers / P, (rank + 1) * kLayers / P, {}, {}};
@@ -49,16 +49,17 @@ int all_ranks_sum(int v) {
 }
 
 TEST(Select, GlobalTopEqualsOneRank) {
-    auto        world = dist::make_mpi_transport();
-    auto        self  = dist::make_mpi_transport(true);
+    auto        world = parallel::make_mpi_transport();
+    auto        self  = parallel::make_mpi_transport(true);
     const Slice mine = slice(world->rank(), world->size()), whole = slice(0, 1);
     for (bool signed_ranking : {true, false})
         for (double fraction : {0.0, 0.01, 0.1, 0.37, 0.95}) {
-            const SelectOptions o{"global", signed_ranking};
-            const Masks         d =
+            const SelectOptions       o{io::SelectScope::Global, signed_ranking};
+            const model::StageTensors d =
                 select_top(*world, mine.score, mine.taken, fraction, o, mine.begin, kLayers);
-            const Masks r = select_top(*self, whole.score, whole.taken, fraction, o, 0, kLayers);
-            int         wrong = 0;
+            const model::StageTensors r =
+                select_top(*self, whole.score, whole.taken, fraction, o, 0, kLayers);
+            int wrong = 0;
             for (int64_t l = mine.begin; l < mine.end; ++l)
                 for (std::size_t i = 0; i < 7; ++i)
                     wrong += !at::equal(d[std::size_t(l - mine.begin)][i], r[std::size_t(l)][i]);
@@ -90,13 +91,13 @@ TEST(Select, GlobalTopEqualsOneRank) {
 }
 
 TEST(Select, PerLinearAndRandom) {
-    auto        world = dist::make_mpi_transport();
-    const Slice mine = slice(world->rank(), world->size()), whole = slice(0, 1);
-    const Masks lin =
-        select_top(*world, mine.score, mine.taken, 0.2, {"linear", true}, mine.begin, kLayers);
-    const Masks ra    = select_random(mine.score, mine.taken, 0.2, mine.begin, 7);
-    const Masks rw    = select_random(whole.score, whole.taken, 0.2, 0, 7);
-    int         wrong = 0;
+    auto                      world = parallel::make_mpi_transport();
+    const Slice               mine = slice(world->rank(), world->size()), whole = slice(0, 1);
+    const model::StageTensors lin = select_top(
+        *world, mine.score, mine.taken, 0.2, {io::SelectScope::Linear, true}, mine.begin, kLayers);
+    const model::StageTensors ra    = select_random(mine.score, mine.taken, 0.2, mine.begin, 7);
+    const model::StageTensors rw    = select_random(whole.score, whole.taken, 0.2, 0, 7);
+    int                       wrong = 0;
     for (std::size_t il = 0; il < lin.size(); ++il)
         for (std::size_t i = 0; i < 7; ++i) {
             const int64_t want = std::llround(0.2 * double(mine.score[il][i].numel()));
@@ -107,8 +108,8 @@ TEST(Select, PerLinearAndRandom) {
             wrong += !at::equal(ra[il][i], rw[std::size_t(mine.begin) + il][i]);
         }
     EXPECT_EQ(all_ranks_sum(wrong), 0);
-    EXPECT_EQ(masks_count(masks_or(lin, Masks{})), masks_count(lin));
+    EXPECT_EQ(masks_count(masks_or(lin, model::StageTensors{})), masks_count(lin));
 }
 
 }  // namespace
-}  // namespace rq::requant
+}  // namespace rq::decompose

@@ -10,10 +10,10 @@
 #include <functional>
 
 #include "../common/shared_dir.h"
-#include "requant/dist/partition.h"
+#include "requant/error.h"
 #include "requant/io/dataset.h"
-#include "requant/io/error.h"
 #include "requant/io/hf_checkpoint.h"
+#include "requant/parallel/partition.h"
 #include "requant/quant/rtn.h"
 #include "requant/sensitivity/ranking.h"
 #include "requant/sensitivity/taylor.h"
@@ -36,15 +36,15 @@ struct Stories {
     model::Stage stage(const model::StageRange& r, at::ScalarType dt) const {
         return model::Stage(ckpt.config(), model::load_stage_weights(ckpt, r, dt), tok.size(1));
     }
-    model::StageRange mine(const dist::Transport& t) const {
-        return dist::plan_pipeline(ckpt.config(), t.size(), tok.size(1))
+    model::StageRange mine(const parallel::Transport& t) const {
+        return parallel::plan_pipeline(ckpt.config(), t.size(), tok.size(1))
             .stages[std::size_t(t.rank())]
             .range;
     }
 };
 
-LinearSet rtn4(const model::Stage& s) {
-    LinearSet wq(s.weights().layers.size());
+model::StageTensors rtn4(const model::Stage& s) {
+    model::StageTensors wq(s.weights().layers.size());
     for (std::size_t il = 0; il < wq.size(); ++il)
         for (std::size_t i = 0; i < model::kLinears.size(); ++i)
             wq[il][i] = quant::dequantize(quant::rtn_quantize(
@@ -53,8 +53,8 @@ LinearSet rtn4(const model::Stage& s) {
 }
 
 TEST(Taylor, PipelineEqualsOneRankAndDoubleBackward) {
-    auto                world = dist::make_mpi_transport();
-    auto                self  = dist::make_mpi_transport(true);
+    auto                world = parallel::make_mpi_transport();
+    auto                self  = parallel::make_mpi_transport(true);
     Stories             su(64);
     const TaylorOptions opt{{1e-3, 1e-2, 1.0}, 1e-4};
 
@@ -90,23 +90,23 @@ TEST(Taylor, PipelineEqualsOneRankAndDoubleBackward) {
 }
 
 TEST(Pqi, PathSamplesReproduceEveryRule) {
-    auto         world = dist::make_mpi_transport();
+    auto         world = parallel::make_mpi_transport();
     Stories      su(64);
     model::Stage s  = su.stage(su.mine(*world), at::kFloat);
     const auto   wq = rtn4(s);
     const int    N  = 4;
-    PqiOptions   grid{quadrature("midpoint", N), {}};
+    PqiOptions   grid{quadrature(io::PqiRule::Midpoint, N), {}};
     for (int j = 0; j <= 2 * N; ++j) grid.study_t.push_back(double(j) / (2.0 * N));
     const PqiResult g = compute_pqi(s, *world, wq, su.tok, 2, grid);
     EXPECT_EQ(g.path.t.size(), std::size_t(2 * N + 1)) << "midpoint nodes lie on the grid";
-    for (const char* rule : {"left", "right", "midpoint", "trapezoid"}) {
+    for (io::PqiRule rule : io::kPqiRules) {
         const PqiResult r = compute_pqi(s, *world, wq, su.tok, 2, {quadrature(rule, N), {}});
         EXPECT_NEAR(g.path.integral(rule, N), r.pqi_sum, kSumOrderRel * std::abs(r.pqi_sum))
-            << rule;
-        EXPECT_EQ(g.f_orig, r.f_orig) << rule;
-        EXPECT_EQ(g.f_quant, r.f_quant) << rule;
+            << io::name(rule);
+        EXPECT_EQ(g.f_orig, r.f_orig) << io::name(rule);
+        EXPECT_EQ(g.f_quant, r.f_quant) << io::name(rule);
     }
-    EXPECT_THROW(g.path.integral("midpoint", 8), ConfigError);
+    EXPECT_THROW(g.path.integral(io::PqiRule::Midpoint, 8), ConfigError);
 }
 
 // Values of layer l, the same on every rank: a few levels (ties), signed zeros, spread.
@@ -119,7 +119,7 @@ at::Tensor layer_values(int64_t l) {
 }
 
 TEST(Ranking, DistributedEqualsSortedGather) {
-    auto                    world = dist::make_mpi_transport();
+    auto                    world = parallel::make_mpi_transport();
     const int64_t           L = 7, P = world->size(), r = world->rank();
     const int64_t           begin = r * L / P, end = (r + 1) * L / P;
     std::vector<at::Tensor> mine, all;
@@ -143,7 +143,7 @@ TEST(Ranking, DistributedEqualsSortedGather) {
     for (float f : {-3.5f, -0.0f, 0.0f, 1e-30f, 2.25f}) EXPECT_EQ(key_float(float_key(f)), f);
     EXPECT_LT(float_key(-0.0f), float_key(0.0f));
     EXPECT_LT(float_key(-1.0f), float_key(-0.5f));
-    EXPECT_THROW(rk.kth_largest(*world, n + 1), Error);
+    EXPECT_THROW(rk.kth_largest(*world, n + 1), InternalError);
 }
 
 }  // namespace

@@ -14,8 +14,8 @@
 
 #include "../common/shared_dir.h"
 #include "real_layers.h"
+#include "requant/error.h"
 #include "requant/io/dataset.h"
-#include "requant/io/error.h"
 #include "requant/io/hf_checkpoint.h"
 #include "requant/model/llama.h"
 #include "requant/quant/awq.h"
@@ -213,7 +213,7 @@ TEST(Awq, BadInputsThrow) {
     EXPECT_THROW(awq_quantize({{w.flatten(), true}}, x, m, p), ShapeError);
     EXPECT_THROW(awq_quantize({{w, true}}, x.flatten(), m, p), ShapeError);
     EXPECT_THROW(awq_quantize({}, x, m, p), ShapeError);
-    EXPECT_THROW(awq_quantize({{w, true}}, x, -m, p), Error);
+    EXPECT_THROW(awq_quantize({{w, true}}, x, -m, p), NumericError);
     EXPECT_THROW(awq_quantize({{w, true}}, x, m, params(9, 32)), ConfigError);
     EXPECT_THROW(awq_quantize({{w, true}}, x, m, params(4, 1)), ConfigError);
     EXPECT_THROW(awq_quantize({{w, true}}, x, m, params(4, 32, 0)), ConfigError);

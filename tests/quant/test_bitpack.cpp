@@ -8,7 +8,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "requant/io/error.h"
+#include "requant/error.h"
 #include "requant/quant/bitpack.h"
 
 namespace rq::quant {

@@ -16,8 +16,8 @@
 
 #include "../common/shared_dir.h"
 #include "real_layers.h"
+#include "requant/error.h"
 #include "requant/io/dataset.h"
-#include "requant/io/error.h"
 #include "requant/io/hf_checkpoint.h"
 #include "requant/model/llama.h"
 #include "requant/quant/gptq.h"
@@ -223,7 +223,7 @@ TEST(Gptq, BadInputsThrow) {
     EXPECT_THROW(gptq_quantize(w.t(), H, GptqParams{}), ShapeError);
     GptqParams p;
     p.damp = 0;
-    EXPECT_THROW(gptq_quantize(w, -H, p), Error) << "H = -I is not positive definite";
+    EXPECT_THROW(gptq_quantize(w, -H, p), NumericError) << "H = -I is not positive definite";
     EXPECT_THROW(gptq_quantize(w, H, params(9, 128, false)), ConfigError);
     EXPECT_THROW(gptq_quantize(w, H, params(4, 1, false)), ConfigError);
     p      = GptqParams{};

@@ -14,7 +14,7 @@
 #include <vector>
 
 #include "../common/shared_dir.h"
-#include "requant/io/error.h"
+#include "requant/error.h"
 #include "requant/io/hf_checkpoint.h"
 #include "requant/model/weights.h"
 #include "requant/quant/rtn.h"

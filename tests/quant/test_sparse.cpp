@@ -3,7 +3,7 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <gtest/gtest.h>
 
-#include "requant/io/error.h"
+#include "requant/error.h"
 #include "requant/quant/sparse.h"
 
 namespace rq::quant {

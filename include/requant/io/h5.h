@@ -6,7 +6,7 @@
 
 #include <ATen/core/Tensor.h>
 
-#include "requant/io/error.h"
+#include "requant/error.h"
 
 // HDF5 files over the C API, in the shape of HighFive: one class that owns the file, every C
 // call checked once, failures as H5Error carrying the file, the object path and HDF5's own error

@@ -13,6 +13,24 @@
 
 namespace rq::io {
 
+// The closed vocabularies of a job. Strings are parsed into these once, in parse_job; after that
+// no code compares names. name() gives the job-file spelling (messages, job.toml, results.json).
+enum class QuantMethod { Rtn, Gptq, Awq, SqueezeLlm };
+enum class OutlierSelect { None, Fixed, Adaptive, Random };
+enum class SignificantSelect { None, Fisher, Pqi, Random };  // None: never in a file (ratio 0)
+enum class SelectScope { Global, Linear };
+enum class PqiRule { Left, Right, Midpoint, Trapezoid };
+enum class TransportKind { Mpi, Nccl };
+constexpr PqiRule kPqiRules[] = {PqiRule::Left, PqiRule::Right, PqiRule::Midpoint,
+                                 PqiRule::Trapezoid};
+
+const char* name(QuantMethod v);        // rtn | gptq | awq | squeezellm
+const char* name(OutlierSelect v);      // none | fixed | adaptive | random
+const char* name(SignificantSelect v);  // none | fisher | pqi | random
+const char* name(SelectScope v);        // global | linear
+const char* name(PqiRule v);            // left | right | midpoint | trapezoid
+const char* name(TransportKind v);      // mpi | nccl
+
 struct JobModel {
     std::string path;  // Hugging Face model folder (required)
 
@@ -40,7 +58,7 @@ struct JobData {
 };
 
 struct JobQuant {
-    std::string method       = "rtn";  // rtn | gptq | awq | squeezellm
+    QuantMethod method       = QuantMethod::Rtn;
     int         bits         = 4;      // 2..8
     int         group_size   = 128;    // G; 0 = per output channel, else >= 2 (any value)
     bool        sequential   = false;  // layers see quantized inputs; file default: gptq only
@@ -48,26 +66,40 @@ struct JobQuant {
     bool        act_order    = false;  // GPTQ: columns in order of decreasing diag(H)
     int         block_size   = 128;    // GPTQ: lazy-batch block width, >= 1
     int         awq_grid     = 20;     // AWQ: grid points searched for the scale exponent, >= 1
+    int         awq_samples  = 2048;   // AWQ: input rows kept per linear input for its searches
     int         kmeans_iters = 50;     // SqueezeLLM: weighted k-means iterations, >= 1
 
     template <class Ar>
     void serialize(Ar& ar, unsigned /*version*/) {
         // clang-format off
         ar & method & bits & group_size & sequential & damp & act_order & block_size & awq_grid
-           & kmeans_iters;
+           & awq_samples & kmeans_iters;
         // clang-format on
     }
 };
 
 struct JobRequant {
     double              outlier_ratio      = 0;  // fraction of weights kept as outliers, [0, 1)
-    std::string         outlier_select     = "none";  // adaptive (Alg. 1) | fixed | random | none
+    OutlierSelect       outlier_select     = OutlierSelect::None;              // Alg. 1: adaptive
     std::vector<double> outlier_candidates = {0, 0.25, 0.5, 1, 1.5, 2, 3, 4};  // Alg. 1: x ratio
-    double              significant_ratio  = 0;      // fraction kept as significant weights, [0, 1)
-    double              step_ratio         = 0;      // fraction detached per Alg. 2 step, [0, 1)
-    std::string         scope = "global";            // global | linear: where ratios are budgeted
-    std::string         significant_select = "pqi";  // pqi | fisher | random
-    bool                signed_ranking     = true;   // rank by signed PQI (false: by |PQI|)
+    double              significant_ratio  = 0;  // fraction kept as significant weights, [0, 1)
+    double              step_ratio         = 0;  // fraction detached per Alg. 2 step, [0, 1)
+    SelectScope         scope              = SelectScope::Global;     // where ratios are budgeted
+    SignificantSelect   significant_select = SignificantSelect::Pqi;  // pqi | fisher | random
+    bool                signed_ranking     = true;  // rank by signed PQI (false: by |PQI|)
+
+    // The selections in effect: None where the ratio is 0.
+    OutlierSelect outliers() const {
+        return outlier_ratio > 0 ? outlier_select : OutlierSelect::None;
+    }
+    SignificantSelect significant() const {
+        return significant_ratio > 0 ? significant_select : SignificantSelect::None;
+    }
+    // Alg. 2's rounds run after quantization (pqi, or random for the ablation).
+    bool detaches() const {
+        return significant() == SignificantSelect::Pqi ||
+               significant() == SignificantSelect::Random;
+    }
 
     template <class Ar>
     void serialize(Ar& ar, unsigned /*version*/) {
@@ -79,8 +111,8 @@ struct JobRequant {
 };
 
 struct JobSensitivity {
-    int         nodes = 32;          // quadrature intervals N of the PQI integral, >= 1
-    std::string rule  = "midpoint";  // left | right | midpoint | trapezoid
+    int     nodes = 32;                 // quadrature intervals N of the PQI integral, >= 1
+    PqiRule rule  = PqiRule::Midpoint;  // left | right | midpoint | trapezoid
     // `requant-dist sensitivity` only: the whole study (Taylor terms, per-layer and lambda-path
     // loss changes, every rule's convergence on the grid k/(2N), tables and plots). false: PQI
     // and its self-test alone.
@@ -97,10 +129,10 @@ struct JobSensitivity {
 };
 
 struct JobRun {
-    std::string out        = "";     // run folder; default <job folder>/runs/<job file stem>
-    int         microbatch = 4;      // sequences per pipeline microbatch, >= 1
-    int         threads    = 2;      // intra-op threads per rank, >= 1
-    std::string transport  = "mpi";  // mpi | nccl
+    std::string   out        = "";  // run folder; default <job folder>/runs/<job file stem>
+    int           microbatch = 4;   // sequences per pipeline microbatch, >= 1
+    int           threads    = 2;   // intra-op threads per rank, >= 1
+    TransportKind transport  = TransportKind::Mpi;
 
     template <class Ar>
     void serialize(Ar& ar, unsigned /*version*/) {

@@ -26,15 +26,20 @@ class LinearObserver {
 };
 
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w, double eps);  // x [.., C]
+// The layer's parts, x [B, T, C] -> [B, T, C]. `obs`, when given, sees the input of every
+// linear (as layer `layer`).
 at::Tensor attention(const at::Tensor& x, const LayerWeights& w, const LlamaConfig& c,
-                     const RopeTables& rope);                // [B, T, C]
-at::Tensor mlp(const at::Tensor& x, const LayerWeights& w);  // [B, T, C]
+                     const RopeTables& rope, LinearObserver* obs = nullptr, int64_t layer = 0);
+at::Tensor mlp(const at::Tensor& x, const LayerWeights& w, LinearObserver* obs = nullptr,
+               int64_t layer = 0);
 at::Tensor decoder_layer(const at::Tensor& x, const LayerWeights& w, const LlamaConfig& c,
-                         const RopeTables& rope);  // [B, T, C]
+                         const RopeTables& rope, LinearObserver* obs = nullptr, int64_t layer = 0);
 at::Tensor embed(const at::Tensor& tokens,
                  const at::Tensor& tok_embd);  // int64 [B, T] -> [B, T, C]
 at::Tensor lm_logits(const at::Tensor& x, const at::Tensor& out_norm, const at::Tensor& head,
                      double eps);  // [B, T, V]
+// Cross-entropy of each prediction: logits [B, n, V] against targets int64 [B, n] -> [B, n].
+at::Tensor prediction_losses(const at::Tensor& logits, const at::Tensor& targets);
 // Next-token cross-entropy per predicted position: logits [B, T, V], tokens [B, T] -> [B, T-1]
 // (position t predicts token t+1; the loss F is the mean over every entry).
 at::Tensor next_token_losses(const at::Tensor& logits, const at::Tensor& tokens);

@@ -19,9 +19,15 @@ using io::LlamaConfig;
 
 // The seven quantizable linears of a decoder layer, in HF order.
 enum class Linear { Q, K, V, O, Gate, Up, Down };
-constexpr std::array<Linear, 7> kLinears = {Linear::Q,    Linear::K,  Linear::V,   Linear::O,
-                                            Linear::Gate, Linear::Up, Linear::Down};
-const char*                     linear_name(Linear l);  // "q_proj", ... (HF module names)
+constexpr std::size_t                     kNumLinears = 7;
+constexpr std::array<Linear, kNumLinears> kLinears    = {
+       Linear::Q, Linear::K, Linear::V, Linear::O, Linear::Gate, Linear::Up, Linear::Down};
+const char* linear_name(Linear l);  // "q_proj", ... (HF module names)
+
+// One tensor per linear of a decoder layer, in kLinears order: weights, masks, scores, ...
+using LayerTensors = std::array<at::Tensor, kNumLinears>;
+// One LayerTensors per decoder layer of a stage: [stage layer][kLinears].
+using StageTensors = std::vector<LayerTensors>;
 
 struct LayerWeights {
     at::Tensor attn_norm;  // [C]

@@ -15,13 +15,11 @@
 
 namespace rq::sensitivity {
 
-using LinearSet = std::vector<std::array<at::Tensor, 7>>;  // [layer of the stage][kLinears]
-
 class LinearPath {
   public:
     // w is read from the stage's linears now; w_quant (borrowed: it must outlive the path) has
     // their shapes. Throws ShapeError otherwise.
-    LinearPath(model::Stage& stage, const LinearSet& w_quant);
+    LinearPath(model::Stage& stage, const model::StageTensors& w_quant);
 
     // Stage layer il to w + scale(il) dw (scale 0: w, 1: w~, both exactly); its linears require
     // gradients (old ones dropped) where grad(il).
@@ -30,16 +28,16 @@ class LinearPath {
 
     // dw . dF/dw per linear of stage layer il, from the gradients in the linears (zero where
     // none was taken), in fp64.
-    std::array<double, 7>              directional(std::size_t il) const;
-    std::vector<std::array<double, 7>> directional() const;  // every stage layer
+    std::array<double, model::kNumLinears>              directional(std::size_t il) const;
+    std::vector<std::array<double, model::kNumLinears>> directional() const;  // every stage layer
 
-    const LinearSet& w() const { return w0_; }   // float [O, I] per linear
-    const LinearSet& dw() const { return dw_; }  // float [O, I] per linear
+    const model::StageTensors& w() const { return w0_; }   // float [O, I] per linear
+    const model::StageTensors& dw() const { return dw_; }  // float [O, I] per linear
 
   private:
-    model::Stage&    stage_;
-    const LinearSet& wq_;
-    LinearSet        w0_, dw_;
+    model::Stage&              stage_;
+    const model::StageTensors& wq_;
+    model::StageTensors        w0_, dw_;
 };
 
 }  // namespace rq::sensitivity

@@ -4,7 +4,7 @@
 
 #include <ATen/core/Tensor.h>
 
-#include "requant/dist/transport.h"
+#include "requant/parallel/transport.h"
 
 // Order statistics of values spread over the ranks by decoder layer (per-weight PQI, say),
 // without gathering them: the k-th largest value is found by bisection on the 32-bit order key
@@ -22,12 +22,12 @@ class LayerRanking {
     LayerRanking(const std::vector<at::Tensor>& values, int64_t layer_begin, int64_t n_layer);
 
     // Collective (every rank, same order). k in [1, size()].
-    int64_t size(dist::Transport& t) const;  // values on every rank
-    float   kth_largest(dist::Transport& t, int64_t k) const;
-    double  sum_largest(dist::Transport& t, int64_t k) const;  // the k largest, summed
-    double  sum_all(dist::Transport& t) const;
+    int64_t size(parallel::Transport& t) const;  // values on every rank
+    float   kth_largest(parallel::Transport& t, int64_t k) const;
+    double  sum_largest(parallel::Transport& t, int64_t k) const;  // the k largest, summed
+    double  sum_all(parallel::Transport& t) const;
     // Per layer, over every rank: how many values are >= v (strict: > v). double [L].
-    at::Tensor layer_counts(dist::Transport& t, float v, bool strict) const;
+    at::Tensor layer_counts(parallel::Transport& t, float v, bool strict) const;
 
   private:
     // Per layer of this rank, descending: order keys, and prefix sums of the values (fp64).
@@ -36,7 +36,7 @@ class LayerRanking {
     int64_t                            layer_begin_, n_layer_;
 
     // Per-layer counts of values with key >= k (or > k) and their sums, over every rank.
-    at::Tensor count_at_least(dist::Transport& t, uint32_t key, bool strict) const;
+    at::Tensor count_at_least(parallel::Transport& t, uint32_t key, bool strict) const;
 };
 
 // The order key of a float: unsigned comparison of keys orders the floats (-0 < +0).

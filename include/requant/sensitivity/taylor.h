@@ -6,8 +6,8 @@
 
 #include <ATen/core/Tensor.h>
 
-#include "requant/dist/transport.h"
 #include "requant/model/llama.h"
+#include "requant/parallel/transport.h"
 #include "requant/sensitivity/pqi.h"
 
 // The estimates PQI is compared against (PAPER.md §1.2, Tables 1 and 2), across the pipeline:
@@ -45,14 +45,15 @@ struct TaylorResult {
 // forwards. `stage` holds w on entry and on return (any float dtype; fp64 recommended: the
 // differences are of O(eps) quantities). Collective; the same result for every P.
 // on_pass(done, total) before the first pass (done = 0) and after each.
-TaylorResult taylor_study(model::Stage& stage, dist::Transport& t, const LinearSet& w_quant,
-                          const at::Tensor& tokens, int64_t microbatch, const TaylorOptions& opt,
+TaylorResult taylor_study(model::Stage& stage, parallel::Transport& t,
+                          const model::StageTensors& w_quant, const at::Tensor& tokens,
+                          int64_t microbatch, const TaylorOptions& opt,
                           const std::function<void(int, int)>& on_pass = {});
 
 // 1/2 v^T H_ll v for v = dw restricted to decoder layer `layer`, by double backward through
 // the whole model in one process (the stage must be the whole model): the reference the
 // pipeline's central differences are tested against.
-double second_order_exact(model::Stage& stage, const LinearSet& w_quant, const at::Tensor& tokens,
-                          int64_t microbatch, int64_t layer);
+double second_order_exact(model::Stage& stage, const model::StageTensors& w_quant,
+                          const at::Tensor& tokens, int64_t microbatch, int64_t layer);
 
 }  // namespace rq::sensitivity

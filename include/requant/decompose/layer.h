@@ -1,0 +1,53 @@
+#pragma once
+#include <array>
+#include <cstdint>
+
+#include <ATen/core/Tensor.h>
+
+#include "requant/io/job.h"
+#include "requant/model/llama.h"
+#include "requant/quant/decomposed.h"
+#include "requant/quant/quantizer.h"
+#include "requant/sensitivity/stats.h"
+
+// One decoder layer decomposed: each of its 7 linears = dense part from the base quantizer
+// (quant/quantizer.h) + sparse outliers + sparse significant weights. The weights kept sparse
+// are left out of the dense fit (zeroed for the uniform methods, zero k-means weight for
+// SqueezeLLM) and stored as fp16 CSR residuals W - dequant(dense).
+
+namespace rq::decompose {
+
+using LayerQuant = std::array<quant::LinearQuant, model::kNumLinears>;  // kLinears order
+
+// A layer's statistics as its quantizer takes them: per linear input (model::LinearInput
+// order) and, where the method needs it, the Fisher diagonal of each linear (else null).
+struct LayerStats {
+    std::array<quant::InputStats, 4> inputs;
+    const model::LayerTensors*       fisher = nullptr;
+};
+// From a collector (null: none collected) and this layer's Fisher diagonals (or null).
+LayerStats layer_stats(const sensitivity::StatsCollector* stats, int64_t layer,
+                       const model::LayerTensors* fisher);
+
+// Quantizes the layer's linears `w` with the job's method; masked weights (either mask may be
+// null, or undefined per linear) go to the sparse parts. The dequantized
+// W_hat = dense + outliers + significant goes to w_hat (fp32 -> w's dtype). Errors name the
+// layer and the linears.
+LayerQuant quantize_weights(const model::LayerTensors& w, int64_t layer, const LayerStats& stats,
+                            const model::LayerTensors* outlier_masks,
+                            const model::LayerTensors* significant_masks, const io::JobQuant& p,
+                            model::LayerTensors& w_hat);
+
+// The same on the stage's layer `layer` (absolute index), whose linears become W_hat.
+LayerQuant quantize_layer(model::Stage& stage, int64_t layer, const LayerStats& stats,
+                          const model::LayerTensors* outlier_masks,
+                          const model::LayerTensors* significant_masks, const io::JobQuant& p);
+
+// Puts W_hat = reconstruct(q) of every linear of stage layer `il` (0-based in the stage).
+void set_layer_weights(model::Stage& stage, std::size_t il, const LayerQuant& q);
+
+// The stage's linear weights (copies) and setting them back.
+model::StageTensors stage_linears(const model::Stage& s);
+void                set_stage_linears(model::Stage& s, const model::StageTensors& w);
+
+}  // namespace rq::decompose

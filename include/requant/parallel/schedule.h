@@ -1,0 +1,73 @@
+#pragma once
+#include <cstdint>
+#include <functional>
+
+#include <ATen/core/Tensor.h>
+
+#include "requant/model/llama.h"
+#include "requant/parallel/transport.h"
+
+// Pipeline schedules over the data plane. Rank r of the transport runs stage r. Sequences are
+// cut into microbatches of `microbatch` sequences (the last may be smaller) that flow through
+// the stages:
+// - forward(): streamed, forward only (evaluation, activation statistics);
+// - forward_backward(): 1F1B — each stage runs min(P-1-r, M) warm-up forwards, then alternates
+//   one forward and one backward, then drains; activations are kept only for microbatches in
+//   flight. Weight gradients accumulate in the stage's linears over all microbatches.
+// Results are bitwise identical for every P with the same microbatch size and thread count:
+// each stage does exactly the work of the single-process run, in the same order.
+// N sequences, T tokens, C n_embd, M microbatches.
+
+namespace rq::parallel {
+
+struct PipelineLoss {
+    double  loss_sum    = 0;  // sum of per-position losses (double), valid on every rank
+    int64_t n_predicted = 0;  // N * (T - 1)
+    double  mean() const { return n_predicted ? loss_sum / double(n_predicted) : 0.0; }
+};
+
+struct ScheduleStats {
+    double  wall_s  = 0;  // whole schedule on this rank
+    double  busy_s  = 0;  // forward/backward compute on this rank
+    int64_t n_micro = 0;
+};
+
+// Message tags of microbatch m between neighbouring stages: activations forward (even),
+// gradients backward (odd). Reused modulo a bound every MPI guarantees (32767); messages with
+// the same peer and tag stay in order, so reuse is safe. Every sender of hidden states to the
+// next stage (the runner, sequential quantization) uses these.
+int activation_tag(int64_t m);
+int gradient_tag(int64_t m);
+
+class PipelineRunner {
+  public:
+    // The runner borrows both; stage index = transport rank, stages = transport size.
+    PipelineRunner(model::Stage& stage, Transport& transport, int64_t microbatch);
+
+    // tokens: int64 [N, T], the same on every rank. on_micro(done) is called on rank 0 after it
+    // has pushed each microbatch. Returns the loss on every rank.
+    PipelineLoss forward(const at::Tensor&                   tokens,
+                         const std::function<void(int64_t)>& on_micro = {});
+    // F = mean loss over all N*(T-1) positions; dF/dW accumulates in the linears' .grad().
+    // on_backward(m), if set, runs on every rank right after microbatch m's backward on that
+    // rank (per-microbatch gradient statistics such as the Fisher diagonal).
+    PipelineLoss forward_backward(const at::Tensor&                   tokens,
+                                  const std::function<void(int64_t)>& on_micro    = {},
+                                  const std::function<void(int64_t)>& on_backward = {});
+
+    const ScheduleStats& stats() const { return stats_; }
+    // The ideal bubble fraction of this schedule, (P-1)/(M+P-1).
+    static double ideal_bubble(int P, int64_t M) { return double(P - 1) / double(M + P - 1); }
+
+  private:
+    at::Tensor   micro_tokens(const at::Tensor& tokens, int64_t m) const;
+    at::Tensor   recv_activation(const at::Tensor& tok_m, int src, int tag);
+    PipelineLoss share_loss(double sum, int64_t n);
+
+    model::Stage& stage_;
+    Transport&    t_;
+    int64_t       microbatch_;
+    ScheduleStats stats_;
+};
+
+}  // namespace rq::parallel

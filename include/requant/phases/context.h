@@ -1,0 +1,61 @@
+#pragma once
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "requant/io/hf_checkpoint.h"
+#include "requant/io/job.h"
+#include "requant/model/llama.h"
+#include "requant/parallel/schedule.h"
+#include "requant/parallel/transport.h"
+#include "requant/store/state.h"
+
+namespace spdlog {
+class logger;
+}
+
+// What every phase of `requant-dist run|sensitivity` works on (DESIGN.md §3): the job, the
+// transport, this rank's stage, the tokenized data, the run state, the per-rank log and the
+// phase markers. One per process; prepare() fills it.
+
+namespace rq::phases {
+
+struct EvalSet {
+    std::string name;    // file name, the key in results.json
+    at::Tensor  tokens;  // int64 [n, T]
+};
+
+class RunContext {
+    std::unique_ptr<parallel::Transport> transport_;  // first: `t` refers to it
+
+  public:
+    RunContext(const io::Job& job, bool restart);
+    ~RunContext();
+
+    const io::Job&       job;
+    const bool           restart;
+    parallel::Transport& t;
+    const int            rank, P;
+    io::HfCheckpoint     ckpt;
+    const std::string    out;  // the run directory
+
+    store::RunState               st;  // rank 0 writes it to run.h5; every rank holds its records
+    std::string                   fp;  // the run's combined fingerprint (ties layer files to it)
+    at::Tensor                    calib;                // int64 [N, T], on every rank
+    std::vector<EvalSet>          evals;                // on every rank
+    std::unique_ptr<model::Stage> stage;                // this rank's layers
+    std::unique_ptr<parallel::PipelineRunner> runner;   // microbatches of run.microbatch
+    std::shared_ptr<spdlog::logger>           log;      // OUT/logs/rank-NNN.log
+    std::map<std::string, double>             seconds;  // phases measured in this invocation
+
+    const model::StageRange& range() const { return stage->range(); }
+    // Records `phase` once every rank has written its part of it (rank 0 writes run.h5); a
+    // stop request (phases/stop.h) ends the run here, every rank together (throws Stopped).
+    void mark(const std::string& phase, double seconds);
+    bool all_ranks(bool mine);  // collective: true on every rank when true on every rank
+};
+
+}  // namespace rq::phases

@@ -1,0 +1,62 @@
+#pragma once
+#include <cstddef>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "requant/io/job.h"
+#include "requant/quant/quantized.h"
+
+// One interface over the base quantizers and the table of them (DESIGN.md §5). A method
+// quantizes together the linears of a layer that read one input (AWQ shares one input scale
+// among them; the others quantize each linear alone), and is scored by its own objective, the
+// distance of W_hat from W it minimises; Alg. 1 scores its outlier candidates with it. A new
+// method is one row in quantizer.cpp and one file beside it.
+// O_k out_features of linear k of a group, I in_features (shared), n sampled input rows.
+
+namespace rq::quant {
+
+// What a method needs from the calibration data.
+struct StatsNeeds {
+    bool xtx      = false;  // X^T X of each linear input (GPTQ's Hessian)
+    bool abs_mean = false;  // mean |x| per input channel (AWQ's scale search)
+    bool samples  = false;  // input rows sampled evenly from the calibration stream (AWQ)
+    bool fisher   = false;  // Fisher diagonal of every weight (SqueezeLLM)
+    bool forward() const { return xtx || abs_mean || samples; }  // taken in a forward pass
+};
+
+// Statistics of one linear input; undefined where the method does not need them.
+struct InputStats {
+    at::Tensor xtx;       // double [I, I]
+    at::Tensor abs_mean;  // float [I]
+    at::Tensor samples;   // float [n, I]
+};
+
+// The linears of one layer that read one input.
+struct InputGroup {
+    std::vector<at::Tensor> w;       // float [O_k, I]: what the dense part is fitted on
+    std::vector<at::Tensor> fisher;  // float [O_k, I] each when needs.fisher, else empty
+    std::vector<bool>       clip;    // AWQ: search a clipping range (false for q and k)
+    InputStats              in;
+};
+
+// The dense parts of the group's linears, in its order.
+using QuantizeFn = std::vector<QuantizedLinear> (*)(const InputGroup& g, const io::JobQuant& p);
+// The method's objective for one linear at W_hat (fp32 [O, I]): 0 at W_hat = W. `fisher` is
+// the linear's Fisher diagonal (methods that need it), else undefined.
+using ObjectiveFn = double (*)(const at::Tensor& w, const at::Tensor& w_hat, const InputStats& in,
+                               const at::Tensor& fisher);
+
+struct Quantizer {
+    io::QuantMethod method;
+    StatsNeeds      needs;
+    QuantizeFn      quantize;
+    QuantizeFn      quantize_ref;  // the plain reference twin; nullptr where there is none
+    ObjectiveFn     objective;
+    const char*     objective_text;  // "tr(dW H dW^T), H = X^T X", for docs and messages
+};
+
+const std::vector<Quantizer>& quantizers();  // every method, in QuantMethod order
+const Quantizer&              quantizer(io::QuantMethod m);
+
+}  // namespace rq::quant

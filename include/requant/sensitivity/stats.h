@@ -1,0 +1,67 @@
+#pragma once
+#include <cstdint>
+#include <map>
+#include <utility>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "requant/model/llama.h"
+#include "requant/parallel/transport.h"
+#include "requant/quant/quantizer.h"
+
+// Calibration statistics of a stage's linears: what the base quantizers need (quant::StatsNeeds)
+// and what Alg. 1 scores with. X^T X and mean |x| per linear input and sampled input rows come
+// from a forward pass (StatsCollector observes it); the Fisher diagonal from forward+backward
+// passes. Statistics of the full-precision model are collected once and shared by the base
+// method and Alg. 1. I in_features, O out_features.
+
+namespace rq::sensitivity {
+
+// What to keep of each linear input seen during forward.
+struct StatsOptions {
+    bool    xtx         = false;  // X^T X (fp64), GPTQ's Hessian
+    bool    abs_mean    = false;  // mean |x| per input channel over every token (AWQ)
+    int64_t max_samples = 0;      // keep up to this many input rows, evenly strided (AWQ search)
+    int64_t total_rows  = 0;      // rows that will be observed per input (sets the stride)
+};
+// The options that collect `needs` (samples: up to max_samples rows of total_rows).
+StatsOptions stats_options(const quant::StatsNeeds& needs, int64_t max_samples, int64_t total_rows);
+
+// Accumulates statistics per (layer, linear input) during forward.
+class StatsCollector : public model::LinearObserver {
+  public:
+    explicit StatsCollector(StatsOptions o = {}) : opt_(o) {}
+    void observe(int64_t layer, model::LinearInput which, const at::Tensor& x) override;
+    // Each throws InternalError if nothing was observed for (layer, which).
+    const at::Tensor& xtx(int64_t layer, model::LinearInput which) const;       // double [I, I]
+    at::Tensor        abs_mean(int64_t layer, model::LinearInput which) const;  // float [I]
+    at::Tensor        samples(int64_t layer, model::LinearInput which) const;   // float [n, I]
+    // Whatever was collected for the input, as the quantizers take it.
+    quant::InputStats input(int64_t layer, model::LinearInput which) const;
+    void              clear() { acc_.clear(); }
+
+  private:
+    struct Entry {
+        at::Tensor              xtx, abs_sum;
+        std::vector<at::Tensor> samples;
+        int64_t                 rows = 0;
+    };
+    const Entry& entry(int64_t layer, model::LinearInput which) const;
+
+    StatsOptions                             opt_;
+    std::map<std::pair<int64_t, int>, Entry> acc_;
+};
+
+// One streamed forward of `tokens` through the pipeline with `stats` observing this rank's
+// layers. Collective.
+void collect_forward_stats(model::Stage& stage, parallel::Transport& t, const at::Tensor& tokens,
+                           int64_t microbatch, StatsCollector& stats);
+
+// Fisher diagonal of every linear of the stage: the sum over calibration sequences of squared
+// per-sequence gradients of that sequence's mean loss (SqueezeLLM), from 1F1B passes with one
+// sequence per microbatch. float [O, I] per linear. Collective.
+model::StageTensors fisher_diagonal(model::Stage& stage, parallel::Transport& t,
+                                    const at::Tensor& tokens);
+
+}  // namespace rq::sensitivity

@@ -1,0 +1,44 @@
+#pragma once
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "requant/decompose/layer.h"
+#include "requant/io/hf_checkpoint.h"
+#include "requant/quant/decomposed.h"
+
+// The final checkpoint OUT/model.requant.h5 (DESIGN.md §4), its summary (`inspect`) and the
+// dequantized HF export (`export`). Layout:
+//   /                 attributes: format, method, bits, group_size, n_layer, bits_per_weight,
+//                     bits_per_weight_paper, memory_gib, linear_weights, outliers, significant,
+//                     source_model, run (fingerprint), config_json (the model's config.json)
+//   /layers/NNN/<linear>/...   one decoder layer as in the layer state (pipeline/state.h)
+//   /tensors/<HF name>         every other tensor (embeddings, norms, head): float32 when the
+//                              model stores bf16 (exact), else as stored
+//   /tokenizer/<file name>     the model folder's tokenizer files, byte for byte (uint8)
+// It holds no timestamps: the same run gives the same bytes, resumed or not.
+
+namespace rq::store {
+
+// Storage of one layer's linears (quant/decomposed.h).
+quant::StorageBits storage_bits(const decompose::LayerQuant& q);
+
+std::string final_checkpoint_path(const std::string& out);  // OUT/model.requant.h5
+
+// Rank 0, after every layer file of the run is written: gathers them into model.requant.h5
+// (atomically). `root` is merged into the root attributes (numbers and strings).
+void write_final_checkpoint(const std::string& out, int64_t n_layer, const io::HfCheckpoint& src,
+                            const std::string& run_fp, const nlohmann::json& root);
+
+// `requant-dist inspect`: the root attributes and per layer and linear the bits, memory and
+// sparse counts. Throws FormatError for a file that is not a requant-dist checkpoint.
+nlohmann::json inspect_checkpoint(const std::string& path);
+std::string    format_inspection(const nlohmann::json& summary);
+
+// `requant-dist export`: a Hugging Face model folder (config.json, model.safetensors in `dtype`
+// = f32 | bf16 | f16, the tokenizer files) with W_hat in place of every quantized linear.
+// `from` is a run directory or a model.requant.h5.
+void export_hf(const std::string& from, const std::string& out_dir, const std::string& dtype);
+
+}  // namespace rq::store

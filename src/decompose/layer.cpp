@@ -1,0 +1,116 @@
+// One decoder layer decomposed into dense + sparse parts (requant/decompose/layer.h).
+#include "requant/decompose/layer.h"
+
+#include <ATen/ATen.h>
+
+#include <string>
+#include <vector>
+
+#include "requant/error.h"
+
+namespace rq::decompose {
+namespace {
+
+// The linears (indices into kLinears) that read each model::LinearInput, in that order.
+const std::array<std::vector<std::size_t>, 4> kInputGroups = {{{0, 1, 2}, {3}, {4, 5}, {6}}};
+
+std::string group_names(const std::vector<std::size_t>& g) {
+    std::string s;
+    for (std::size_t i : g)
+        s += (s.empty() ? "" : "/") + std::string(model::linear_name(model::kLinears[i]));
+    return s;
+}
+
+}  // namespace
+
+LayerStats layer_stats(const sensitivity::StatsCollector* stats, int64_t layer,
+                       const model::LayerTensors* fisher) {
+    LayerStats s;
+    s.fisher = fisher;
+    if (stats != nullptr)
+        for (std::size_t k = 0; k < kInputGroups.size(); ++k)
+            s.inputs[k] = stats->input(layer, model::LinearInput(k));
+    return s;
+}
+
+LayerQuant quantize_weights(const model::LayerTensors& w, int64_t layer, const LayerStats& stats,
+                            const model::LayerTensors* outlier_masks,
+                            const model::LayerTensors* significant_masks, const io::JobQuant& p,
+                            model::LayerTensors& w_hat_out) {
+    const quant::Quantizer& method = quant::quantizer(p.method);
+    if (method.needs.fisher && stats.fisher == nullptr)
+        throw InternalError("layer " + std::to_string(layer) + ": " + io::name(p.method) +
+                            " needs the Fisher diagonal");
+    // What the dense part is fitted on: sparse weights zeroed (they are stored apart).
+    model::LayerTensors w0, sparse;
+    LayerQuant          out;
+    for (std::size_t i = 0; i < model::kNumLinears; ++i) {
+        w0[i]               = w[i].detach();
+        const at::Tensor om = outlier_masks ? (*outlier_masks)[i] : at::Tensor();
+        const at::Tensor sm = significant_masks ? (*significant_masks)[i] : at::Tensor();
+        sparse[i] = om.defined() && sm.defined() ? om.logical_or(sm) : om.defined() ? om : sm;
+    }
+    for (std::size_t k = 0; k < kInputGroups.size(); ++k) {
+        const auto&       idx = kInputGroups[k];
+        quant::InputGroup g;
+        g.in = stats.inputs[k];
+        for (std::size_t i : idx) {
+            g.w.push_back(sparse[i].defined() ? w0[i].masked_fill(sparse[i], 0.0) : w0[i]);
+            g.clip.push_back(i >= 2);   // AWQ: q and k are not clipped
+            if (method.needs.fisher) {  // sparse weights do not pull on the centroids
+                const at::Tensor& f = (*stats.fisher)[i];
+                g.fisher.push_back(sparse[i].defined() ? f.masked_fill(sparse[i], 0.0) : f);
+            }
+        }
+        try {
+            auto dense = method.quantize(g, p);
+            for (std::size_t j = 0; j < idx.size(); ++j) out[idx[j]].dense = std::move(dense[j]);
+        } catch (Error& e) {
+            e.add_context("layer " + std::to_string(layer) + " " + group_names(idx));
+            throw;
+        }
+    }
+    for (std::size_t i = 0; i < model::kNumLinears; ++i) {
+        const at::Tensor residual = w0[i].to(at::kFloat) - quant::dequantize(out[i].dense);
+        if (outlier_masks && (*outlier_masks)[i].defined())
+            out[i].outliers = quant::csr_from_mask(residual, (*outlier_masks)[i]);
+        if (significant_masks && (*significant_masks)[i].defined())
+            out[i].significant = quant::csr_from_mask(residual, (*significant_masks)[i]);
+        w_hat_out[i] = quant::reconstruct(out[i]).to(w0[i].scalar_type());
+    }
+    return out;
+}
+
+LayerQuant quantize_layer(model::Stage& stage, int64_t layer, const LayerStats& stats,
+                          const model::LayerTensors* outlier_masks,
+                          const model::LayerTensors* significant_masks, const io::JobQuant& p) {
+    auto& lw = stage.weights().layers.at(std::size_t(layer - stage.range().layer_begin));
+    model::LayerTensors w, w_hat;
+    for (std::size_t i = 0; i < model::kNumLinears; ++i) w[i] = lw.linear(model::kLinears[i]);
+    LayerQuant q = quantize_weights(w, layer, stats, outlier_masks, significant_masks, p, w_hat);
+    for (std::size_t i = 0; i < model::kNumLinears; ++i) lw.linear(model::kLinears[i]) = w_hat[i];
+    return q;
+}
+
+void set_layer_weights(model::Stage& stage, std::size_t il, const LayerQuant& q) {
+    auto& lw = stage.weights().layers.at(il);
+    for (std::size_t i = 0; i < model::kNumLinears; ++i)
+        lw.linear(model::kLinears[i]) =
+            quant::reconstruct(q[i]).to(lw.linear(model::kLinears[i]).scalar_type());
+}
+
+model::StageTensors stage_linears(const model::Stage& s) {
+    model::StageTensors out(s.weights().layers.size());
+    for (std::size_t il = 0; il < out.size(); ++il)
+        for (std::size_t i = 0; i < model::kNumLinears; ++i)
+            out[il][i] = s.weights().layers[il].linear(model::kLinears[i]).detach().clone();
+    return out;
+}
+
+void set_stage_linears(model::Stage& s, const model::StageTensors& w) {
+    for (std::size_t il = 0; il < w.size(); ++il)
+        for (std::size_t i = 0; i < model::kNumLinears; ++i)
+            s.weights().layers[il].linear(model::kLinears[i]) = w[il][i].clone();
+}
+
+}  // namespace rq::decompose

@@ -1,0 +1,175 @@
+// Streamed forward and 1F1B forward+backward schedules (requant/parallel/schedule.h).
+// Legend: B microbatch sequences, T tokens, C n_embd, M microbatches, P stages, r this rank.
+#include "requant/parallel/schedule.h"
+
+#include <ATen/ATen.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <deque>
+#include <memory>
+#include <vector>
+
+#include "requant/error.h"
+#include "requant/units.h"
+
+namespace rq::parallel {
+namespace {
+
+// Fault injection for the error-propagation tests: RQ_FAIL_RANK=r makes rank r throw when it
+// starts microbatch RQ_FAIL_MICRO (default 0), while its peers are blocked in communication.
+void maybe_inject_fault(int rank, int64_t m) {
+    static const char* fr = std::getenv("RQ_FAIL_RANK");
+    static const char* fm = std::getenv("RQ_FAIL_MICRO");
+    if (fr != nullptr && std::atoi(fr) == rank && (fm ? std::atoll(fm) : 0) == m)
+        throw InjectedFailure("injected failure at microbatch " + std::to_string(m) +
+                              " (RQ_FAIL_RANK=" + fr + ")");
+}
+
+}  // namespace
+
+int activation_tag(int64_t m) {
+    return int(m % 16000) * 2;
+}
+int gradient_tag(int64_t m) {
+    return int(m % 16000) * 2 + 1;
+}
+
+PipelineRunner::PipelineRunner(model::Stage& stage, Transport& transport, int64_t microbatch)
+    : stage_(stage), t_(transport), microbatch_(microbatch) {
+    if (microbatch_ < 1) throw ConfigError("microbatch must be >= 1");
+    const bool first = t_.rank() == 0, last = t_.rank() == t_.size() - 1;
+    if (stage.range().first != first || stage.range().last != last)
+        throw ConfigError(
+            "rank " + std::to_string(t_.rank()) + " of " + std::to_string(t_.size()) +
+            " holds a stage whose embedding/head ownership does not match its position");
+}
+
+at::Tensor PipelineRunner::micro_tokens(const at::Tensor& tokens, int64_t m) const {
+    const int64_t N = tokens.size(0), b0 = m * microbatch_;
+    return tokens.narrow(0, b0, std::min(microbatch_, N - b0));
+}
+
+at::Tensor PipelineRunner::recv_activation(const at::Tensor& tok_m, int src, int tag) {
+    at::Tensor x = at::empty({tok_m.size(0), tok_m.size(1), stage_.config().n_embd},
+                             at::TensorOptions().dtype(stage_.dtype()));
+    t_.recv(x, src, tag)->wait();
+    return x;
+}
+
+PipelineLoss PipelineRunner::share_loss(double sum, int64_t n) {
+    // The last stage owns the loss; every rank gets it (rank order fixed: deterministic).
+    at::Tensor v = at::tensor({sum, double(n)}, at::kDouble);
+    t_.broadcast(v, t_.size() - 1)->wait();
+    return {v[0].item<double>(), int64_t(v[1].item<double>())};
+}
+
+PipelineLoss PipelineRunner::forward(const at::Tensor&                   tokens,
+                                     const std::function<void(int64_t)>& on_micro) {
+    at::NoGradGuard no_grad;
+    const int       r = t_.rank(), P = t_.size();
+    const int64_t   M                     = (tokens.size(0) + microbatch_ - 1) / microbatch_;
+    stats_                                = {};
+    stats_.n_micro                        = M;
+    const auto                        t0  = Clock::now();
+    double                            sum = 0;
+    int64_t                           n   = 0;
+    std::deque<std::unique_ptr<Work>> sends;  // at most two in flight: bounded memory
+    for (int64_t m = 0; m < M; ++m) {
+        at::Tensor tok = micro_tokens(tokens, m);
+        at::Tensor in  = r == 0 ? tok : recv_activation(tok, r - 1, activation_tag(m));
+        maybe_inject_fault(r, m);
+        const auto tb  = Clock::now();
+        at::Tensor out = stage_.forward(in, tok);
+        if (r == P - 1) {
+            sum += out.to(at::kDouble).sum().item<double>();
+            n += out.numel();
+        }
+        stats_.busy_s += since(tb);
+        if (r < P - 1) {
+            if (sends.size() == 2) sends.front()->wait(), sends.pop_front();
+            sends.push_back(t_.send(out.contiguous(), r + 1, activation_tag(m)));
+        }
+        if (r == 0 && on_micro) on_micro(m + 1);
+    }
+    for (auto& s : sends) s->wait();
+    const PipelineLoss loss = share_loss(sum, n);
+    stats_.wall_s           = since(t0);
+    return loss;
+}
+
+PipelineLoss PipelineRunner::forward_backward(const at::Tensor&                   tokens,
+                                              const std::function<void(int64_t)>& on_micro,
+                                              const std::function<void(int64_t)>& on_backward) {
+    const int     r = t_.rank(), P = t_.size();
+    const int64_t N = tokens.size(0), T = tokens.size(1);
+    const int64_t M = (N + microbatch_ - 1) / microbatch_;
+    stats_          = {};
+    stats_.n_micro  = M;
+    const auto t0   = Clock::now();
+    // dF/d(loss_i) for F = mean over every predicted position of the whole batch.
+    const at::Tensor dloss =
+        at::scalar_tensor(1.0 / double(N * (T - 1)), at::TensorOptions().dtype(stage_.dtype()));
+
+    struct InFlight {
+        at::Tensor in, out;
+    };
+    std::deque<InFlight>               inflight;  // forwards not yet backwarded, oldest first
+    std::vector<std::unique_ptr<Work>> sends;
+    double                             sum      = 0;
+    int64_t                            n        = 0;
+    int64_t                            next_fwd = 0, next_bwd = 0;
+
+    auto do_forward = [&] {
+        const int64_t m   = next_fwd++;
+        at::Tensor    tok = micro_tokens(tokens, m);
+        at::Tensor    in  = r == 0 ? tok : recv_activation(tok, r - 1, activation_tag(m));
+        if (r > 0) in.set_requires_grad(true);
+        maybe_inject_fault(r, m);
+        const auto tb  = Clock::now();
+        at::Tensor out = stage_.forward(in, tok);
+        if (r == P - 1) {
+            sum += out.detach().to(at::kDouble).sum().item<double>();
+            n += out.numel();
+        }
+        stats_.busy_s += since(tb);
+        if (r < P - 1)
+            sends.push_back(t_.send(out.detach().contiguous(), r + 1, activation_tag(m)));
+        inflight.push_back({in, out});
+        if (r == 0 && on_micro) on_micro(m + 1);
+    };
+    auto do_backward = [&] {
+        const int64_t m = next_bwd++;
+        InFlight      f = std::move(inflight.front());
+        inflight.pop_front();
+        at::Tensor g = dloss;
+        if (r < P - 1) {
+            g = at::empty_like(f.out);
+            t_.recv(g, r + 1, gradient_tag(m))->wait();
+        }
+        const auto tb  = Clock::now();
+        at::Tensor gin = model::stage_backward(f.in, f.out, g);
+        if (on_backward) on_backward(m);
+        stats_.busy_s += since(tb);
+        if (r > 0) sends.push_back(t_.send(gin.contiguous(), r - 1, gradient_tag(m)));
+        // Completed sends release their buffers.
+        std::vector<std::unique_ptr<Work>> pending;
+        for (auto& s : sends)
+            if (!s->is_completed()) pending.push_back(std::move(s));
+        sends.swap(pending);
+    };
+
+    const int64_t warmup = std::min<int64_t>(P - 1 - r, M);
+    for (int64_t i = 0; i < warmup; ++i) do_forward();
+    while (next_fwd < M) {
+        do_forward();
+        do_backward();
+    }
+    while (next_bwd < M) do_backward();
+    for (auto& s : sends) s->wait();
+    const PipelineLoss loss = share_loss(sum, n);
+    stats_.wall_s           = since(t0);
+    return loss;
+}
+
+}  // namespace rq::parallel

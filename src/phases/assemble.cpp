@@ -1,0 +1,116 @@
+// Phase assemble, the storage accounting and results.json (requant/phases/phases.h).
+#include <ATen/ATen.h>
+
+#include <cstdio>
+#include <fstream>
+
+#include "requant/error.h"
+#include "requant/phases/phases.h"
+#include "requant/store/checkpoint.h"
+#include "requant/units.h"
+
+#ifndef RQ_VERSION
+#define RQ_VERSION "unknown"
+#endif
+
+namespace rq::phases {
+namespace {
+
+// Memory of the quantized model: linear weights as stored, every other tensor in fp16.
+double memory_gib(const RunContext& ctx, const quant::StorageBits& all) {
+    const double other = double(io::n_params(ctx.ckpt.config())) - all.weights;
+    return (all.dense + all.sparse + 16 * other) / (8 * kGiB);
+}
+
+}  // namespace
+
+quant::StorageBits total_storage(RunContext& ctx, const std::vector<decompose::LayerQuant>& q) {
+    quant::StorageBits mine;
+    for (const auto& layer : q) mine += store::storage_bits(layer);
+    at::Tensor acc = at::tensor(
+        {mine.dense, mine.weights, mine.sparse, mine.sparse_paper, mine.outliers, mine.significant},
+        at::kDouble);
+    ctx.t.allreduce_sum(acc)->wait();
+    quant::StorageBits all;
+    all.dense        = acc[0].item<double>();
+    all.weights      = acc[1].item<double>();
+    all.sparse       = acc[2].item<double>();
+    all.sparse_paper = acc[3].item<double>();
+    all.outliers     = acc[4].item<double>();
+    all.significant  = acc[5].item<double>();
+    return all;
+}
+
+void assemble(RunContext& ctx, const quant::StorageBits& all) {
+    if (ctx.st.done("assemble")) return;
+    const auto     t0  = Clock::now();
+    const io::Job& job = ctx.job;
+    if (ctx.rank == 0)
+        store::write_final_checkpoint(ctx.out, ctx.ckpt.config().n_layer, ctx.ckpt, ctx.fp,
+                                      {{"method", io::name(job.quant.method)},
+                                       {"bits", int64_t(job.quant.bits)},
+                                       {"group_size", job.quant.group_size},
+                                       {"bits_per_weight", all.bits_per_weight()},
+                                       {"bits_per_weight_paper", all.bits_per_weight_paper()},
+                                       {"linear_weights", all.weights},
+                                       {"outliers", all.outliers},
+                                       {"significant", all.significant},
+                                       {"memory_gib", memory_gib(ctx, all)}});
+    ctx.mark("assemble", since(t0));
+}
+
+void write_results(RunContext& ctx, const quant::StorageBits& all, const nlohmann::json* study) {
+    if (ctx.rank != 0) return;
+    const io::Job& job    = ctx.job;
+    auto           phases = ctx.seconds;  // measured now, else as recorded by the run that did them
+    for (const auto& [k, v] : ctx.st.phase_s)
+        if (!phases.count(k)) phases[k] = v;
+    const double   memory = memory_gib(ctx, all);
+    const double   other  = double(io::n_params(ctx.ckpt.config())) - all.weights;
+    nlohmann::json r;
+    r["version"]               = RQ_VERSION;
+    r["model"]                 = job.model.path;
+    r["ranks"]                 = ctx.P;
+    r["threads"]               = job.run.threads;
+    r["microbatch"]            = job.run.microbatch;
+    r["method"]                = io::name(job.quant.method);
+    r["bits"]                  = job.quant.bits;
+    r["group_size"]            = job.quant.group_size;
+    r["sequential"]            = job.quant.sequential;
+    r["calibration"]           = {{"file", job.data.calibration},
+                                  {"seqs", ctx.calib.size(0)},
+                                  {"available", ctx.st.calib_available},
+                                  {"seq_len", ctx.calib.size(1)}};
+    r["bits_per_weight"]       = all.bits_per_weight();
+    r["bits_per_weight_paper"] = all.bits_per_weight_paper();  // sparse at 48 bits/nnz
+    r["bits_per_weight_dense"] = all.dense / all.weights;
+    nlohmann::json requant     = ctx.st.requant;
+    requant.update({{"outlier_ratio", job.requant.outlier_ratio},
+                    {"outlier_select", io::name(job.requant.outliers())},
+                    {"significant_ratio", job.requant.significant_ratio},
+                    {"significant_select", io::name(job.requant.significant())},
+                    {"outliers", all.outliers},
+                    {"significant", all.significant}});
+    r["requant"]         = requant;
+    r["linear_weights"]  = all.weights;
+    r["memory_gib"]      = memory;
+    r["memory_gib_fp16"] = 16 * (all.weights + other) / (8 * kGiB);
+    r["perplexity"]      = *ctx.st.ppl_q;
+    r["perplexity_fp"]   = *ctx.st.ppl_fp;
+    r["phases"]          = phases;
+    r["checkpoint"]      = store::final_checkpoint_path(ctx.out);
+    if (study) r["sensitivity"] = *study;
+    const std::string path = ctx.out + "/results.json";
+    std::ofstream     o(path);
+    if (!o) throw IoError(path + ": cannot write: " + errno_string());
+    o << r.dump(2) << "\n";
+    std::ofstream(ctx.out + "/job.toml") << io::job_to_toml(job);
+    std::printf("%s %d-bit g%lld: %.3f bits/weight, %.4f GiB;", io::name(job.quant.method),
+                job.quant.bits, (long long)job.quant.group_size, all.bits_per_weight(), memory);
+    for (const auto& [name, v] : *ctx.st.ppl_q)
+        std::printf("  %s ppl %.4f (fp %.4f)", name.c_str(), v, ctx.st.ppl_fp->at(name));
+    std::printf("\nresults: %s\ncheckpoint: %s\n", path.c_str(),
+                store::final_checkpoint_path(ctx.out).c_str());
+}
+
+}  // namespace rq::phases

@@ -1,0 +1,132 @@
+// Phase prepare: run directory, fingerprint, tokenized data, this rank's stage
+// (requant/phases/phases.h).
+#include <ATen/ATen.h>
+#include <spdlog/sinks/basic_file_sink.h>
+#include <spdlog/spdlog.h>
+
+#include <cstdio>
+#include <filesystem>
+
+#include "requant/error.h"
+#include "requant/io/dataset.h"
+#include "requant/model/evaluate.h"
+#include "requant/parallel/control.h"
+#include "requant/parallel/partition.h"
+#include "requant/phases/phases.h"
+#include "requant/units.h"
+
+namespace rq::phases {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string which_differs(const store::Fingerprint& a, const store::Fingerprint& b) {
+    std::string s;
+    if (a.model != b.model) s += "the model";
+    if (a.data != b.data) s += std::string(s.empty() ? "" : ", ") + "the data";
+    if (a.job != b.job) s += std::string(s.empty() ? "" : ", ") + "the job";
+    return s;
+}
+
+// --restart: removes what a run writes (and nothing else the folder may hold).
+void clear_run(const std::string& out) {
+    for (const char* f : {"run.h5", "model.requant.h5", "results.json"}) fs::remove(out + "/" + f);
+    fs::remove_all(out + "/layers");
+}
+
+// OUT/logs/rank-NNN.log: what this rank did (phases, layers, rounds), for every rank; the
+// console shows rank 0 only.
+std::shared_ptr<spdlog::logger> open_rank_log(const std::string& out, int rank, int P) {
+    char name[32];
+    std::snprintf(name, sizeof name, "rank-%03d.log", rank);
+    fs::create_directories(out + "/logs");
+    auto log = std::make_shared<spdlog::logger>(
+        name, std::make_shared<spdlog::sinks::basic_file_sink_mt>(out + "/logs/" + name));
+    log->set_pattern("[%Y-%m-%d %H:%M:%S] %v");
+    log->flush_on(spdlog::level::info);
+    log->info("rank {} of {} starts", rank, P);
+    return log;
+}
+
+io::TokenData load_tokens(const std::string& path, const RunContext& ctx, int64_t max_seqs) {
+    io::TokenData d = io::load_eval_data(path, ctx.ckpt.dir(), ctx.job.data.seq_len, max_seqs);
+    model::check_token_ids(d.tokens, ctx.ckpt.config().n_vocab, io::base_name(path));
+    return d;
+}
+
+// Rank 0: the state of the run directory, or a new one with the data tokenized.
+store::RunState open_state(const RunContext& ctx, Clock::time_point t0) {
+    const io::Job&  job = ctx.job;
+    std::error_code ec;
+    fs::create_directories(ctx.out, ec);
+    if (ec) throw IoError(ctx.out + ": cannot create the run directory: " + ec.message());
+    if (ctx.restart) clear_run(ctx.out);
+    const store::Fingerprint fp  = store::fingerprint(job, ctx.ckpt.dir());
+    auto                     old = store::read_run_state(ctx.out);
+    if (old && !(old->fp == fp))
+        throw StateError(ctx.out + " holds a run of another job (" + which_differs(old->fp, fp) +
+                         " differ); use --restart to start over there, or another --out");
+    if (old) {
+        std::string done;
+        for (const auto& [k, v] : old->done_s) done += " " + k;
+        spdlog::info("resuming {}: done:{}", ctx.out, done);
+        return std::move(*old);
+    }
+    store::RunState st;
+    st.fp              = fp;
+    io::TokenData c    = load_tokens(job.data.calibration, ctx, job.data.calibration_seqs);
+    st.calib           = c.tokens;
+    st.calib_available = c.n_available;
+    if (c.n_available < job.data.calibration_seqs)
+        spdlog::warn(
+            "calibration: {} has {} sequences, fewer than calibration_seqs = {}; using all",
+            io::base_name(job.data.calibration), c.n_available, job.data.calibration_seqs);
+    for (const auto& path : job.data.eval) {
+        st.eval_names.push_back(io::base_name(path));
+        st.eval_tokens.push_back(load_tokens(path, ctx, job.data.eval_max_seqs).tokens);
+    }
+    st.mark("prepare", since(t0));
+    store::write_run_state(ctx.out, st);
+    return st;
+}
+
+}  // namespace
+
+void prepare(RunContext& ctx) {
+    const auto     t0  = Clock::now();
+    const io::Job& job = ctx.job;
+    if (ctx.rank == 0) ctx.st = open_state(ctx, t0);
+    // Every rank holds the records of the finished phases and the data.
+    std::string fp      = ctx.rank == 0 ? ctx.st.fp.combined() : "";
+    std::string records = ctx.rank == 0 ? ctx.st.records() : "";
+    parallel::broadcast_bytes(fp, 0);
+    parallel::broadcast_bytes(records, 0);
+    if (ctx.rank != 0) ctx.st.set_records(records);
+    ctx.fp    = fp;
+    ctx.calib = parallel::broadcast_tensor(ctx.t, ctx.st.calib, 0, at::kLong);
+    ctx.evals.resize(job.data.eval.size());
+    for (std::size_t i = 0; i < ctx.evals.size(); ++i) {
+        ctx.evals[i].name   = io::base_name(job.data.eval[i]);
+        ctx.evals[i].tokens = parallel::broadcast_tensor(
+            ctx.t, ctx.rank == 0 ? ctx.st.eval_tokens[i] : at::Tensor(), 0, at::kLong);
+    }
+    ctx.log = open_rank_log(ctx.out, ctx.rank, ctx.P);
+
+    const auto& cfg   = ctx.ckpt.config();
+    int64_t     max_t = ctx.calib.size(1);
+    for (const auto& e : ctx.evals) max_t = std::max(max_t, e.tokens.size(1));
+    const parallel::PipelinePlan plan = parallel::plan_pipeline(cfg, ctx.P, ctx.calib.size(1));
+    if (ctx.rank == 0) {
+        spdlog::info("run: {} on {} ranks, {} {}-bit g{}; calibration {} x {} tokens",
+                     job.model.path, ctx.P, io::name(job.quant.method), job.quant.bits,
+                     job.quant.group_size, ctx.calib.size(0), ctx.calib.size(1));
+        if (ctx.P > 1) std::fprintf(stderr, "%s", parallel::format_plan(plan).c_str());
+    }
+    const auto& range = plan.stages[std::size_t(ctx.rank)].range;
+    ctx.stage         = std::make_unique<model::Stage>(
+        cfg, model::load_stage_weights(ctx.ckpt, range, at::kFloat), max_t);
+    ctx.runner = std::make_unique<parallel::PipelineRunner>(*ctx.stage, ctx.t, job.run.microbatch);
+    ctx.seconds["prepare"] = since(t0);
+}
+
+}  // namespace rq::phases

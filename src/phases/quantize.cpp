@@ -1,0 +1,180 @@
+// Phases statistics, outliers and quantize (requant/phases/phases.h).
+// Legend: N calibration sequences, B microbatch, T tokens, C n_embd.
+#include <ATen/ATen.h>
+#include <spdlog/spdlog.h>
+
+#include <set>
+
+#include "requant/decompose/outliers.h"
+#include "requant/phases/phases.h"
+#include "requant/phases/progress.h"
+#include "requant/store/state.h"
+#include "requant/units.h"
+
+namespace rq::phases {
+namespace {
+
+const quant::Quantizer& method_of(const RunContext& ctx) {
+    return quant::quantizer(ctx.job.quant.method);
+}
+
+// Sequential (GPTQ's reference order): layer by layer in model order, each layer's statistics
+// taken from inputs that passed through the already-quantized layers before it; hidden states
+// pass from rank to rank.
+class Sequential {
+  public:
+    explicit Sequential(RunContext& ctx) : ctx_(ctx) {
+        const int64_t N = ctx.calib.size(0), T = ctx.calib.size(1), mb = ctx.job.run.microbatch;
+        const int64_t M = (N + mb - 1) / mb;
+        x_.resize(std::size_t(M));
+        for (int64_t m = 0; m < M; ++m) {
+            const int64_t b = std::min(mb, N - m * mb);
+            if (ctx.rank == 0) {
+                x_[std::size_t(m)] = ctx.stage->embed_tokens(ctx.calib.narrow(0, m * mb, b));
+            } else {
+                x_[std::size_t(m)] = at::empty({b, T, ctx.stage->config().n_embd},
+                                               at::TensorOptions().dtype(ctx.stage->dtype()));
+                ctx.t.recv(x_[std::size_t(m)], ctx.rank - 1, parallel::activation_tag(m))->wait();
+            }
+        }
+    }
+    // This layer's statistics on the current hidden states.
+    void collect(int64_t l, sensitivity::StatsCollector& stats) {
+        stats.clear();
+        ctx_.stage->set_observer(&stats);
+        for (const auto& xm : x_) ctx_.stage->forward_layer(l, xm);
+        ctx_.stage->set_observer(nullptr);
+    }
+    void advance(int64_t l) {  // through the (quantized) layer
+        for (auto& xm : x_) xm = ctx_.stage->forward_layer(l, xm);
+    }
+    void send_on() {
+        if (ctx_.rank == ctx_.P - 1) return;
+        std::vector<std::unique_ptr<parallel::Work>> sends;
+        for (std::size_t m = 0; m < x_.size(); ++m)
+            sends.push_back(ctx_.t.send(x_[m].contiguous(), ctx_.rank + 1,
+                                        parallel::activation_tag(int64_t(m))));
+        for (auto& s : sends) s->wait();
+    }
+
+  private:
+    RunContext&             ctx_;
+    std::vector<at::Tensor> x_;  // this rank's input hidden states per microbatch [B, T, C]
+};
+
+}  // namespace
+
+Statistics statistics(RunContext& ctx) {
+    const auto&             job      = ctx.job;
+    const quant::Quantizer& method   = method_of(ctx);
+    const bool              adaptive = job.requant.outliers() == io::OutlierSelect::Adaptive;
+    Statistics              s;
+    const auto              t0 = Clock::now();
+    if (method.needs.fisher || job.requant.significant() == io::SignificantSelect::Fisher)
+        s.fisher = sensitivity::fisher_diagonal(*ctx.stage, ctx.t, ctx.calib);
+    // Full-precision forward statistics: for the method unless it is sequential, and for
+    // Alg. 1's objective.
+    if (method.needs.forward() && (!job.quant.sequential || adaptive)) {
+        s.forward = sensitivity::StatsCollector(sensitivity::stats_options(
+            method.needs, job.quant.awq_samples, ctx.calib.size(0) * ctx.calib.size(1)));
+        sensitivity::collect_forward_stats(*ctx.stage, ctx.t, ctx.calib, job.run.microbatch,
+                                           s.forward);
+        s.has_forward = true;
+    }
+    s.seconds = since(t0);
+    return s;
+}
+
+decompose::SparseSelection outliers(RunContext& ctx, const Statistics& stats,
+                                    nlohmann::json& report) {
+    const auto&                job    = ctx.job;
+    const model::StageTensors* fisher = stats.fisher.empty() ? nullptr : &stats.fisher;
+    model::StageTensors        adaptive;
+    if (job.requant.outliers() == io::OutlierSelect::Adaptive) {
+        const auto t0 = Clock::now();
+        adaptive      = decompose::adaptive_outliers(*ctx.stage, ctx.t, job.quant, job.requant,
+                                                     stats.forward, fisher, report);
+        ctx.st.phase_s["outlier_search"] = since(t0);
+    }
+    return decompose::select_sparse(*ctx.stage, ctx.t, job.requant, fisher,
+                                    adaptive.empty() ? nullptr : &adaptive);
+}
+
+std::vector<decompose::LayerQuant> quantize(RunContext& ctx, Statistics& stats,
+                                            const decompose::SparseSelection& sel) {
+    const auto&             job        = ctx.job;
+    const auto&             range      = ctx.range();
+    const quant::Quantizer& method     = method_of(ctx);
+    const bool              sequential = method.needs.forward() && job.quant.sequential;
+    const int64_t           n_mine     = range.layer_end - range.layer_begin;
+    auto                    masks_of   = [](const model::StageTensors& m, int64_t i) {
+        return m.empty() ? nullptr : &m[std::size_t(i)];
+    };
+    std::vector<decompose::LayerQuant> out;
+    Progress                           progress("quantize (rank 0's layers)", n_mine, "layers");
+    double                             quantize_s = 0, seq_stats_s = 0;
+    at::NoGradGuard                    no_grad;
+    std::unique_ptr<Sequential>        seq;
+    sensitivity::StatsCollector        layer_stats(sensitivity::stats_options(
+               method.needs, job.quant.awq_samples, ctx.calib.size(0) * ctx.calib.size(1)));
+    if (sequential) {
+        const auto t0 = Clock::now();
+        seq           = std::make_unique<Sequential>(ctx);
+        seq_stats_s += since(t0);
+    }
+    for (int64_t l = range.layer_begin; l < range.layer_end; ++l) {
+        const int64_t i = l - range.layer_begin;
+        if (auto done = store::read_layer_state(ctx.out, l, ctx.fp)) {
+            decompose::set_layer_weights(*ctx.stage, std::size_t(i), *done);
+            out.push_back(std::move(*done));
+            progress.skip(1);
+            ctx.log->info("layer {}: reused from an earlier run", l);
+        } else {
+            auto                               t0 = Clock::now();
+            const sensitivity::StatsCollector* st = nullptr;
+            if (sequential) {
+                seq->collect(l, layer_stats);
+                st = &layer_stats;
+            } else if (stats.has_forward) {
+                st = &stats.forward;
+            }
+            seq_stats_s += since(t0);
+            t0            = Clock::now();
+            const auto* f = stats.fisher.empty() ? nullptr : &stats.fisher[std::size_t(i)];
+            out.push_back(decompose::quantize_layer(*ctx.stage, l, decompose::layer_stats(st, l, f),
+                                                    masks_of(sel.outliers, i),
+                                                    masks_of(sel.significant, i), job.quant));
+            quantize_s += since(t0);
+            store::write_layer_state(ctx.out, l, out.back(), ctx.fp);
+            ctx.log->info("layer {}: quantized and saved ({}/{} of this rank)", l, i + 1, n_mine);
+        }
+        if (sequential) {
+            const auto t0 = Clock::now();
+            seq->advance(l);
+            seq_stats_s += since(t0);
+        }
+        if (ctx.rank == 0) progress.update(i + 1);
+    }
+    if (sequential) seq->send_on();
+    if (ctx.rank == 0) progress.finish();
+    ctx.st.phase_s["statistics"] = stats.seconds + seq_stats_s;
+    ctx.st.phase_s["prequant"]   = quantize_s;
+    return out;
+}
+
+std::optional<std::vector<decompose::LayerQuant>> reuse_quantized(RunContext& ctx) {
+    std::vector<decompose::LayerQuant> q;
+    if (ctx.st.done("quantize"))  // every layer file is there (redo any that is not)
+        for (int64_t l = ctx.range().layer_begin; l < ctx.range().layer_end; ++l) {
+            auto lq = store::read_layer_state(ctx.out, l, ctx.fp);
+            if (!lq) break;
+            q.push_back(std::move(*lq));
+        }
+    const auto n = std::size_t(ctx.range().layer_end - ctx.range().layer_begin);
+    if (!ctx.all_ranks(ctx.st.done("quantize") && q.size() == n)) return std::nullopt;
+    for (std::size_t il = 0; il < q.size(); ++il)
+        decompose::set_layer_weights(*ctx.stage, il, q[il]);
+    return q;
+}
+
+}  // namespace rq::phases

@@ -1,0 +1,45 @@
+// The driver of `requant-dist run|sensitivity` (requant/phases/run.h): the phases in order.
+#include "requant/phases/run.h"
+
+#include "requant/decompose/layer.h"
+#include "requant/phases/phases.h"
+#include "requant/phases/study.h"
+#include "requant/units.h"
+
+namespace rq::phases {
+
+int run_job(const io::Job& job, bool with_study, bool restart) {
+    RunContext ctx(job, restart);
+    prepare(ctx);
+    baseline(ctx);
+
+    // w, kept where a later phase moves along the path from it (detach, the study).
+    const model::StageTensors w_orig = with_study || job.requant.detaches()
+                                           ? decompose::stage_linears(*ctx.stage)
+                                           : model::StageTensors{};
+    auto                      q      = reuse_quantized(ctx);
+    if (!q) {  // statistics, outliers and quantize, resumed layer by layer
+        const auto     t0     = Clock::now();
+        Statistics     stats  = statistics(ctx);
+        nlohmann::json report = nlohmann::json::object();
+        const auto     sel    = outliers(ctx, stats, report);
+        q                     = quantize(ctx, stats, sel);
+        ctx.st.requant        = report;
+        ctx.mark("quantize", since(t0));
+    }
+    detach(ctx, w_orig, *q);
+    evaluate(ctx);
+
+    nlohmann::json study;  // PQI between w and w~ on the calibration set (not resumable)
+    if (with_study) {
+        const model::StageTensors wq = decompose::stage_linears(*ctx.stage);
+        decompose::set_stage_linears(*ctx.stage, w_orig);
+        study = sensitivity_study(*ctx.stage, ctx.t, wq, ctx.calib, job, ctx.seconds);
+    }
+    const quant::StorageBits all = total_storage(ctx, *q);
+    assemble(ctx, all);
+    write_results(ctx, all, with_study ? &study : nullptr);
+    return 0;
+}
+
+}  // namespace rq::phases

@@ -1,0 +1,104 @@
+// The table of base quantizers (requant/quant/quantizer.h): each row adapts one method's own
+// function to the common interface and names its statistics and its objective.
+#include "requant/quant/quantizer.h"
+
+#include <ATen/ATen.h>
+
+#include "requant/error.h"
+#include "requant/quant/awq.h"
+#include "requant/quant/gptq.h"
+#include "requant/quant/rtn.h"
+#include "requant/quant/squeezellm.h"
+
+namespace rq::quant {
+namespace {
+
+at::Tensor diff(const at::Tensor& w, const at::Tensor& w_hat) {  // double [O, I]
+    return w.to(at::kDouble) - w_hat.to(at::kDouble);
+}
+template <class F>
+std::vector<QuantizedLinear> each(const InputGroup& g, F&& f) {
+    std::vector<QuantizedLinear> out;
+    for (std::size_t k = 0; k < g.w.size(); ++k) out.push_back(f(k));
+    return out;
+}
+
+// RTN: the rounding error itself, sum dW^2.
+std::vector<QuantizedLinear> rtn(const InputGroup& g, const io::JobQuant& p) {
+    return each(g, [&](std::size_t k) { return rtn_quantize(g.w[k], {p.bits, p.group_size}); });
+}
+std::vector<QuantizedLinear> rtn_ref(const InputGroup& g, const io::JobQuant& p) {
+    return each(g, [&](std::size_t k) { return rtn_quantize_ref(g.w[k], {p.bits, p.group_size}); });
+}
+double rtn_objective(const at::Tensor& w, const at::Tensor& w_hat, const InputStats&,
+                     const at::Tensor&) {
+    return diff(w, w_hat).square().sum().item<double>();
+}
+
+// GPTQ: the output error on the calibration inputs, tr(dW H dW^T) with H = X^T X.
+std::vector<QuantizedLinear> gptq(const InputGroup& g, const io::JobQuant& p) {
+    if (!g.in.xtx.defined()) throw InternalError("gptq: X^T X was not collected");
+    return each(g, [&](std::size_t k) {
+        return gptq_quantize(g.w[k], g.in.xtx,
+                             {p.bits, p.group_size, p.damp, p.act_order, p.block_size});
+    });
+}
+double gptq_objective(const at::Tensor& w, const at::Tensor& w_hat, const InputStats& in,
+                      const at::Tensor&) {
+    const at::Tensor d = diff(w, w_hat);
+    return (d.matmul(in.xtx) * d).sum().item<double>();
+}
+
+// AWQ: one input scale for the linears that share the input; the output error |dW X^T|^2 on
+// the sampled input rows.
+std::vector<QuantizedLinear> awq(const InputGroup& g, const io::JobQuant& p) {
+    if (!g.in.samples.defined() || !g.in.abs_mean.defined())
+        throw InternalError("awq: the input statistics were not collected");
+    std::vector<AwqLinear> ws;
+    for (std::size_t k = 0; k < g.w.size(); ++k) ws.push_back({g.w[k], g.clip.at(k)});
+    return awq_quantize(ws, g.in.samples, g.in.abs_mean, {p.bits, p.group_size, p.awq_grid});
+}
+double awq_objective(const at::Tensor& w, const at::Tensor& w_hat, const InputStats& in,
+                     const at::Tensor&) {
+    return in.samples.to(at::kDouble).matmul(diff(w, w_hat).t()).square().sum().item<double>();
+}
+
+// SqueezeLLM: Fisher-weighted k-means per row; sum F dW^2.
+std::vector<QuantizedLinear> squeezellm(const InputGroup& g, const io::JobQuant& p) {
+    if (g.fisher.size() != g.w.size())
+        throw InternalError("squeezellm: the Fisher diagonal was not collected");
+    return each(g, [&](std::size_t k) {
+        return squeezellm_quantize(g.w[k], g.fisher[k], {p.bits, p.kmeans_iters});
+    });
+}
+double squeezellm_objective(const at::Tensor& w, const at::Tensor& w_hat, const InputStats&,
+                            const at::Tensor& fisher) {
+    return (fisher.to(at::kDouble) * diff(w, w_hat).square()).sum().item<double>();
+}
+
+}  // namespace
+
+const std::vector<Quantizer>& quantizers() {
+    // clang-format off
+    static const std::vector<Quantizer> table = {
+        // method                      needs: xtx, abs_mean, samples, fisher
+        {io::QuantMethod::Rtn,        {false, false, false, false}, rtn,        rtn_ref,
+         rtn_objective,        "sum dW^2"},
+        {io::QuantMethod::Gptq,       {true,  false, false, false}, gptq,       nullptr,
+         gptq_objective,       "tr(dW H dW^T), H = X^T X"},
+        {io::QuantMethod::Awq,        {false, true,  true,  false}, awq,        nullptr,
+         awq_objective,        "|dW X^T|^2 on the sampled input rows"},
+        {io::QuantMethod::SqueezeLlm, {false, false, false, true},  squeezellm, nullptr,
+         squeezellm_objective, "sum F dW^2, F the Fisher diagonal"},
+    };
+    // clang-format on
+    return table;
+}
+
+const Quantizer& quantizer(io::QuantMethod m) {
+    for (const auto& q : quantizers())
+        if (q.method == m) return q;
+    throw InternalError(std::string("no quantizer registered for ") + io::name(m));
+}
+
+}  // namespace rq::quant

@@ -1,0 +1,111 @@
+// Calibration statistics of a stage's linears (requant/sensitivity/stats.h).
+// Legend: N calibration sequences, I in_features, O out_features.
+#include "requant/sensitivity/stats.h"
+
+#include <ATen/ATen.h>
+
+#include "requant/error.h"
+#include "requant/parallel/schedule.h"
+
+namespace rq::sensitivity {
+
+StatsOptions stats_options(const quant::StatsNeeds& needs, int64_t max_samples,
+                           int64_t total_rows) {
+    StatsOptions o;
+    o.xtx         = needs.xtx;
+    o.abs_mean    = needs.abs_mean;
+    o.max_samples = needs.samples ? max_samples : 0;
+    o.total_rows  = total_rows;
+    return o;
+}
+
+void StatsCollector::observe(int64_t layer, model::LinearInput which, const at::Tensor& x) {
+    const at::Tensor x2 = x.detach().reshape({-1, x.size(-1)});  // [rows, I]
+    Entry&           e  = acc_[{layer, int(which)}];
+    if (opt_.xtx) {
+        const at::Tensor g = x2.t().matmul(x2).to(at::kDouble);  // fp32 GEMM, fp64 running sum
+        if (!e.xtx.defined())
+            e.xtx = g;
+        else
+            e.xtx.add_(g);
+    }
+    if (opt_.abs_mean) {
+        const at::Tensor a = x2.abs().to(at::kDouble).sum(0);
+        if (!e.abs_sum.defined())
+            e.abs_sum = a;
+        else
+            e.abs_sum.add_(a);
+    }
+    if (opt_.max_samples > 0) {
+        // Rows e.rows, e.rows+1, ... of the whole calibration stream; keep every stride-th.
+        const int64_t stride =
+            std::max<int64_t>(1, (opt_.total_rows + opt_.max_samples - 1) / opt_.max_samples);
+        const int64_t first = (stride - e.rows % stride) % stride;
+        if (first < x2.size(0))
+            e.samples.push_back(
+                x2.narrow(0, first, x2.size(0) - first).slice(0, 0, c10::nullopt, stride).clone());
+    }
+    e.rows += x2.size(0);
+}
+
+const StatsCollector::Entry& StatsCollector::entry(int64_t layer, model::LinearInput which) const {
+    const auto it = acc_.find({layer, int(which)});
+    if (it == acc_.end())
+        throw InternalError("no calibration statistics for layer " + std::to_string(layer));
+    return it->second;
+}
+
+const at::Tensor& StatsCollector::xtx(int64_t layer, model::LinearInput which) const {
+    return entry(layer, which).xtx;
+}
+
+at::Tensor StatsCollector::abs_mean(int64_t layer, model::LinearInput which) const {
+    const Entry& e = entry(layer, which);
+    return (e.abs_sum / double(e.rows)).to(at::kFloat);
+}
+
+at::Tensor StatsCollector::samples(int64_t layer, model::LinearInput which) const {
+    return at::cat(entry(layer, which).samples, 0);
+}
+
+quant::InputStats StatsCollector::input(int64_t layer, model::LinearInput which) const {
+    quant::InputStats s;
+    if (opt_.xtx) s.xtx = xtx(layer, which);
+    if (opt_.abs_mean) s.abs_mean = abs_mean(layer, which);
+    if (opt_.max_samples > 0) s.samples = samples(layer, which);
+    return s;
+}
+
+void collect_forward_stats(model::Stage& stage, parallel::Transport& t, const at::Tensor& tokens,
+                           int64_t microbatch, StatsCollector& stats) {
+    at::NoGradGuard no_grad;
+    stage.set_observer(&stats);
+    parallel::PipelineRunner(stage, t, microbatch).forward(tokens);
+    stage.set_observer(nullptr);
+}
+
+model::StageTensors fisher_diagonal(model::Stage& stage, parallel::Transport& t,
+                                    const at::Tensor& tokens) {
+    model::enable_linear_grads(stage.weights());
+    model::StageTensors fisher(stage.weights().layers.size());
+    for (std::size_t il = 0; il < fisher.size(); ++il)
+        for (std::size_t i = 0; i < model::kNumLinears; ++i)
+            fisher[il][i] =
+                at::zeros_like(stage.weights().layers[il].linear(model::kLinears[i]).detach());
+    // The runner's loss is the mean over all N sequences: N * grad is the gradient of the one
+    // sequence's own mean loss.
+    const double n = double(tokens.size(0));
+    parallel::PipelineRunner(stage, t, 1).forward_backward(tokens, {}, [&](int64_t) {
+        for (std::size_t il = 0; il < fisher.size(); ++il)
+            for (std::size_t i = 0; i < model::kNumLinears; ++i) {
+                at::Tensor& w = stage.weights().layers[il].linear(model::kLinears[i]);
+                fisher[il][i].add_((w.grad() * n).square());
+                w.mutable_grad() = at::Tensor();
+            }
+    });
+    for (auto& lw : stage.weights().layers)
+        for (model::Linear l : model::kLinears) lw.linear(l) = lw.linear(l).detach();
+    return fisher;
+}
+
+}  // namespace rq::sensitivity
