@@ -211,9 +211,17 @@ H5File::H5File(const std::string& path, Mode mode) : impl_(std::make_unique<Impl
     silence_hdf5();
     impl_->path = path;
     if (mode == Mode::Create) {
-        impl_->tmp  = path + ".tmp";
-        impl_->file = check(H5Fcreate(impl_->tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT),
-                            path, "cannot create (as " + impl_->tmp + ")");
+        impl_->tmp = path + ".tmp";
+        // File format 1.8 or later: every piece of metadata (object headers with their
+        // attributes and link names, B-trees, heaps) carries a checksum, so a damaged attribute
+        // or name fails to read as the datasets' SHA-256 digests fail on damaged data.
+        Handle fapl{check(H5Pcreate(H5P_FILE_ACCESS), path, "H5Pcreate"), H5Pclose};
+        check(H5Pset_libver_bounds(fapl.id, H5F_LIBVER_V18, H5F_LIBVER_LATEST), path,
+              "H5Pset_libver_bounds");
+        // The root group's object header would carry times in this format: leave them out.
+        Handle fcpl{check(untimed(H5P_FILE_CREATE), path, "H5Pcreate"), H5Pclose};
+        impl_->file = check(H5Fcreate(impl_->tmp.c_str(), H5F_ACC_TRUNC, fcpl.id, fapl.id), path,
+                            "cannot create (as " + impl_->tmp + ")");
     } else {
         if (!std::filesystem::exists(path)) throw H5Error(path + ": no such file");
         impl_->file = check(
