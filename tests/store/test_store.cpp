@@ -360,13 +360,19 @@ TEST(StoreLayerState, MissingForeignOrTruncatedIsNullopt) {
     EXPECT_FALSE(read_layer_state(d.str(), kLayer, kFp).has_value()) << "truncated to 0";
 }
 
-TEST(StoreLayerState, FlippedByteInDatasetIsNullopt) {
+// A 3-bit RTN layer written to a fresh run folder: the damaged-file tests start from it.
+class WrittenLayer : public ::testing::Test {
+  protected:
+    void SetUp() override { write_layer_state(d.str(), kLayer, q, kFp); }
+
     QuietLog            quiet;
     model::LayerTensors w_hat;
     const LayerQuant    q = rtn_layer(3, w_hat);
     TempDir             d;
-    write_layer_state(d.str(), kLayer, q, kFp);
-    const std::string p    = layer_state_path(d.str(), kLayer);
+    const std::string   p = layer_state_path(d.str(), kLayer);
+};
+
+TEST_F(WrittenLayer, FlippedByteInDatasetIsNullopt) {
     const std::string good = read_bytes(p);
     // Each dataset's bytes are found by their content; one byte in their middle is flipped.
     const std::vector<std::pair<std::string, at::Tensor>> datasets = {
@@ -396,13 +402,7 @@ TEST(StoreLayerState, FlippedByteInDatasetIsNullopt) {
 
 // The middle byte of the file damaged (every bit of it, one at a time): the layer reads back
 // either as nullopt or as exactly what was written.
-TEST(StoreLayerState, FlippedMiddleByteIsNulloptOrHarmless) {
-    QuietLog            quiet;
-    model::LayerTensors w_hat;
-    const LayerQuant    q = rtn_layer(3, w_hat);
-    TempDir             d;
-    write_layer_state(d.str(), kLayer, q, kFp);
-    const std::string p    = layer_state_path(d.str(), kLayer);
+TEST_F(WrittenLayer, FlippedMiddleByteIsNulloptOrHarmless) {
     const std::string good = read_bytes(p);
     for (int bit = 0; bit < 8; ++bit) {
         std::string bad = good;
@@ -421,13 +421,7 @@ TEST(StoreLayerState, FlippedMiddleByteIsNulloptOrHarmless) {
 // attribute's name that hold one of the values written under it. (2) One bit of the first letter
 // of every occurrence of the link name of an optional part (the groups outliers and
 // significant, the datasets values).
-TEST(StoreLayerState, FlippedAttributeOrNameIsNulloptOrHarmless) {
-    QuietLog            quiet;
-    model::LayerTensors w_hat;
-    const LayerQuant    q = rtn_layer(3, w_hat);
-    TempDir             d;
-    write_layer_state(d.str(), kLayer, q, kFp);
-    const std::string                        p    = layer_state_path(d.str(), kLayer);
+TEST_F(WrittenLayer, FlippedAttributeOrNameIsNulloptOrHarmless) {
     const std::string                        good = read_bytes(p);
     std::map<std::string, std::set<int64_t>> written;  // attribute name -> values
     for (const auto& l : q) {
@@ -491,13 +485,7 @@ TEST(StoreLayerState, FlippedAttributeOrNameIsNulloptOrHarmless) {
 
 // Any single damaged bit: the same over a sweep of the whole file, headers and attributes
 // included (state.h: a damaged file is "redone, never used").
-TEST(StoreLayerState, FlippedByteAnywhereIsNulloptOrHarmless) {
-    QuietLog            quiet;
-    model::LayerTensors w_hat;
-    const LayerQuant    q = rtn_layer(3, w_hat);
-    TempDir             d;
-    write_layer_state(d.str(), kLayer, q, kFp);
-    const std::string        p    = layer_state_path(d.str(), kLayer);
+TEST_F(WrittenLayer, FlippedByteAnywhereIsNulloptOrHarmless) {
     const std::string        good = read_bytes(p);
     const std::size_t        n    = good.size();
     std::vector<std::size_t> positions;
