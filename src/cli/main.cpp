@@ -117,6 +117,11 @@ void add_tools(CLI::App& app, Commands& c) {
     c.exp->add_option("--dtype", c.xo.dtype, "Weights dtype")
         ->capture_default_str()
         ->check(CLI::IsMember({"f32", "bf16", "f16"}));
+    c.exp
+        ->add_option("--max-shard-size", c.xo.max_shard_size,
+                     "Largest weights file (5GB, 500MB, 2GiB, ... or bytes); more than one gets "
+                     "model.safetensors.index.json")
+        ->capture_default_str();
 }
 
 // Stop on SIGUSR1/SIGTERM at a phase boundary (phases/stop.h), with RQ_STOP_GRACE seconds.

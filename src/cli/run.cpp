@@ -4,6 +4,7 @@
 
 #include <filesystem>
 
+#include "requant/cli/args.h"
 #include "requant/cli/commands.h"
 #include "requant/cli/sysinfo.h"
 #include "requant/error.h"
@@ -62,7 +63,7 @@ int run_plan(const PlanOptions& o) {
 
 int run_export(const ExportOptions& o) {
     if (parallel::world_rank() != 0) return 0;
-    store::export_hf(o.from, o.out, o.dtype);
+    store::export_hf(o.from, o.out, o.dtype, parse_byte_size(o.max_shard_size));
     std::printf("exported %s to %s (%s)\n", o.from.c_str(), o.out.c_str(), o.dtype.c_str());
     return 0;
 }

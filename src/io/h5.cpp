@@ -287,6 +287,19 @@ at::Tensor H5File::read(const std::string& dataset) const {
     return out;
 }
 
+std::vector<int64_t> H5File::shape(const std::string& dataset) const {
+    const std::string& f = impl_->path;
+    if (!impl_->exists(dataset)) throw H5Error(f + ": no dataset " + dataset);
+    Handle               ds{check(H5Dopen2(impl_->file, dataset.c_str(), H5P_DEFAULT), f,
+                                  "cannot open dataset " + dataset),
+              H5Dclose};
+    Handle               space{check(H5Dget_space(ds.id), f, "H5Dget_space"), H5Sclose};
+    const int            rank = check(H5Sget_simple_extent_ndims(space.id), f, "H5Sget_ndims");
+    std::vector<hsize_t> dims(static_cast<std::size_t>(rank));
+    check(H5Sget_simple_extent_dims(space.id, dims.data(), nullptr), f, "H5Sget_dims");
+    return std::vector<int64_t>(dims.begin(), dims.end());
+}
+
 std::vector<std::string> H5File::children(const std::string& group) const {
     const std::string& f = impl_->path;
     Handle             g{

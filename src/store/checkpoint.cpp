@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -175,29 +176,98 @@ std::string format_inspection(const nlohmann::json& s) {
     return o.str();
 }
 
-void export_hf(const std::string& from, const std::string& out_dir, const std::string& dtype) {
-    const std::string path = fs::is_directory(from) ? final_checkpoint_path(from) : from;
-    if (!fs::exists(path))
-        throw IoError(path + ": no such file (a finished run directory has model.requant.h5)");
-    const std::map<std::string, at::ScalarType> types{
-        {"f32", at::kFloat}, {"bf16", at::kBFloat16}, {"f16", at::kHalf}};
-    if (!types.count(dtype)) throw ConfigError("--dtype must be f32, bf16 or f16, not " + dtype);
-    const at::ScalarType st = types.at(dtype);
-    const io::H5File     f  = open_checkpoint(path);
+namespace {
 
-    std::map<std::string, at::Tensor> tensors;
-    const int64_t                     L = f.attr_int("/", "n_layer");
-    for (int64_t l = 0; l < L; ++l) {
-        const decompose::LayerQuant q = read_layer_quant(f, layer_group(l));
-        for (std::size_t i = 0; i < model::kNumLinears; ++i)
-            tensors[model::linear_tensor_name(l, model::kLinears[i])] =
-                quant::reconstruct(q[i]).to(st);
-    }
+// One tensor of an export: where it comes from and its shape; nothing read.
+struct ExportTensor {
+    std::string          name;         // HF name
+    int64_t              layer  = -1;  // decoder layer of a quantized linear, else -1
+    std::size_t          linear = 0;   // kLinears index when layer >= 0
+    std::vector<int64_t> shape;
+};
+
+// Every tensor of the checkpoint, in name order (the order of the safetensors files).
+std::vector<ExportTensor> export_tensors(const io::H5File& f) {
+    std::vector<ExportTensor> out;
+    const int64_t             L = f.attr_int("/", "n_layer");
+    for (int64_t l = 0; l < L; ++l)
+        for (std::size_t i = 0; i < model::kNumLinears; ++i) {
+            const std::string g = layer_group(l) + "/" + model::linear_name(model::kLinears[i]);
+            out.push_back({model::linear_tensor_name(l, model::kLinears[i]),
+                           l,
+                           i,
+                           {f.attr_int(g, "rows"), f.attr_int(g, "cols")}});
+        }
     for (const auto& name : f.children("/tensors"))
-        tensors[name] = f.read("/tensors/" + name).to(st);
+        out.push_back({name, -1, 0, f.shape("/tensors/" + name)});
+    std::sort(out.begin(), out.end(),
+              [](const ExportTensor& a, const ExportTensor& b) { return a.name < b.name; });
+    return out;
+}
 
-    fs::create_directories(out_dir);
-    io::write_safetensors(out_dir + "/model.safetensors", tensors, {{"format", "pt"}});
+int64_t export_bytes(const ExportTensor& t, at::ScalarType st) {
+    int64_t n = int64_t(c10::elementSize(st));
+    for (int64_t d : t.shape) n *= d;
+    return n;
+}
+
+// Consecutive runs of tensors of at most `max_bytes` each (a larger tensor is a shard alone).
+std::vector<std::vector<std::size_t>> plan_shards(const std::vector<ExportTensor>& ts,
+                                                  at::ScalarType st, int64_t max_bytes) {
+    std::vector<std::vector<std::size_t>> shards;
+    int64_t                               used = 0;
+    for (std::size_t k = 0; k < ts.size(); ++k) {
+        const int64_t b = export_bytes(ts[k], st);
+        if (shards.empty() || (used + b > max_bytes && used > 0)) shards.emplace_back(), used = 0;
+        shards.back().push_back(k);
+        used += b;
+    }
+    return shards;
+}
+
+// The model files a previous export may have left in `dir`: replaced, never mixed.
+void remove_old_shards(const std::string& dir) {
+    for (const auto& e : fs::directory_iterator(dir)) {
+        const std::string n = e.path().filename().string();
+        if (n == "model.safetensors" || n == "model.safetensors.index.json" ||
+            (n.rfind("model-", 0) == 0 && n.find("-of-") != std::string::npos &&
+             e.path().extension() == ".safetensors"))
+            fs::remove(e.path());
+    }
+}
+
+std::string shard_name(std::size_t k, std::size_t n) {
+    if (n == 1) return "model.safetensors";
+    char b[64];
+    std::snprintf(b, sizeof b, "model-%05zu-of-%05zu.safetensors", k + 1, n);
+    return b;
+}
+
+// The tensors of one shard, materialised: W_hat of the linears (their layer read once), the
+// other tensors as stored; all in `st`.
+std::map<std::string, at::Tensor> shard_tensors(const io::H5File&                f,
+                                                const std::vector<ExportTensor>& ts,
+                                                const std::vector<std::size_t>&  idx,
+                                                at::ScalarType st, int64_t& cached_layer,
+                                                decompose::LayerQuant& cached) {
+    std::map<std::string, at::Tensor> out;
+    for (std::size_t k : idx) {
+        const ExportTensor& t = ts[k];
+        if (t.layer < 0) {
+            out[t.name] = f.read("/tensors/" + t.name).to(st);
+            continue;
+        }
+        if (cached_layer != t.layer) {
+            cached       = read_layer_quant(f, layer_group(t.layer));
+            cached_layer = t.layer;
+        }
+        out[t.name] = quant::reconstruct(cached[t.linear]).to(st);
+    }
+    return out;
+}
+
+void write_export_extras(const io::H5File& f, const std::string& out_dir,
+                         const std::string& dtype) {
     auto cfg           = nlohmann::json::parse(f.attr_string("/", "config_json"));
     cfg["torch_dtype"] = dtype == "f32" ? "float32" : dtype == "bf16" ? "bfloat16" : "float16";
     std::ofstream(out_dir + "/config.json") << cfg.dump(2) << "\n";
@@ -208,7 +278,47 @@ void export_hf(const std::string& from, const std::string& out_dir, const std::s
             o.write(static_cast<const char*>(b.data_ptr()), b.numel());
             if (!o) throw IoError(out_dir + "/" + name + ": cannot write: " + errno_string());
         }
-    spdlog::info("export: {} tensors ({}) to {}", tensors.size(), dtype, out_dir);
+}
+
+}  // namespace
+
+void export_hf(const std::string& from, const std::string& out_dir, const std::string& dtype,
+               int64_t max_shard_bytes) {
+    const std::string path = fs::is_directory(from) ? final_checkpoint_path(from) : from;
+    if (!fs::exists(path))
+        throw IoError(path + ": no such file (a finished run directory has model.requant.h5)");
+    const std::map<std::string, at::ScalarType> types{
+        {"f32", at::kFloat}, {"bf16", at::kBFloat16}, {"f16", at::kHalf}};
+    if (!types.count(dtype)) throw ConfigError("--dtype must be f32, bf16 or f16, not " + dtype);
+    if (max_shard_bytes < 1) throw ConfigError("--max-shard-size must be at least 1 byte");
+    const at::ScalarType st = types.at(dtype);
+    const io::H5File     f  = open_checkpoint(path);
+
+    const std::vector<ExportTensor> ts     = export_tensors(f);
+    const auto                      shards = plan_shards(ts, st, max_shard_bytes);
+    fs::create_directories(out_dir);
+    remove_old_shards(out_dir);
+    nlohmann::json        weight_map = nlohmann::json::object();
+    int64_t               total = 0, cached_layer = -1;
+    decompose::LayerQuant cached;
+    for (std::size_t k = 0; k < shards.size(); ++k) {  // one shard in memory at a time
+        const std::string name = shard_name(k, shards.size());
+        io::write_safetensors(out_dir + "/" + name,
+                              shard_tensors(f, ts, shards[k], st, cached_layer, cached),
+                              {{"format", "pt"}});
+        for (std::size_t i : shards[k]) {
+            weight_map[ts[i].name] = name;
+            total += export_bytes(ts[i], st);
+        }
+    }
+    if (shards.size() > 1)
+        std::ofstream(out_dir + "/model.safetensors.index.json")
+            << nlohmann::json{{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}}
+                   .dump(2)
+            << "\n";
+    write_export_extras(f, out_dir, dtype);
+    spdlog::info("export: {} tensors ({}, {} bytes) in {} file(s) to {}", ts.size(), dtype, total,
+                 shards.size(), out_dir);
 }
 
 }  // namespace rq::store

@@ -7,7 +7,7 @@
 #   another job and one written by an older version are refused with a clear message;
 #   --restart starts over;
 # - h5dump and h5py read the checkpoint; inspect summarises it; export + eval gives the run's
-#   perplexity.
+#   perplexity, from one file or from shards with an index.
 # Usage: test_resume.sh PATH/TO/requant-dist REPO_ROOT PATH/TO/mpiexec  (RQ_KILL_SEED, RQ_KILLS)
 set -uo pipefail
 bin=$1; root=$2; mpiexec=$3; job=$root/jobs/stories260k-gptq.toml
@@ -164,5 +164,12 @@ mb=$(val "$tmp/ref/results.json" microbatch); th=$(val "$tmp/ref/results.json" t
 a=$(val "$tmp/e.json" perplexity); b=$(val "$tmp/ref/results.json" eval-tokens.safetensors)
 [ -n "$a" ] && awk -v a="$a" -v b="$b" 'BEGIN{exit !(a == b)}' \
   && ok "export (f32) + eval: perplexity $a = the run's $b" || fail "export perplexity '$a' vs run '$b'"
+"$bin" export "$tmp/ref" --out "$tmp/hf2" --max-shard-size 200KB > /dev/null 2>&1 \
+  && "$bin" eval --model "$tmp/hf2" --data "$root/../shared/models/stories260k/eval-tokens.safetensors" \
+       --batch "$mb" --threads "$th" --json "$tmp/e2.json" > /dev/null 2>&1
+n=$(ls "$tmp/hf2" | grep -c -- '-of-'); c=$(val "$tmp/e2.json" perplexity)
+[ -f "$tmp/hf2/model.safetensors.index.json" ] && [ "$n" -gt 1 ] && [ "$c" = "$a" ] \
+  && ok "export --max-shard-size 200KB: $n shards with an index, eval gives the same $c" \
+  || fail "sharded export: $n shards, perplexity '$c' vs '$a'"
 [ $fails -eq 0 ] && echo "all resume checks passed" || echo "$fails resume checks failed"
 exit $((fails > 0))

@@ -1,7 +1,10 @@
-// The OpenBLAS core decision (cli/sysinfo.h) on injected /proc/cpuinfo flags and core names.
+// Command-line runtime facts and values: the OpenBLAS core decision (cli/sysinfo.h) on injected
+// /proc/cpuinfo flags and core names, and byte sizes as Hugging Face spells them (cli/args.h).
 #include <gtest/gtest.h>
 
+#include "requant/cli/args.h"
 #include "requant/cli/sysinfo.h"
+#include "requant/error.h"
 
 namespace {
 
@@ -57,6 +60,28 @@ TEST(OpenblasCore, ThisMachineFlagsAreRead) {
     // /proc/cpuinfo of any x86-64 Linux lists sse2.
     const std::string flags = rq::cli::cpu_flags();
     EXPECT_NE(flags.find("sse2"), std::string::npos) << flags.substr(0, 200);
+}
+
+}  // namespace
+
+namespace {
+
+using rq::cli::parse_byte_size;
+
+TEST(ByteSize, HuggingFaceSpellings) {
+    EXPECT_EQ(parse_byte_size("5GB"), 5000000000);
+    EXPECT_EQ(parse_byte_size("500MB"), 500000000);
+    EXPECT_EQ(parse_byte_size("200KB"), 200000);
+    EXPECT_EQ(parse_byte_size("2GiB"), int64_t(2) << 30);
+    EXPECT_EQ(parse_byte_size("1.5MiB"), 1572864);
+    EXPECT_EQ(parse_byte_size("10kb"), 10000);
+    EXPECT_EQ(parse_byte_size("1000000"), 1000000);
+    EXPECT_EQ(parse_byte_size("64B"), 64);
+}
+
+TEST(ByteSize, RefusesWhatIsNotASize) {
+    for (const char* bad : {"", "GB", "5 XB", "-1MB", "0", "five", "5GBs", "0.1B"})
+        EXPECT_THROW(parse_byte_size(bad), rq::ConfigError) << bad;
 }
 
 }  // namespace

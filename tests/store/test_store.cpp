@@ -742,6 +742,54 @@ TEST(StoreCheckpoint, ExportF32HoldsWHatAndTheSourceTensors) {
     EXPECT_TRUE(at::equal(w.layers[0].linear(model::Linear::Down), run.w_hat[0][6]));
 }
 
+// Shards of at most max bytes of tensor data, with the index the HF loaders read; the same
+// tensors as the one-file export, bit for bit; a later one-file export into the same folder
+// replaces the shards.
+TEST(StoreCheckpoint, ExportShardsWithAnIndex) {
+    BundledRun&       run = bundled_run();
+    const std::string one = run.dir.sub("hf-one"), many = run.dir.sub("hf-many");
+    export_hf(run.out, one, "f32");
+    const auto    whole = load_export(one, nullptr);
+    const int64_t max   = 300 * 1000;  // stories260k: ~1 MB of f32 weights
+    export_hf(run.out, many, "f32", max);
+    ASSERT_TRUE(fs::exists(many + "/model.safetensors.index.json"));
+    EXPECT_FALSE(fs::exists(many + "/model.safetensors"));
+    const auto index = nlohmann::json::parse(read_bytes(many + "/model.safetensors.index.json"));
+    std::map<std::string, int64_t> shard_bytes;
+    int64_t                        total = 0;
+    for (const auto& [name, file] : index.at("weight_map").items()) {
+        const io::SafetensorsFile sf(many + "/" + file.get<std::string>());
+        ASSERT_TRUE(whole.count(name)) << name;
+        const at::Tensor t = sf.load(name);
+        EXPECT_TRUE(at::equal(t, whole.at(name))) << name;
+        const int64_t b = t.numel() * int64_t(t.element_size());
+        shard_bytes[file.get<std::string>()] += b;
+        total += b;
+    }
+    EXPECT_EQ(index.at("weight_map").size(), whole.size());
+    EXPECT_EQ(index.at("metadata").at("total_size").get<int64_t>(), total);
+    EXPECT_GT(shard_bytes.size(), 2u);
+    for (const auto& [file, b] : shard_bytes) {
+        EXPECT_NE(file.find("-of-"), std::string::npos) << file;
+        const io::SafetensorsFile sf(many + "/" + file);
+        if (sf.tensors().size() > 1) {  // a larger tensor is alone
+            EXPECT_LE(b, max) << file;
+        }
+    }
+    // The folder loads through the index, and W_hat is in it.
+    const io::HfCheckpoint    back(many);
+    const model::StageWeights w =
+        model::load_stage_weights(back, model::whole_model(back.config()), at::kFloat);
+    EXPECT_TRUE(at::equal(w.layers[1].linear(model::Linear::Q), run.w_hat[1][0]));
+    // Re-exported as one file into the same folder: no shard or index is left to mix with it.
+    export_hf(run.out, many, "f32");
+    EXPECT_TRUE(fs::exists(many + "/model.safetensors"));
+    EXPECT_FALSE(fs::exists(many + "/model.safetensors.index.json"));
+    for (const auto& e : fs::directory_iterator(many))
+        EXPECT_EQ(e.path().filename().string().find("-of-"), std::string::npos) << e.path();
+    EXPECT_THROW(export_hf(run.out, many, "f32", 0), ConfigError);
+}
+
 TEST(StoreCheckpoint, ExportBf16FromTheCheckpointFile) {
     BundledRun&       run = bundled_run();
     const std::string hf  = run.dir.sub("hf-bf16");

@@ -67,6 +67,7 @@ int run_plan(const PlanOptions& o);
 // `export RUN_DIR --out HF_DIR [--dtype f32|bf16|f16]` (rank 0 only).
 struct ExportOptions {
     std::string from, out, dtype = "f32";
+    std::string max_shard_size = "5GB";  // cli/args.h parse_byte_size
 };
 int run_export(const ExportOptions& o);
 

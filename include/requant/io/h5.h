@@ -45,6 +45,7 @@ class H5File {
     void write(const std::string& dataset, const at::Tensor& t);
     // In the stored dtype and shape; throws H5Error when the bytes do not match "sha256".
     at::Tensor               read(const std::string& dataset) const;
+    std::vector<int64_t>     shape(const std::string& dataset) const;  // without reading it
     bool                     exists(const std::string& object) const;
     std::vector<std::string> children(const std::string& group) const;  // names, sorted
 

@@ -36,9 +36,14 @@ void write_final_checkpoint(const std::string& out, int64_t n_layer, const io::H
 nlohmann::json inspect_checkpoint(const std::string& path);
 std::string    format_inspection(const nlohmann::json& summary);
 
-// `requant-dist export`: a Hugging Face model folder (config.json, model.safetensors in `dtype`
-// = f32 | bf16 | f16, the tokenizer files) with W_hat in place of every quantized linear.
-// `from` is a run directory or a model.requant.h5.
-void export_hf(const std::string& from, const std::string& out_dir, const std::string& dtype);
+// `requant-dist export`: a Hugging Face model folder (config.json, the tokenizer files, and the
+// weights in `dtype` = f32 | bf16 | f16) with W_hat in place of every quantized linear. The
+// weights go to shards of at most `max_shard_bytes` (a larger tensor is a shard alone), written
+// one at a time (memory: one shard and one layer's parts): model.safetensors when one shard
+// holds them all, else model-NNNNN-of-NNNNN.safetensors and model.safetensors.index.json, as
+// the HF loaders expect. Model files an earlier export left in `out_dir` are replaced. `from`
+// is a run directory or a model.requant.h5.
+void export_hf(const std::string& from, const std::string& out_dir, const std::string& dtype,
+               int64_t max_shard_bytes = 5'000'000'000);
 
 }  // namespace rq::store
