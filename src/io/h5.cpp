@@ -266,6 +266,17 @@ void H5File::write(const std::string& dataset, const at::Tensor& t) {
     set_attr(dataset, "sha256", digest(c));
 }
 
+namespace {
+// A dataset's dimensions from its open handle.
+std::vector<int64_t> dims_of(hid_t ds, const std::string& f) {
+    Handle               space{check(H5Dget_space(ds), f, "H5Dget_space"), H5Sclose};
+    const int            rank = check(H5Sget_simple_extent_ndims(space.id), f, "H5Sget_ndims");
+    std::vector<hsize_t> dims(static_cast<std::size_t>(rank));
+    check(H5Sget_simple_extent_dims(space.id, dims.data(), nullptr), f, "H5Sget_dims");
+    return std::vector<int64_t>(dims.begin(), dims.end());
+}
+}  // namespace
+
 at::Tensor H5File::read(const std::string& dataset) const {
     const std::string& f = impl_->path;
     if (!impl_->exists(dataset)) throw H5Error(f + ": no dataset " + dataset);
@@ -273,12 +284,8 @@ at::Tensor H5File::read(const std::string& dataset) const {
                                   "cannot open dataset " + dataset),
               H5Dclose};
     Handle               type{check(H5Dget_type(ds.id), f, "H5Dget_type"), H5Tclose};
-    Handle               space{check(H5Dget_space(ds.id), f, "H5Dget_space"), H5Sclose};
-    const int            rank = check(H5Sget_simple_extent_ndims(space.id), f, "H5Sget_ndims");
-    std::vector<hsize_t> dims(static_cast<std::size_t>(rank));
-    check(H5Sget_simple_extent_dims(space.id, dims.data(), nullptr), f, "H5Sget_dims");
-    const at::ScalarType st = scalar_type(type.id, f, dataset);
-    at::Tensor out = at::empty(std::vector<int64_t>(dims.begin(), dims.end()), at::dtype(st));
+    const at::ScalarType st  = scalar_type(type.id, f, dataset);
+    at::Tensor           out = at::empty(dims_of(ds.id, f), at::dtype(st));
     if (out.numel() > 0)
         check(H5Dread(ds.id, native(st), H5S_ALL, H5S_ALL, H5P_DEFAULT, out.data_ptr()), f,
               "cannot read dataset " + dataset);
@@ -290,14 +297,10 @@ at::Tensor H5File::read(const std::string& dataset) const {
 std::vector<int64_t> H5File::shape(const std::string& dataset) const {
     const std::string& f = impl_->path;
     if (!impl_->exists(dataset)) throw H5Error(f + ": no dataset " + dataset);
-    Handle               ds{check(H5Dopen2(impl_->file, dataset.c_str(), H5P_DEFAULT), f,
-                                  "cannot open dataset " + dataset),
+    Handle ds{check(H5Dopen2(impl_->file, dataset.c_str(), H5P_DEFAULT), f,
+                    "cannot open dataset " + dataset),
               H5Dclose};
-    Handle               space{check(H5Dget_space(ds.id), f, "H5Dget_space"), H5Sclose};
-    const int            rank = check(H5Sget_simple_extent_ndims(space.id), f, "H5Sget_ndims");
-    std::vector<hsize_t> dims(static_cast<std::size_t>(rank));
-    check(H5Sget_simple_extent_dims(space.id, dims.data(), nullptr), f, "H5Sget_dims");
-    return std::vector<int64_t>(dims.begin(), dims.end());
+    return dims_of(ds.id, f);
 }
 
 std::vector<std::string> H5File::children(const std::string& group) const {
