@@ -52,8 +52,8 @@ cell() {  # cell NAME RANKS COMMAND JOB ARGS...
   fi
 }
 
-for job in "$RQ_ROOT"/jobs/llama-7m-en-*.toml; do
-  cell "$(basename "$job" .toml)" 1 run "$job"
+for name in $(ls -1 "$RQ_ROOT/jobs" | grep -E '^llama-7m-en-.*[.]toml$'); do
+  cell "${name%.toml}" 1 run "$RQ_ROOT/jobs/$name"
 done
 cell stories260k-gptq 2 run "$ST"
 cell stories260k-gptq-actorder 2 run "$ST" --set quant.act_order=true --set quant.bits=3

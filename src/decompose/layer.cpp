@@ -38,9 +38,6 @@ LayerQuant quantize_weights(const model::LayerTensors& w, int64_t layer, const L
                             const model::LayerTensors* significant_masks, const io::JobQuant& p,
                             model::LayerTensors& w_hat_out) {
     const quant::Quantizer& method = quant::quantizer(p.method);
-    if (method.needs.fisher && stats.fisher == nullptr)
-        throw InternalError("layer " + std::to_string(layer) + ": " + io::name(p.method) +
-                            " needs the Fisher diagonal");
     // What the dense part is fitted on: sparse weights zeroed (they are stored apart).
     model::LayerTensors w0, sparse;
     LayerQuant          out;
@@ -56,13 +53,13 @@ LayerQuant quantize_weights(const model::LayerTensors& w, int64_t layer, const L
         g.in = stats.inputs[k];
         for (std::size_t i : idx) {
             g.w.push_back(sparse[i].defined() ? w0[i].masked_fill(sparse[i], 0.0) : w0[i]);
-            g.clip.push_back(i >= 2);   // AWQ: q and k are not clipped
-            if (method.needs.fisher) {  // sparse weights do not pull on the centroids
+            g.clip.push_back(i >= 2);                              // AWQ: q and k are not clipped
+            if (method.needs.fisher && stats.fisher != nullptr) {  // missing: the method says so
                 const at::Tensor& f = (*stats.fisher)[i];
                 g.fisher.push_back(sparse[i].defined() ? f.masked_fill(sparse[i], 0.0) : f);
             }
         }
-        try {
+        try {  // errors gain the layer and the linears here
             auto dense = method.quantize(g, p);
             for (std::size_t j = 0; j < idx.size(); ++j) out[idx[j]].dense = std::move(dense[j]);
         } catch (Error& e) {

@@ -197,10 +197,15 @@ SparseSelection select_sparse(const model::Stage& stage, parallel::Transport& t,
         switch (requant.outliers()) {
             case io::OutlierSelect::None:
                 break;
-            case io::OutlierSelect::Random:
-                sel.outliers = select_random(stage_linears(stage), {}, requant.outlier_ratio,
-                                             stage.range().layer_begin, 2024);
+            case io::OutlierSelect::Random: {  // only the shapes are read: no copies
+                model::StageTensors like(stage.weights().layers.size());
+                for (std::size_t il = 0; il < like.size(); ++il)
+                    for (std::size_t i = 0; i < model::kNumLinears; ++i)
+                        like[il][i] = stage.weights().layers[il].linear(model::kLinears[i]);
+                sel.outliers =
+                    select_random(like, {}, requant.outlier_ratio, stage.range().layer_begin, 2024);
                 break;
+            }
             case io::OutlierSelect::Fixed:
                 sel.outliers = fixed_rule_outliers(stage, t, requant.outlier_ratio);
                 break;
