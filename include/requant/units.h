@@ -13,3 +13,14 @@ inline double since(Clock::time_point t0) {
 }
 
 }  // namespace rq
+
+namespace rq {
+
+// This process's resident set (VmRSS) and its peak so far (VmHWM) in bytes, file-backed pages
+// included, as /proc/self/status reports them (0 where it cannot be read).
+struct ProcessMemory {
+    double rss = 0, peak = 0;
+};
+ProcessMemory process_memory();
+
+}  // namespace rq

@@ -20,7 +20,7 @@ void restore(model::Stage& stage, const model::StageTensors& mask,
     for (std::size_t il = 0; il < layers.size(); ++il)
         for (std::size_t i = 0; i < model::kNumLinears; ++i) {
             at::Tensor& w = layers[il].linear(model::kLinears[i]);
-            w             = at::where(mask[il][i], w_orig[il][i], w.detach());
+            w             = at::where(mask[il][i], w_orig[il][i].to(w.scalar_type()), w.detach());
         }
 }
 
@@ -57,9 +57,9 @@ std::vector<DetachRound> rounds_from_json(const nlohmann::json& j) {
 
 void detach_significant(model::Stage& stage, parallel::Transport& t,
                         const model::StageTensors& w_orig, std::vector<LayerQuant>& q,
-                        const at::Tensor& tokens, int64_t microbatch, const io::JobRequant& requant,
-                        const io::JobSensitivity& pqi_opt, nlohmann::json& report,
-                        const DetachHooks& hooks) {
+                        const at::Tensor& tokens, const parallel::ScheduleOptions& schedule,
+                        const io::JobRequant& requant, const io::JobSensitivity& pqi_opt,
+                        nlohmann::json& report, const DetachHooks& hooks) {
     auto&         layers = stage.weights().layers;
     const int64_t L = stage.config().n_layer, l0 = stage.range().layer_begin;
     const double  r_s    = requant.significant_ratio;
@@ -80,11 +80,12 @@ void detach_significant(model::Stage& stage, parallel::Transport& t,
         if (random) {
             pick = select_random(w_orig, taken, r_s, l0, 2025);
         } else {
-            const model::StageTensors wq = stage_linears(stage);
-            set_stage_linears(stage, w_orig);  // PQI needs w in the stage
-            const auto r = sensitivity::compute_pqi(
-                stage, t, wq, tokens, microbatch,
-                {sensitivity::quadrature(pqi_opt.rule, pqi_opt.nodes), {}},
+            // w~ is what the stage holds now: borrowed, not copied (the path replaces the
+            // stage's tensors, it never writes to them).
+            const model::StageTensors wq = stage_linears_shared(stage);
+            const auto                r  = sensitivity::compute_pqi(
+                                stage, t, w_orig, wq, tokens, schedule,
+                                {sensitivity::quadrature(pqi_opt.rule, pqi_opt.nodes), {}},
                 hooks.node_progress ? hooks.node_progress(k + 1, K) : nullptr);
             for (std::size_t il = 0; il < layers.size(); ++il)
                 for (std::size_t i = 0; i < model::kNumLinears; ++i)
@@ -107,8 +108,7 @@ void detach_significant(model::Stage& stage, parallel::Transport& t,
             const at::Tensor dense = quant::dequantize(q[il][i].dense);
             q[il][i].significant =
                 quant::csr_from_mask(w_orig[il][i].to(at::kFloat) - dense, chosen[il][i]);
-            layers[il].linear(model::kLinears[i]) =
-                quant::reconstruct(q[il][i]).to(w_orig[il][i].scalar_type());
+            layers[il].linear(model::kLinears[i]) = quant::reconstruct(q[il][i]).to(stage.dtype());
         }
     at::Tensor n = at::tensor({double(masks_count(chosen))}, at::kDouble);
     t.allreduce_sum(n)->wait();

@@ -77,8 +77,8 @@ at::Tensor HfCheckpoint::load_stored(const std::string& name) const {
     return shard(it->second).load(name);
 }
 
-at::Tensor HfCheckpoint::load(const std::string& name, const std::vector<int64_t>& shape,
-                              at::ScalarType dtype) const {
+const SafetensorsFile& HfCheckpoint::checked(const std::string&          name,
+                                             const std::vector<int64_t>& shape) const {
     const auto it = weight_map_.find(name);
     if (it == weight_map_.end())
         throw FormatError(dir_ + ": tensor '" + name + "' is missing from the checkpoint");
@@ -101,7 +101,16 @@ at::Tensor HfCheckpoint::load(const std::string& name, const std::vector<int64_t
                              dtype_name(info->dtype) + "; weights must be F64, F32, F16 or BF16");
     }
     if (used_.insert(name).second) bytes_loaded_ += info->end - info->begin;
-    return f.load(name, dtype);
+    return f;
+}
+
+at::Tensor HfCheckpoint::load(const std::string& name, const std::vector<int64_t>& shape,
+                              at::ScalarType dtype) const {
+    return checked(name, shape).load(name, dtype);
+}
+
+at::Tensor HfCheckpoint::view(const std::string& name, const std::vector<int64_t>& shape) const {
+    return checked(name, shape).view(name);
 }
 
 std::vector<std::string> HfCheckpoint::unused() const {

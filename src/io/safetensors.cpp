@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -168,6 +169,16 @@ at::Tensor SafetensorsFile::load(const std::string& name, at::ScalarType dtype) 
         file_.release(data_offset_ + t->begin, t->end - t->begin);
     }
     return st == dtype ? raw : raw.to(dtype);
+}
+
+at::Tensor SafetensorsFile::view(const std::string& name) const {
+    const TensorInfo* t = find(name);
+    if (t == nullptr) throw FormatError(base_name(path()) + ": tensor '" + name + "' is missing");
+    const std::uint8_t* p = file_.data() + data_offset_ + t->begin;
+    if (t->end == t->begin || reinterpret_cast<std::uintptr_t>(p) % dtype_size(t->dtype) != 0)
+        return load(name);
+    return at::from_blob(const_cast<std::uint8_t*>(p), t->shape,
+                         at::TensorOptions().dtype(dtype_scalar_type(t->dtype)));
 }
 
 void write_safetensors(const std::string& path, const std::map<std::string, at::Tensor>& tensors,

@@ -12,6 +12,8 @@
 #include <limits>
 
 #include "requant/error.h"
+#include "requant/model/attention.h"
+#include "requant/model/head_loss.h"
 
 namespace rq::model {
 
@@ -40,26 +42,12 @@ at::Tensor attention(const at::Tensor& x, const LayerWeights& w, const LlamaConf
                      const RopeTables& rope, LinearObserver* obs, int64_t layer) {
     if (obs) obs->observe(layer, LinearInput::Attn, x);
     const int64_t B = x.size(0), T = x.size(1), H = c.n_head, Hkv = c.n_head_kv, D = c.head_dim;
-    const int64_t R = H / Hkv;
     at::Tensor    q = at::linear(x, w.wq).view({B, T, H, D}).transpose(1, 2);    // [B, H, T, D]
     at::Tensor    k = at::linear(x, w.wk).view({B, T, Hkv, D}).transpose(1, 2);  // [B, Hkv, T, D]
     at::Tensor    v = at::linear(x, w.wv).view({B, T, Hkv, D}).transpose(1, 2);  // [B, Hkv, T, D]
     q               = apply_rope(q, rope);
     k               = apply_rope(k, rope);
-    // Grouped-query attention without copying K/V: the R query heads that share a KV head are
-    // stacked along the row axis, [B*Hkv, R*T, D], so one matmul serves the whole group. The
-    // causal mask is added inside the GEMM (baddbmm): a separate masked_fill pass over the
-    // scores costs a third of the attention time on CPU.
-    at::Tensor qg   = q.reshape({B * Hkv, R * T, D});
-    at::Tensor kt   = k.transpose(2, 3).reshape({B * Hkv, D, T});
-    at::Tensor mask = at::full({T, T}, -std::numeric_limits<double>::infinity(), x.options())
-                          .triu(1)
-                          .repeat({R, 1});  // [R*T, T]
-    at::Tensor scores = at::baddbmm(mask.expand({B * Hkv, R * T, T}), qg, kt, 1.0,
-                                    1.0 / std::sqrt(static_cast<double>(D)));
-    at::Tensor p      = at::softmax(scores, -1).view({B, Hkv, R * T, T});
-    at::Tensor o      = at::matmul(p, v).view({B, H, T, D}).transpose(1, 2);  // [B, T, H, D]
-    at::Tensor oc     = o.reshape({B, T, H * D});
+    at::Tensor oc   = causal_attention(q, k, v).transpose(1, 2).reshape({B, T, H * D});
     if (obs) obs->observe(layer, LinearInput::AttnOut, oc);
     return at::linear(oc, w.wo);
 }
@@ -110,7 +98,7 @@ at::ScalarType Stage::dtype() const {
     return rope_.cos.scalar_type();
 }
 
-at::Tensor Stage::hidden(const at::Tensor& in) const {
+at::Tensor Stage::hidden(const at::Tensor& in, StageTape* tape) const {
     const int64_t T = in.size(1);
     if (T > rope_.cos.size(0))
         throw ConfigError("sequence length " + std::to_string(T) + " exceeds the stage's " +
@@ -126,9 +114,12 @@ at::Tensor Stage::hidden(const at::Tensor& in) const {
                              "]");
         x = in;
     }
-    for (std::size_t i = 0; i < weights_.layers.size(); ++i)
+    for (std::size_t i = 0; i < weights_.layers.size(); ++i) {
+        if (tape) tape->layer_in.push_back(x);
         x = decoder_layer(x, weights_.layers[i], config_, rope_, observer_,
                           weights_.range.layer_begin + int64_t(i));
+    }
+    if (tape && weights_.range.last) tape->hidden = x;
     return x;
 }
 
@@ -144,14 +135,56 @@ at::Tensor Stage::embed_tokens(const at::Tensor& tokens) const {
     return embed(tokens, weights_.tok_embd);
 }
 
-at::Tensor Stage::forward(const at::Tensor& in, const at::Tensor& tokens) const {
-    at::Tensor x = hidden(in);
-    if (!weights_.range.last) return x;
+at::Tensor Stage::losses(const at::Tensor& x, const at::Tensor& tokens) const {
     const int64_t T = x.size(1);
     // Position T-1 predicts nothing: leave it out of the head.
-    const at::Tensor logits =  // [B, T-1, V]
-        lm_logits(x.narrow(1, 0, T - 1), weights_.out_norm, weights_.head, config_.rms_norm_eps);
-    return prediction_losses(logits, tokens.narrow(1, 1, T - 1));
+    const at::Tensor xn = rms_norm(x.narrow(1, 0, T - 1), weights_.out_norm, config_.rms_norm_eps);
+    return head_losses(xn, weights_.head, tokens.narrow(1, 1, T - 1));  // [B, T-1]
+}
+
+at::Tensor Stage::forward(const at::Tensor& in, const at::Tensor& tokens) const {
+    at::Tensor x = hidden(in);
+    return weights_.range.last ? losses(x, tokens) : x;
+}
+
+at::Tensor Stage::forward_recorded(const at::Tensor& in, const at::Tensor& tokens,
+                                   StageTape& tape) const {
+    at::NoGradGuard no_grad;
+    tape         = {};
+    tape.tokens  = tokens;
+    at::Tensor x = hidden(in, &tape);
+    return weights_.range.last ? losses(x, tokens) : x;
+}
+
+int64_t Stage::first_layer_with_grads() const {
+    for (std::size_t i = 0; i < weights_.layers.size(); ++i)
+        for (Linear l : kLinears)
+            if (weights_.layers[i].linear(l).requires_grad()) return int64_t(i);
+    return int64_t(weights_.layers.size());
+}
+
+at::Tensor Stage::backward(const StageTape& tape, const at::Tensor& grad_output) const {
+    const int64_t n = int64_t(weights_.layers.size());
+    // The first stage needs no input gradient: layers below the first with weight gradients
+    // need no backward at all.
+    const int64_t lo = weights_.range.first ? first_layer_with_grads() : 0;
+    if (lo == n) return {};
+    at::Tensor g = grad_output;
+    if (weights_.range.last) {
+        at::Tensor x = tape.hidden.detach().requires_grad_(true);
+        at::Tensor l = losses(x, tape.tokens);
+        l.backward(g.dim() == 0 ? g.to(l.scalar_type()).expand_as(l) : g);
+        g = x.grad();
+    }
+    for (int64_t i = n - 1; i >= lo; --i) {
+        const bool need_in = i > lo || !weights_.range.first;
+        at::Tensor x       = tape.layer_in[std::size_t(i)].detach().requires_grad_(need_in);
+        at::Tensor y = decoder_layer(x, weights_.layers[std::size_t(i)], config_, rope_, nullptr,
+                                     weights_.range.layer_begin + i);
+        y.backward(g);
+        g = need_in ? x.grad() : at::Tensor();
+    }
+    return weights_.range.first ? at::Tensor() : g;
 }
 
 at::Tensor Stage::forward_logits(const at::Tensor& in) const {

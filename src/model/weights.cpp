@@ -92,6 +92,19 @@ void check_range(const LlamaConfig& c, const StageRange& r) {
 
 }  // namespace
 
+StageTensors view_stage_linears(const io::HfCheckpoint& ckpt, const StageRange& range) {
+    const LlamaConfig& c = ckpt.config();
+    check_range(c, range);
+    StageTensors out;
+    for (int64_t il = range.layer_begin; il < range.layer_end; ++il) {
+        LayerTensors lt;
+        for (std::size_t i = 0; i < kNumLinears; ++i)
+            lt[i] = ckpt.view(linear_tensor_name(il, kLinears[i]), linear_shape(c, kLinears[i]));
+        out.push_back(std::move(lt));
+    }
+    return out;
+}
+
 StageWeights load_stage_weights(const io::HfCheckpoint& ckpt, const StageRange& range,
                                 at::ScalarType dtype) {
     const LlamaConfig& c = ckpt.config();

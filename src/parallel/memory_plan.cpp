@@ -2,8 +2,12 @@
 #include "requant/parallel/memory_plan.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
+#include <limits>
 
+#include "requant/model/attention.h"
+#include "requant/model/head_loss.h"
 #include "requant/units.h"
 
 namespace rq::parallel {
@@ -14,38 +18,71 @@ double MemoryPlan::max_total() const {
     return m;
 }
 
+namespace {
+
+// One layer's replay in backward: its saved internals (norms, q/k/v, attention output, the
+// MLP's gate/up/product, residuals: ~10 C + 4 F floats per token), one attention block's
+// scores with their softmax and gradients (4 x [B, H, n, T]), and on the last stage one loss
+// chunk's logits, log-softmax and gradient (3 x [rows, V]).
+double replay_bytes(const io::LlamaConfig& c, double mb, int64_t T, bool last) {
+    const double C = double(c.n_embd), F = double(c.n_ff), V = double(c.n_vocab);
+    const auto   B     = int64_t(mb);
+    double       bytes = 4 * mb * double(T) * (10 * C + 4 * F);
+    bytes +=
+        4 * 4 * mb * double(c.n_head) * double(model::attention_block(B, c.n_head, T)) * double(T);
+    if (last) bytes += 3 * 4 * double(std::min(B * (T - 1), model::loss_chunk_rows(c.n_vocab))) * V;
+    return bytes;
+}
+
+}  // namespace
+
 MemoryPlan plan_memory(const io::LlamaConfig& c, const io::Job& job, int n_ranks) {
     const int64_t T = job.data.seq_len;
     MemoryPlan    p;
     p.pipeline     = parallel::plan_pipeline(c, n_ranks, T);
-    const double C = double(c.n_embd), F = double(c.n_ff), V = double(c.n_vocab);
+    const double C = double(c.n_embd), F = double(c.n_ff);
     const double HD = double(c.n_head * c.head_dim), KD = double(c.n_head_kv * c.head_dim);
     const double lin    = C * (HD + 2 * KD) + HD * C + 3 * C * F;  // linear weights per layer
     const double mb     = double(job.run.microbatch);
     const bool   detach = job.requant.detaches();
-    const bool   sens   = detach;
     const bool   fisher = job.quant.method == io::QuantMethod::SqueezeLlm ||
                         job.requant.significant() == io::SignificantSelect::Fisher;
-    const bool xtx = job.quant.method == io::QuantMethod::Gptq;
+    const bool   xtx    = job.quant.method == io::QuantMethod::Gptq;
+    const double stored = c.torch_dtype == "float32" ? 4 : c.torch_dtype == "float64" ? 8 : 2;
     for (int r = 0; r < n_ranks; ++r) {
-        const auto&  s = p.pipeline.stages[std::size_t(r)];
-        const double L = double(s.range.layer_end - s.range.layer_begin);
+        const auto&  s    = p.pipeline.stages[std::size_t(r)];
+        const double L    = double(s.range.layer_end - s.range.layer_begin);
+        const bool   last = s.range.last;
         RankMemory   m;
         m.weights = 4.0 * double(s.params);
-        if (detach) m.w_orig = 4 * lin * L;
-        if (fisher) m.statistics += 4 * lin * L;
+        if (fisher) m.statistics += (4 + 4) * lin * L;  // diagonal + gradients
         if (xtx) m.statistics += 8 * (2 * C * C + HD * HD + F * F) * (job.quant.sequential ? 1 : L);
-        if (sens || fisher) m.pqi = (4 + (sens ? 8 : 0)) * lin * L;
-        // Saved per token and layer for backward: norms, q/k/v, attention output, the MLP's
-        // gate/up/product, residuals (~10 C + 4 F floats) and the attention weights (H x T).
-        const double per_layer =
-            4 * mb * double(T) * (10 * C + 4 * F + double(c.n_head) * double(T));
-        const double in_flight = double(n_ranks - r);
-        m.activations          = per_layer * L * in_flight;
-        if (s.range.last) m.activations += 2 * 4 * mb * double(T) * V;  // logits + gradient
+        if (detach) m.w_orig = stored * lin * L;
+        if (detach) m.pqi = (4 + 4 + 8) * lin * L;  // w~, gradients, accumulators
+        m.per_micro   = 4 * mb * double(T) * C * (L + (last ? 1 : 0));  // StageTape
+        m.transient   = replay_bytes(c, mb, T, last);
+        m.in_flight   = n_ranks - r;
+        m.activations = m.per_micro * double(m.in_flight) + m.transient;
         p.ranks.push_back(m);
     }
+    if (job.run.mem_gib > 0) {
+        const int64_t cap = in_flight_cap(p, job.run.mem_gib * kGiB);
+        for (auto& m : p.ranks) {
+            m.in_flight   = std::min(m.in_flight, cap);
+            m.activations = m.per_micro * double(m.in_flight) + m.transient;
+        }
+    }
     return p;
+}
+
+int64_t in_flight_cap(const MemoryPlan& p, double budget) {
+    int64_t cap = std::numeric_limits<int64_t>::max();
+    for (const auto& m : p.ranks) {
+        const double fixed = m.total() - m.per_micro * double(m.in_flight);
+        const double room  = m.per_micro > 0 ? (budget - fixed) / m.per_micro : double(cap);
+        cap = std::min<int64_t>(cap, room >= double(cap) ? cap : int64_t(std::floor(room)));
+    }
+    return std::max<int64_t>(1, cap);
 }
 
 int ranks_for_memory(const io::LlamaConfig& c, const io::Job& job, double gib) {
@@ -57,14 +94,14 @@ int ranks_for_memory(const io::LlamaConfig& c, const io::Job& job, double gib) {
 std::string format_memory_plan(const MemoryPlan& p, const io::LlamaConfig& c) {
     std::string out = parallel::format_plan(p.pipeline);
     char        line[200];
-    std::snprintf(line, sizeof line, "%5s  %9s  %9s  %9s  %9s  %9s  %9s\n", "rank", "weights",
-                  "w_orig", "stats", "pqi", "activ.", "total GiB");
+    std::snprintf(line, sizeof line, "%5s  %9s  %9s  %9s  %9s  %9s  %9s  %9s\n", "rank", "weights",
+                  "w_orig", "stats", "pqi", "activ.", "total GiB", "in flight");
     out += line;
     for (std::size_t r = 0; r < p.ranks.size(); ++r) {
         const auto& m = p.ranks[r];
-        std::snprintf(line, sizeof line, "%5zu  %9.2f  %9.2f  %9.2f  %9.2f  %9.2f  %9.2f\n", r,
-                      m.weights / kGiB, m.w_orig / kGiB, m.statistics / kGiB, m.pqi / kGiB,
-                      m.activations / kGiB, m.total() / kGiB);
+        std::snprintf(line, sizeof line, "%5zu  %9.2f  %9.2f  %9.2f  %9.2f  %9.2f  %9.2f  %9lld\n",
+                      r, m.weights / kGiB, m.w_orig / kGiB, m.statistics / kGiB, m.pqi / kGiB,
+                      m.activations / kGiB, m.total() / kGiB, (long long)m.in_flight);
         out += line;
     }
     std::snprintf(line, sizeof line,

@@ -35,9 +35,10 @@ int gradient_tag(int64_t m) {
     return int(m % 16000) * 2 + 1;
 }
 
-PipelineRunner::PipelineRunner(model::Stage& stage, Transport& transport, int64_t microbatch)
-    : stage_(stage), t_(transport), microbatch_(microbatch) {
+PipelineRunner::PipelineRunner(model::Stage& stage, Transport& transport, ScheduleOptions opt)
+    : stage_(stage), t_(transport), microbatch_(opt.microbatch), max_in_flight_(opt.max_in_flight) {
     if (microbatch_ < 1) throw ConfigError("microbatch must be >= 1");
+    if (max_in_flight_ < 0) throw ConfigError("max_in_flight must be >= 0 (0: no cap)");
     const bool first = t_.rank() == 0, last = t_.rank() == t_.size() - 1;
     if (stage.range().first != first || stage.range().last != last)
         throw ConfigError(
@@ -111,10 +112,7 @@ PipelineLoss PipelineRunner::forward_backward(const at::Tensor&                 
     const at::Tensor dloss =
         at::scalar_tensor(1.0 / double(N * (T - 1)), at::TensorOptions().dtype(stage_.dtype()));
 
-    struct InFlight {
-        at::Tensor in, out;
-    };
-    std::deque<InFlight>               inflight;  // forwards not yet backwarded, oldest first
+    std::deque<model::StageTape>       inflight;  // forwards not yet backwarded, oldest first
     std::vector<std::unique_ptr<Work>> sends;
     double                             sum      = 0;
     int64_t                            n        = 0;
@@ -124,31 +122,31 @@ PipelineLoss PipelineRunner::forward_backward(const at::Tensor&                 
         const int64_t m   = next_fwd++;
         at::Tensor    tok = micro_tokens(tokens, m);
         at::Tensor    in  = r == 0 ? tok : recv_activation(tok, r - 1, activation_tag(m));
-        if (r > 0) in.set_requires_grad(true);
         maybe_inject_fault(r, m);
-        const auto tb  = Clock::now();
-        at::Tensor out = stage_.forward(in, tok);
+        const auto       tb = Clock::now();
+        model::StageTape tape;
+        at::Tensor       out = stage_.forward_recorded(in, tok, tape);
         if (r == P - 1) {
-            sum += out.detach().to(at::kDouble).sum().item<double>();
+            sum += out.to(at::kDouble).sum().item<double>();
             n += out.numel();
         }
         stats_.busy_s += since(tb);
-        if (r < P - 1)
-            sends.push_back(t_.send(out.detach().contiguous(), r + 1, activation_tag(m)));
-        inflight.push_back({in, out});
+        if (r < P - 1) sends.push_back(t_.send(out.contiguous(), r + 1, activation_tag(m)));
+        inflight.push_back(std::move(tape));
         if (r == 0 && on_micro) on_micro(m + 1);
     };
     auto do_backward = [&] {
-        const int64_t m = next_bwd++;
-        InFlight      f = std::move(inflight.front());
+        const int64_t    m    = next_bwd++;
+        model::StageTape tape = std::move(inflight.front());
         inflight.pop_front();
         at::Tensor g = dloss;
         if (r < P - 1) {
-            g = at::empty_like(f.out);
+            g = at::empty({tape.tokens.size(0), tape.tokens.size(1), stage_.config().n_embd},
+                          at::TensorOptions().dtype(stage_.dtype()));
             t_.recv(g, r + 1, gradient_tag(m))->wait();
         }
         const auto tb  = Clock::now();
-        at::Tensor gin = model::stage_backward(f.in, f.out, g);
+        at::Tensor gin = stage_.backward(tape, g);
         if (on_backward) on_backward(m);
         stats_.busy_s += since(tb);
         if (r > 0) sends.push_back(t_.send(gin.contiguous(), r - 1, gradient_tag(m)));
@@ -159,7 +157,10 @@ PipelineLoss PipelineRunner::forward_backward(const at::Tensor&                 
         sends.swap(pending);
     };
 
-    const int64_t warmup = std::min<int64_t>(P - 1 - r, M);
+    // Warm-up forwards: P-1-r, capped; non-increasing in r whatever the cap, so a rank never
+    // waits for a forward its predecessor holds back.
+    int64_t warmup = std::min<int64_t>(P - 1 - r, M);
+    if (max_in_flight_ > 0) warmup = std::min(warmup, max_in_flight_ - 1);
     for (int64_t i = 0; i < warmup; ++i) do_forward();
     while (next_fwd < M) {
         do_forward();

@@ -6,6 +6,7 @@
 #include <spdlog/spdlog.h>
 
 #include "requant/phases/stop.h"
+#include "requant/units.h"
 
 namespace rq::phases {
 
@@ -28,7 +29,9 @@ bool RunContext::all_ranks(bool mine) {
 }
 
 void RunContext::mark(const std::string& phase, double s) {
-    log->info("phase {} done on this rank ({:.1f} s)", phase, s);
+    const ProcessMemory m = process_memory();
+    log->info("phase {} done on this rank ({:.1f} s; RSS {:.2f} GiB, peak so far {:.2f} GiB)",
+              phase, s, m.rss / kGiB, m.peak / kGiB);
     all_ranks(true);  // every rank has written its files for the phase
     st.mark(phase, s);
     if (rank == 0) store::write_run_state(out, st);

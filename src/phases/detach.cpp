@@ -40,7 +40,7 @@ void detach(RunContext& ctx, const model::StageTensors& w_orig,
                              "detach " + std::to_string(k) + "/" + std::to_string(K) + ": pqi",
                              "forward+backward passes");
     };
-    decompose::detach_significant(*ctx.stage, ctx.t, w_orig, q, ctx.calib, ctx.job.run.microbatch,
+    decompose::detach_significant(*ctx.stage, ctx.t, w_orig, q, ctx.calib, ctx.schedule,
                                   ctx.job.requant, ctx.job.sensitivity, ctx.st.requant, hooks);
     for (std::size_t il = 0; il < q.size(); ++il)
         store::write_layer_state(ctx.out, l0 + int64_t(il), q[il], ctx.fp);

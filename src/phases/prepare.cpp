@@ -11,6 +11,7 @@
 #include "requant/io/dataset.h"
 #include "requant/model/evaluate.h"
 #include "requant/parallel/control.h"
+#include "requant/parallel/memory_plan.h"
 #include "requant/parallel/partition.h"
 #include "requant/phases/phases.h"
 #include "requant/units.h"
@@ -93,8 +94,9 @@ store::RunState open_state(const RunContext& ctx, Clock::time_point t0) {
 }  // namespace
 
 void prepare(RunContext& ctx) {
-    const auto     t0  = Clock::now();
-    const io::Job& job = ctx.job;
+    const auto          t0       = Clock::now();
+    const ProcessMemory at_start = process_memory();  // libraries and MPI, before any data
+    const io::Job&      job      = ctx.job;
     if (ctx.rank == 0) ctx.st = open_state(ctx, t0);
     // Every rank holds the records of the finished phases and the data.
     std::string fp      = ctx.rank == 0 ? ctx.st.fp.combined() : "";
@@ -111,6 +113,7 @@ void prepare(RunContext& ctx) {
             ctx.t, ctx.rank == 0 ? ctx.st.eval_tokens[i] : at::Tensor(), 0, at::kLong);
     }
     ctx.log = open_rank_log(ctx.out, ctx.rank, ctx.P);
+    ctx.log->info("RSS at start-up {:.3f} GiB", at_start.rss / kGiB);
 
     const auto& cfg   = ctx.ckpt.config();
     int64_t     max_t = ctx.calib.size(1);
@@ -125,7 +128,15 @@ void prepare(RunContext& ctx) {
     const auto& range = plan.stages[std::size_t(ctx.rank)].range;
     ctx.stage         = std::make_unique<model::Stage>(
         cfg, model::load_stage_weights(ctx.ckpt, range, at::kFloat), max_t);
-    ctx.runner = std::make_unique<parallel::PipelineRunner>(*ctx.stage, ctx.t, job.run.microbatch);
+    ctx.schedule = {job.run.microbatch, 0};
+    if (job.run.mem_gib > 0) {
+        ctx.schedule.max_in_flight =
+            parallel::in_flight_cap(parallel::plan_memory(cfg, job, ctx.P), job.run.mem_gib * kGiB);
+        if (ctx.rank == 0)
+            spdlog::info("run.mem_gib = {}: at most {} microbatches in flight per rank",
+                         job.run.mem_gib, ctx.schedule.max_in_flight);
+    }
+    ctx.runner = std::make_unique<parallel::PipelineRunner>(*ctx.stage, ctx.t, ctx.schedule);
     ctx.seconds["prepare"] = since(t0);
 }
 

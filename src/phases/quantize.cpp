@@ -77,8 +77,7 @@ Statistics statistics(RunContext& ctx) {
     if (method.needs.forward() && (!job.quant.sequential || adaptive)) {
         s.forward = sensitivity::StatsCollector(sensitivity::stats_options(
             method.needs, job.quant.awq_samples, ctx.calib.size(0) * ctx.calib.size(1)));
-        sensitivity::collect_forward_stats(*ctx.stage, ctx.t, ctx.calib, job.run.microbatch,
-                                           s.forward);
+        sensitivity::collect_forward_stats(*ctx.stage, ctx.t, ctx.calib, ctx.schedule, s.forward);
         s.has_forward = true;
     }
     s.seconds = since(t0);
@@ -148,6 +147,10 @@ std::vector<decompose::LayerQuant> quantize(RunContext& ctx, Statistics& stats,
             store::write_layer_state(ctx.out, l, out.back(), ctx.fp);
             ctx.log->info("layer {}: quantized and saved ({}/{} of this rank)", l, i + 1, n_mine);
         }
+        // This layer's statistics are no longer needed: X^T X alone is 0.5 GiB for one
+        // Llama-3.2-1B down_proj.
+        if (stats.has_forward) stats.forward.release(l);
+        if (!stats.fisher.empty()) stats.fisher[std::size_t(i)] = model::LayerTensors{};
         if (sequential) {
             const auto t0 = Clock::now();
             seq->advance(l);

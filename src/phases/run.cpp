@@ -13,9 +13,10 @@ int run_job(const io::Job& job, bool with_study, bool restart) {
     prepare(ctx);
     baseline(ctx);
 
-    // w, kept where a later phase moves along the path from it (detach, the study).
+    // w, where a later phase moves along the path from it (detach, the study): the
+    // checkpoint's own bytes, mapped, not a copy.
     const model::StageTensors w_orig = with_study || job.requant.detaches()
-                                           ? decompose::stage_linears(*ctx.stage)
+                                           ? model::view_stage_linears(ctx.ckpt, ctx.range())
                                            : model::StageTensors{};
     auto                      q      = reuse_quantized(ctx);
     if (!q) {  // statistics, outliers and quantize, resumed layer by layer
@@ -34,7 +35,7 @@ int run_job(const io::Job& job, bool with_study, bool restart) {
     if (with_study) {
         const model::StageTensors wq = decompose::stage_linears(*ctx.stage);
         decompose::set_stage_linears(*ctx.stage, w_orig);
-        study = sensitivity_study(*ctx.stage, ctx.t, wq, ctx.calib, job, ctx.seconds);
+        study = sensitivity_study(*ctx.stage, ctx.t, wq, ctx.calib, job, ctx.schedule, ctx.seconds);
     }
     const quant::StorageBits all = total_storage(ctx, *q);
     assemble(ctx, all);

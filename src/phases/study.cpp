@@ -228,7 +228,8 @@ std::string study_title(const io::Job& job, const at::Tensor& calib) {
 
 nlohmann::json sensitivity_study(model::Stage& stage, parallel::Transport& t,
                                  const model::StageTensors& w_quant, const at::Tensor& calib,
-                                 const io::Job& job, std::map<std::string, double>& phases) {
+                                 const io::Job& job, const parallel::ScheduleOptions& schedule,
+                                 std::map<std::string, double>& phases) {
     const auto&   js   = job.sensitivity;
     const int     rank = t.rank();
     const int64_t L = stage.config().n_layer, l0 = stage.range().layer_begin;
@@ -239,7 +240,7 @@ nlohmann::json sensitivity_study(model::Stage& stage, parallel::Transport& t,
     po.quad = sensitivity::quadrature(js.rule, js.nodes);
     if (js.study)
         for (int j = 0; j <= 2 * js.nodes; ++j) po.study_t.push_back(double(j) / (2.0 * js.nodes));
-    auto pqi         = sensitivity::compute_pqi(stage, t, w_quant, calib, job.run.microbatch, po,
+    auto pqi         = sensitivity::compute_pqi(stage, t, w_quant, calib, schedule, po,
                                                 step_progress(rank == 0, "pqi", "forward+backward passes"));
     phases["pqi"]    = since(t0);
     const double rel = rel_gap(pqi.pqi_sum, pqi.delta_f());
@@ -265,9 +266,9 @@ nlohmann::json sensitivity_study(model::Stage& stage, parallel::Transport& t,
     // ---- 3. Taylor terms and actual dF, on an fp64 copy of the stage ---------------------------
     t0 = Clock::now();
     model::Stage s64(stage.config(), stage_weights_as(stage.weights(), at::kDouble), calib.size(1));
-    const auto   tay = sensitivity::taylor_study(s64, t, w_quant, calib, job.run.microbatch,
-                                                 {js.lambdas, js.hvp_eps},
-                                                 step_progress(rank == 0, "taylor", "passes"));
+    const auto   tay =
+        sensitivity::taylor_study(s64, t, w_quant, calib, schedule, {js.lambdas, js.hvp_eps},
+                                  step_progress(rank == 0, "taylor", "passes"));
     phases["taylor"] = since(t0);
 
     // ---- 4. tables, results and the report -----------------------------------------------------

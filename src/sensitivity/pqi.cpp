@@ -62,22 +62,10 @@ double table_sum(const at::Tensor& table) {
     return sum;
 }
 
-PqiResult compute_pqi(model::Stage& stage, parallel::Transport& t,
-                      const model::StageTensors& w_quant, const at::Tensor& tokens,
-                      int64_t microbatch, const PqiOptions& opt,
-                      const std::function<void(int, int)>& on_node) {
-    auto&               layers = stage.weights().layers;
-    const int64_t       L = stage.config().n_layer, l0 = stage.range().layer_begin;
-    LinearPath          path(stage, w_quant);
-    model::StageTensors grad_sum(layers.size());
-    for (std::size_t il = 0; il < layers.size(); ++il)
-        for (std::size_t i = 0; i < model::kLinears.size(); ++i)
-            grad_sum[il][i] =
-                at::zeros_like(path.w()[il][i], at::TensorOptions().dtype(at::kDouble));
-    // phi(t) = grad . dw, per (layer, linear), from the gradients now in the linears.
-    auto phi = [&] { return table_sum(gather_layer_table(t, path.directional(), l0, L)); };
+namespace {
 
-    // Every node to visit, ascending, each once; weight > 0 where the rule accumulates PQI.
+// Every node to visit, ascending, each once; weight > 0 where the rule accumulates PQI.
+std::vector<std::pair<double, double>> visit_order(const PqiOptions& opt) {
     std::vector<std::pair<double, double>> nodes;
     for (std::size_t k = 0; k < opt.quad.t.size(); ++k)
         nodes.emplace_back(opt.quad.t[k], opt.quad.weight[k]);
@@ -90,8 +78,24 @@ PqiResult compute_pqi(model::Stage& stage, parallel::Transport& t,
         else
             uniq.push_back(n);
     }
+    return uniq;
+}
 
-    parallel::PipelineRunner runner(stage, t, microbatch);
+PqiResult pqi_on_path(model::Stage& stage, parallel::Transport& t, LinearPath& path,
+                      const at::Tensor& tokens, const parallel::ScheduleOptions& schedule,
+                      const PqiOptions& opt, const std::function<void(int, int)>& on_node) {
+    auto&               layers = stage.weights().layers;
+    const int64_t       L = stage.config().n_layer, l0 = stage.range().layer_begin;
+    model::StageTensors grad_sum(layers.size());  // sum_k weight_k dF/dw(t_k), fp64
+    for (std::size_t il = 0; il < layers.size(); ++il)
+        for (std::size_t i = 0; i < model::kLinears.size(); ++i)
+            grad_sum[il][i] = at::zeros(layers[il].linear(model::kLinears[i]).sizes(),
+                                        at::TensorOptions().dtype(at::kDouble));
+    // phi(t) = grad . dw, per (layer, linear), from the gradients now in the linears.
+    auto       phi  = [&] { return table_sum(gather_layer_table(t, path.directional(), l0, L)); };
+    const auto uniq = visit_order(opt);
+
+    parallel::PipelineRunner runner(stage, t, schedule);
     PqiResult                r;
     bool                     have_orig = false, have_quant = false;
     if (on_node) on_node(0, int(uniq.size()));
@@ -121,17 +125,37 @@ PqiResult compute_pqi(model::Stage& stage, parallel::Transport& t,
     if (!have_quant) path.set_all(1.0, false), r.f_quant = runner.forward(tokens).mean();
     path.set_all(0.0, false);  // leave w in place, without gradients
 
+    // PQI = dw * grad_sum, formed in the accumulator, one linear at a time.
     r.pqi.resize(layers.size());
     std::vector<std::array<double, model::kNumLinears>> local(layers.size());
     for (std::size_t il = 0; il < layers.size(); ++il)
         for (std::size_t i = 0; i < model::kLinears.size(); ++i) {
-            const at::Tensor p = path.dw()[il][i].to(at::kDouble) * grad_sum[il][i];
-            local[il][i]       = p.sum().item<double>();
-            r.pqi[il][i]       = p.to(at::kFloat);
+            at::Tensor p = std::move(grad_sum[il][i]);
+            p.mul_(path.dw(il, i).to(at::kDouble));
+            local[il][i] = p.sum().item<double>();
+            r.pqi[il][i] = p.to(at::kFloat);
         }
     r.layer_pqi = gather_layer_table(t, local, l0, L);
     r.pqi_sum   = table_sum(r.layer_pqi);
     return r;
+}
+
+}  // namespace
+
+PqiResult compute_pqi(model::Stage& stage, parallel::Transport& t,
+                      const model::StageTensors& w_quant, const at::Tensor& tokens,
+                      const parallel::ScheduleOptions& schedule, const PqiOptions& opt,
+                      const std::function<void(int, int)>& on_node) {
+    LinearPath path(stage, w_quant);
+    return pqi_on_path(stage, t, path, tokens, schedule, opt, on_node);
+}
+
+PqiResult compute_pqi(model::Stage& stage, parallel::Transport& t,
+                      const model::StageTensors& w_orig, const model::StageTensors& w_quant,
+                      const at::Tensor& tokens, const parallel::ScheduleOptions& schedule,
+                      const PqiOptions& opt, const std::function<void(int, int)>& on_node) {
+    LinearPath path(stage, w_orig, w_quant);
+    return pqi_on_path(stage, t, path, tokens, schedule, opt, on_node);
 }
 
 }  // namespace rq::sensitivity

@@ -48,6 +48,11 @@ void StatsCollector::observe(int64_t layer, model::LinearInput which, const at::
     e.rows += x2.size(0);
 }
 
+void StatsCollector::release(int64_t layer) {
+    for (auto it = acc_.begin(); it != acc_.end();)
+        it = it->first.first == layer ? acc_.erase(it) : std::next(it);
+}
+
 const StatsCollector::Entry& StatsCollector::entry(int64_t layer, model::LinearInput which) const {
     const auto it = acc_.find({layer, int(which)});
     if (it == acc_.end())
@@ -77,10 +82,10 @@ quant::InputStats StatsCollector::input(int64_t layer, model::LinearInput which)
 }
 
 void collect_forward_stats(model::Stage& stage, parallel::Transport& t, const at::Tensor& tokens,
-                           int64_t microbatch, StatsCollector& stats) {
+                           const parallel::ScheduleOptions& schedule, StatsCollector& stats) {
     at::NoGradGuard no_grad;
     stage.set_observer(&stats);
-    parallel::PipelineRunner(stage, t, microbatch).forward(tokens);
+    parallel::PipelineRunner(stage, t, schedule).forward(tokens);
     stage.set_observer(nullptr);
 }
 

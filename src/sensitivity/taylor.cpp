@@ -31,12 +31,12 @@ double TaylorResult::second_total() const {
 
 TaylorResult taylor_study(model::Stage& stage, parallel::Transport& t,
                           const model::StageTensors& w_quant, const at::Tensor& tokens,
-                          int64_t microbatch, const TaylorOptions& opt,
+                          const parallel::ScheduleOptions& schedule, const TaylorOptions& opt,
                           const std::function<void(int, int)>& on_pass) {
     const int64_t            L = stage.config().n_layer, l0 = stage.range().layer_begin;
     const int64_t            n_local = int64_t(stage.weights().layers.size());
     LinearPath               p(stage, w_quant);
-    parallel::PipelineRunner runner(stage, t, microbatch);
+    parallel::PipelineRunner runner(stage, t, schedule);
     int                      lambda_passes = 0;
     for (double l : opt.lambdas) lambda_passes += l != 1.0;
     const int total = 1 + 2 * int(L + 1) + int(L) + 1 + lambda_passes;
@@ -118,7 +118,7 @@ double second_order_exact(model::Stage& stage, const model::StageTensors& w_quan
     std::vector<at::Tensor> params, v;
     for (std::size_t i = 0; i < model::kLinears.size(); ++i) {
         params.push_back(stage.weights().layers[std::size_t(il)].linear(model::kLinears[i]));
-        v.push_back(p.dw()[std::size_t(il)][i]);
+        v.push_back(p.dw(std::size_t(il), i));
     }
     const int64_t N = tokens.size(0), T = tokens.size(1);
     double        vhv = 0;

@@ -88,7 +88,12 @@ Fingerprint fingerprint(const io::Job& job, const std::string& model_dir) {
     k.model.path = "";
     k.data.calibration.clear();
     for (auto& e : k.data.eval) e = io::base_name(e);
-    fp.job = io::Sha256().add(io::job_to_toml(k)).hex();
+    // run.mem_gib shapes the schedule, never a result: its line is left out, so that a run
+    // resumes under another budget and fingerprints of versions before the key stay valid.
+    std::string toml = io::job_to_toml(k);
+    const auto  at   = toml.find("\nmem_gib ");
+    if (at != std::string::npos) toml.erase(at + 1, toml.find('\n', at + 1) - at);
+    fp.job = io::Sha256().add(toml).hex();
     return fp;
 }
 

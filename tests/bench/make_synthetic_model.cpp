@@ -4,6 +4,9 @@
 // means nothing.
 // Usage: make_synthetic_model OUT_DIR [--hidden C] [--ff F] [--layers L] [--heads H] [--kv Hkv]
 //        [--vocab V]
+//        make_synthetic_model OUT_DIR --config config.json   (a released model's shape, e.g.
+//        jobs/configs/llama-3.2-1b.json: rope scaling and tied embeddings as it says; the file
+//        is copied as the model's config.json)
 #include <ATen/ATen.h>
 #include <sys/stat.h>
 
@@ -12,6 +15,7 @@
 #include <map>
 #include <nlohmann/json.hpp>
 
+#include "requant/io/hf_config.h"
 #include "requant/io/safetensors.h"
 #include "requant/model/weights.h"
 
@@ -21,9 +25,14 @@ int main(int argc, char** argv) try {
     rq::io::LlamaConfig c;
     c.n_embd = 2048, c.n_ff = 5632, c.n_layer = 12, c.n_head = 16, c.n_head_kv = 4,
     c.n_vocab = 32000;
+    std::string config_file;
     for (int i = 2; i + 1 < argc; i += 2) {
         const std::string k = argv[i];
-        const int64_t     v = std::stoll(argv[i + 1]);
+        if (k == "--config") {
+            config_file = argv[i + 1];
+            continue;
+        }
+        const int64_t v = std::stoll(argv[i + 1]);
         if (k == "--hidden")
             c.n_embd = v;
         else if (k == "--ff")
@@ -43,6 +52,11 @@ int main(int argc, char** argv) try {
     c.n_ctx_train = 4096, c.rms_norm_eps = 1e-5, c.rope_theta = 500000,
     c.tie_word_embeddings = false;
     ::mkdir(out.c_str(), 0755);
+    if (!config_file.empty()) {
+        c = rq::io::load_llama_config(config_file);
+        std::ifstream in(config_file);
+        std::ofstream(out + "/config.json") << in.rdbuf();
+    }
     nlohmann::json cfg = {{"architectures", {"LlamaForCausalLM"}},
                           {"model_type", "llama"},
                           {"hidden_act", "silu"},
@@ -57,7 +71,7 @@ int main(int argc, char** argv) try {
                           {"rope_theta", c.rope_theta},
                           {"tie_word_embeddings", false},
                           {"torch_dtype", "bfloat16"}};
-    std::ofstream(out + "/config.json") << cfg.dump(2) << "\n";
+    if (config_file.empty()) std::ofstream(out + "/config.json") << cfg.dump(2) << "\n";
 
     // Two shards: layers [0, L/2) with the embedding, the rest with norm and head.
     nlohmann::json weight_map;
@@ -76,7 +90,8 @@ int main(int argc, char** argv) try {
             for (auto l : rq::model::kLinears)
                 t[rq::model::linear_tensor_name(il, l)] = lw.linear(l);
         }
-        if (r.last) t["model.norm.weight"] = w.out_norm, t["lm_head.weight"] = w.head;
+        if (r.last) t["model.norm.weight"] = w.out_norm;
+        if (r.last && !c.tie_word_embeddings) t["lm_head.weight"] = w.head;
         const std::string file = "model-0000" + std::to_string(shard + 1) + "-of-00002.safetensors";
         rq::io::write_safetensors(out + "/" + file, t);
         for (const auto& kv : t) weight_map[kv.first] = file;

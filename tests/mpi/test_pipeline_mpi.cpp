@@ -73,10 +73,10 @@ struct Result {
 };
 
 Result run(const io::HfCheckpoint& ckpt, Transport& t, const model::StageRange& range,
-           const at::Tensor& tok, int64_t microbatch, bool backward) {
+           const at::Tensor& tok, ScheduleOptions schedule, bool backward) {
     model::Stage s(ckpt.config(), model::load_stage_weights(ckpt, range, at::kFloat), tok.size(1));
     model::enable_linear_grads(s.weights());
-    PipelineRunner runner(s, t, microbatch);
+    PipelineRunner runner(s, t, schedule);
     Result         res;
     res.loss = backward ? runner.forward_backward(tok).mean() : runner.forward(tok).mean();
     if (backward)
@@ -103,15 +103,20 @@ void check_against_single_process(const std::string& model, const std::string& d
     const Result pipe  = run(ckpt, *world, mine, tok, microbatch, true);
     const Result pipe2 = run(ckpt, *world, mine, tok, microbatch, true);  // same on every run
     const Result fwd   = run(ckpt, *world, mine, tok, microbatch, false);
+    // In-flight caps below 1F1B's P - r: a longer bubble, the same bits.
+    const Result cap1 = run(ckpt, *world, mine, tok, {microbatch, 1}, true);
+    const Result cap2 = run(ckpt, *world, mine, tok, {microbatch, 2}, true);
 
-    bool   bitwise = pipe.loss == ref.loss && fwd.loss == ref.loss && pipe2.loss == pipe.loss;
-    double max_rel = std::abs(pipe.loss - ref.loss) / std::abs(ref.loss);
-    const std::size_t off = std::size_t(mine.layer_begin) * model::kLinears.size();
+    bool bitwise = pipe.loss == ref.loss && fwd.loss == ref.loss && pipe2.loss == pipe.loss &&
+                   cap1.loss == ref.loss && cap2.loss == ref.loss;
+    double            max_rel = std::abs(pipe.loss - ref.loss) / std::abs(ref.loss);
+    const std::size_t off     = std::size_t(mine.layer_begin) * model::kLinears.size();
     for (std::size_t i = 0; i < pipe.grads.size(); ++i) {
         const at::Tensor& want = ref.grads[off + i];
         const double rel = ((pipe.grads[i] - want).abs().max() / want.abs().max()).item<double>();
         max_rel          = std::max(max_rel, rel);
-        bitwise = bitwise && at::equal(pipe.grads[i], want) && at::equal(pipe2.grads[i], want);
+        bitwise = bitwise && at::equal(pipe.grads[i], want) && at::equal(pipe2.grads[i], want) &&
+                  at::equal(cap1.grads[i], want) && at::equal(cap2.grads[i], want);
     }
     std::printf(
         "[rank %d] %s: layers [%lld,%lld) loss %.9f (P=1 %.9f), %zu gradients, "
@@ -119,7 +124,7 @@ void check_against_single_process(const std::string& model, const std::string& d
         world->rank(), model.c_str(), (long long)mine.layer_begin, (long long)mine.layer_end,
         pipe.loss, ref.loss, pipe.grads.size(), max_rel, bitwise ? "yes" : "no");
     expect_all_ranks(max_rel <= kMaxRel, model + ": max relative difference <= 1e-5");
-    expect_all_ranks(bitwise, model + ": bitwise equal to P = 1 and across runs");
+    expect_all_ranks(bitwise, model + ": bitwise equal to P = 1, across runs and in-flight caps");
 }
 
 TEST(Pipeline, Stories260kEqualsSingleProcess) {

@@ -8,6 +8,7 @@
 #include "requant/decompose/layer.h"
 #include "requant/io/job.h"
 #include "requant/model/llama.h"
+#include "requant/parallel/schedule.h"
 #include "requant/parallel/transport.h"
 
 // Alg. 2, step-wise significant-weight detach (PAPER.md §4.4): K = ceil(r_s / beta) rounds of
@@ -46,9 +47,9 @@ struct DetachHooks {
 // `report` gets "detach": per round the PQI self-test and the selection. Collective.
 void detach_significant(model::Stage& stage, parallel::Transport& t,
                         const model::StageTensors& w_orig, std::vector<LayerQuant>& q,
-                        const at::Tensor& tokens, int64_t microbatch, const io::JobRequant& requant,
-                        const io::JobSensitivity& pqi, nlohmann::json& report,
-                        const DetachHooks& hooks = {});
+                        const at::Tensor& tokens, const parallel::ScheduleOptions& schedule,
+                        const io::JobRequant& requant, const io::JobSensitivity& pqi,
+                        nlohmann::json& report, const DetachHooks& hooks = {});
 
 // The round records as results.json shows them ("pqi" under "detach").
 nlohmann::json           rounds_json(const std::vector<DetachRound>& rounds);

@@ -32,6 +32,11 @@ class HfCheckpoint {
     at::Tensor load(const std::string& name, const std::vector<int64_t>& shape,
                     at::ScalarType dtype) const;
 
+    // As load(), in the stored dtype, without a copy: a read-only view of the mapped shard
+    // (SafetensorsFile::view), valid while this checkpoint lives. Its pages count as resident
+    // once touched, and the kernel may drop and re-read them under memory pressure.
+    at::Tensor view(const std::string& name, const std::vector<int64_t>& shape) const;
+
     // The tensor `name` as stored (dtype and shape). Throws FormatError if it is missing.
     at::Tensor load_stored(const std::string& name) const;
 
@@ -42,6 +47,10 @@ class HfCheckpoint {
 
   private:
     const SafetensorsFile& shard(const std::string& file) const;
+    // The shard holding `name`, after checking that the tensor is there with `shape` and a
+    // floating-point dtype (FormatError / ShapeError naming the shard and the tensor).
+    const SafetensorsFile& checked(const std::string&          name,
+                                   const std::vector<int64_t>& shape) const;
 
     std::string                                                     dir_;
     LlamaConfig                                                     config_;

@@ -133,11 +133,15 @@ struct JobRun {
     int           microbatch = 4;   // sequences per pipeline microbatch, >= 1
     int           threads    = 2;   // intra-op threads per rank, >= 1
     TransportKind transport  = TransportKind::Mpi;
+    // Per-rank memory budget in GiB that bounds how many microbatches 1F1B keeps in flight
+    // (parallel/memory_plan.h); 0: no budget. Shapes the schedule only, never a result, so it
+    // is left out of the job fingerprint: a run may resume under another budget.
+    double mem_gib = 0;
 
     template <class Ar>
     void serialize(Ar& ar, unsigned /*version*/) {
         // clang-format off
-        ar & out & microbatch & threads & transport;
+        ar & out & microbatch & threads & transport & mem_gib;
         // clang-format on
     }
 };

@@ -48,6 +48,10 @@ class SafetensorsFile {
     at::Tensor load(const std::string& name, at::ScalarType dtype) const;
     // As load(), keeping the stored dtype.
     at::Tensor load(const std::string& name) const;
+    // The stored tensor without a copy: a view of the mapping (read-only memory: writing to it
+    // faults), valid while this file lives. A copy when its offset is not a multiple of its
+    // element size (safetensors does not promise alignment). Throws FormatError if missing.
+    at::Tensor view(const std::string& name) const;
 
   private:
     MappedFile                         file_;

@@ -1,5 +1,6 @@
 #pragma once
 #include <cstdint>
+#include <vector>
 
 #include <ATen/core/Tensor.h>
 
@@ -44,6 +45,14 @@ at::Tensor prediction_losses(const at::Tensor& logits, const at::Tensor& targets
 // (position t predicts token t+1; the loss F is the mean over every entry).
 at::Tensor next_token_losses(const at::Tensor& logits, const at::Tensor& tokens);
 
+// What Stage::forward_recorded keeps of one microbatch for Stage::backward: the input of each
+// of the stage's layers and the last layer's output, [B, T, C] each — nothing inside a layer.
+struct StageTape {
+    at::Tensor              tokens;    // int64 [B, T]
+    std::vector<at::Tensor> layer_in;  // per stage layer: its input
+    at::Tensor              hidden;    // the last layer's output (the head's input on the last)
+};
+
 // One pipeline stage. forward() takes token ids (first stage) or boundary activations, and
 // returns boundary activations or, on the last stage, per-position losses [B, T-1].
 class Stage {
@@ -59,6 +68,17 @@ class Stage {
     // in: int64 [B, T] tokens on the first stage, else [B, T, C]. tokens: int64 [B, T], needed
     // on the last stage (targets). Returns [B, T, C], or [B, T-1] losses on the last stage.
     at::Tensor forward(const at::Tensor& in, const at::Tensor& tokens) const;
+    // forward() without autograd that records the microbatch's tape; backward() then replays
+    // one layer at a time with autograd (activation recomputation): a microbatch in flight
+    // holds (layers + 1) x [B, T, C], and one layer's internals exist only while it is replayed.
+    at::Tensor forward_recorded(const at::Tensor& in, const at::Tensor& tokens,
+                                StageTape& tape) const;
+    // grad_output: dF/d output ([B, T, C]), or on the last stage the weight of every loss (a
+    // scalar or [B, T-1]). Weight gradients accumulate in the linears' .grad(); returns dF/d
+    // input, or an undefined tensor on the first stage. The same gradients as stage_backward()
+    // over forward()'s graph, in the same operations.
+    at::Tensor backward(const StageTape& tape, const at::Tensor& grad_output) const;
+
     // Logits of the last stage, [B, T, V] (evaluation and reference checks).
     at::Tensor forward_logits(const at::Tensor& in) const;
     // One decoder layer of this stage (absolute index), for layer-by-layer (sequential)
@@ -71,7 +91,10 @@ class Stage {
     void set_observer(LinearObserver* obs) { observer_ = obs; }
 
   private:
-    at::Tensor hidden(const at::Tensor& in) const;  // embedding (first) + this stage's layers
+    // embedding (first) + this stage's layers; tape, when given, records each layer's input
+    at::Tensor hidden(const at::Tensor& in, StageTape* tape = nullptr) const;
+    at::Tensor losses(const at::Tensor& x, const at::Tensor& tokens) const;  // last stage
+    int64_t    first_layer_with_grads() const;  // stage layer index; layers.size() if none
 
     LlamaConfig     config_;
     StageWeights    weights_;

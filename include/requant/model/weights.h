@@ -71,6 +71,10 @@ std::string linear_tensor_name(int64_t il, Linear l);
 StageWeights load_stage_weights(const io::HfCheckpoint& ckpt, const StageRange& range,
                                 at::ScalarType dtype);
 
+// The linears of `range` as stored, without a copy: read-only views of the mapped shards
+// (io::HfCheckpoint::view), valid while `ckpt` lives; BF16 in most released models.
+StageTensors view_stage_linears(const io::HfCheckpoint& ckpt, const StageRange& range);
+
 // Random weights with trained-model-like scales, for tests (deterministic in `seed`).
 StageWeights random_stage_weights(const LlamaConfig& c, const StageRange& range,
                                   at::ScalarType dtype, uint64_t seed);

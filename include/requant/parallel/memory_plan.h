@@ -1,4 +1,6 @@
 #pragma once
+#include <algorithm>
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -8,23 +10,32 @@
 
 // `requant-dist plan`: the stage split of a job and each rank's peak memory, from config.json
 // alone (no weights are read), so that a user can pick the rank count before asking a cluster
-// for nodes. The estimate counts what the run holds at once on a rank:
+// for nodes. The estimate counts what the run holds at once on a rank, phase by phase:
 //   weights     the stage in fp32 (the run computes in fp32 whatever the checkpoint stores)
-//   w_orig      a second fp32 copy of the stage's linears (detach)
-//   statistics  GPTQ X^T X (fp64, per linear input; all layers of the stage at once unless
-//               quant.sequential), SqueezeLLM / Fisher diagonals (fp32, one per weight)
-//   pqi         fp32 gradients + fp64 accumulators per linear weight (detach; gradients
-//               alone for the Fisher diagonal)
-//   activations one microbatch's saved activations per layer (1F1B keeps up to P - rank
-//               microbatches in flight on rank r), plus logits and their gradient on the last
+//   statistics  the statistics and quantize phases: GPTQ X^T X (fp64, per linear input; all
+//               layers of the stage at once unless quant.sequential), SqueezeLLM / Fisher
+//               diagonals with the gradients they are summed from (fp32, one each per weight);
+//               a layer's statistics are freed once it is quantized
+//   w_orig      the detach phase: the stage's original linears, mapped from the checkpoint in
+//               its stored dtype (config.json's torch_dtype), resident once read
+//   pqi         the detach phase: w~ (fp32, the stage's own tensors, kept while the path moves),
+//               fp32 gradients and fp64 accumulators per linear weight
+//   activations what a microbatch in flight keeps (each layer's input: activations are
+//               recomputed in backward), times the microbatches in flight (1F1B: P - r on
+//               rank r, capped by run.mem_gib), plus the transient of one layer's replay: its
+//               saved internals, one attention block's scores, one loss chunk's logits
+// The peak is weights + activations + the larger of the two phases (statistics, w_orig + pqi).
 // An estimate: allocator slack, libtorch's workspace and ~0.3 GiB of libraries per process come
 // on top.
 
 namespace rq::parallel {
 
 struct RankMemory {
-    double weights = 0, w_orig = 0, statistics = 0, pqi = 0, activations = 0;
-    double total() const { return weights + w_orig + statistics + pqi + activations; }
+    double  weights = 0, w_orig = 0, statistics = 0, pqi = 0, activations = 0;
+    double  per_micro = 0;  // bytes one microbatch in flight keeps (part of activations)
+    double  transient = 0;  // bytes of one layer's replay (part of activations)
+    int64_t in_flight = 0;  // microbatches in flight at once
+    double  total() const { return weights + activations + std::max(statistics, w_orig + pqi); }
 };
 
 struct MemoryPlan {
@@ -33,7 +44,12 @@ struct MemoryPlan {
     double                  max_total() const;
 };
 
+// With job.run.mem_gib > 0, the in-flight count is capped to what fits the budget on every
+// rank (in_flight_cap).
 MemoryPlan plan_memory(const io::LlamaConfig& c, const io::Job& job, int n_ranks);
+// The most microbatches in flight that keep every rank of `p` within `budget` bytes (at least
+// 1); the same on every rank, as the schedule needs (ScheduleOptions::max_in_flight).
+int64_t in_flight_cap(const MemoryPlan& p, double budget);
 // The least rank count whose every rank fits in `gib` (0 if even one per layer does not).
 int         ranks_for_memory(const io::LlamaConfig& c, const io::Job& job, double gib);
 std::string format_memory_plan(const MemoryPlan& p, const io::LlamaConfig& c);

@@ -12,8 +12,9 @@
 // the stages:
 // - forward(): streamed, forward only (evaluation, activation statistics);
 // - forward_backward(): 1F1B — each stage runs min(P-1-r, M) warm-up forwards, then alternates
-//   one forward and one backward, then drains; activations are kept only for microbatches in
-//   flight. Weight gradients accumulate in the stage's linears over all microbatches.
+//   one forward and one backward, then drains; a microbatch in flight keeps only the input of
+//   each of the stage's layers (model::StageTape), its backward recomputes one layer at a time.
+//   Weight gradients accumulate in the stage's linears over all microbatches.
 // Results are bitwise identical for every P with the same microbatch size and thread count:
 // each stage does exactly the work of the single-process run, in the same order.
 // N sequences, T tokens, C n_embd, M microbatches.
@@ -39,10 +40,22 @@ struct ScheduleStats {
 int activation_tag(int64_t m);
 int gradient_tag(int64_t m);
 
+// How sequences flow: `microbatch` sequences per microbatch, and at most `max_in_flight`
+// microbatches forwarded but not yet backwarded on any rank (0: 1F1B's own bound, P - r on
+// rank r). A cap k < P - r lowers the warm-up to k - 1 forwards on the first ranks: the bubble
+// grows, memory does not, and the results stay bitwise the same (every microbatch does the same
+// work, and backwards still run in microbatch order).
+struct ScheduleOptions {
+    ScheduleOptions(int64_t mb = 1, int64_t in_flight = 0)  // NOLINT: a microbatch alone is one
+        : microbatch(mb), max_in_flight(in_flight) {}
+    int64_t microbatch;
+    int64_t max_in_flight;
+};
+
 class PipelineRunner {
   public:
     // The runner borrows both; stage index = transport rank, stages = transport size.
-    PipelineRunner(model::Stage& stage, Transport& transport, int64_t microbatch);
+    PipelineRunner(model::Stage& stage, Transport& transport, ScheduleOptions opt);
 
     // tokens: int64 [N, T], the same on every rank. on_micro(done) is called on rank 0 after it
     // has pushed each microbatch. Returns the loss on every rank.
@@ -67,6 +80,7 @@ class PipelineRunner {
     model::Stage& stage_;
     Transport&    t_;
     int64_t       microbatch_;
+    int64_t       max_in_flight_;
     ScheduleStats stats_;
 };
 

@@ -47,7 +47,8 @@ class RunContext {
     at::Tensor                    calib;                // int64 [N, T], on every rank
     std::vector<EvalSet>          evals;                // on every rank
     std::unique_ptr<model::Stage> stage;                // this rank's layers
-    std::unique_ptr<parallel::PipelineRunner> runner;   // microbatches of run.microbatch
+    parallel::ScheduleOptions     schedule;             // run.microbatch, in-flight cap
+    std::unique_ptr<parallel::PipelineRunner> runner;   // runs `schedule`
     std::shared_ptr<spdlog::logger>           log;      // OUT/logs/rank-NNN.log
     std::map<std::string, double>             seconds;  // phases measured in this invocation
 

@@ -7,6 +7,7 @@
 
 #include "requant/io/job.h"
 #include "requant/model/llama.h"
+#include "requant/parallel/schedule.h"
 #include "requant/parallel/transport.h"
 #include "requant/sensitivity/pqi.h"
 
@@ -29,6 +30,7 @@ namespace rq::phases {
 // "sensitivity" object of results.json (complete on rank 0). Adds phase times to `phases`.
 nlohmann::json sensitivity_study(model::Stage& stage, parallel::Transport& t,
                                  const model::StageTensors& w_quant, const at::Tensor& calib,
-                                 const io::Job& job, std::map<std::string, double>& phases);
+                                 const io::Job& job, const parallel::ScheduleOptions& schedule,
+                                 std::map<std::string, double>& phases);
 
 }  // namespace rq::phases

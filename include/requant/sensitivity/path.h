@@ -9,8 +9,9 @@
 #include "requant/model/llama.h"
 
 // The straight path w + s (w~ - w) over the linears of one pipeline stage, the thing PQI
-// integrates along and the Taylor terms expand around. Holds w and dw = w~ - w for this rank's
-// layers; moves each layer to its own point of the path and says which linears take gradients.
+// integrates along and the Taylor terms expand around. Moves each layer to its own point of the
+// path and says which linears take gradients. Holds no copy of w~ and, given w, none of w
+// either: dw = w~ - w is formed one linear at a time when needed, in the stage's dtype.
 // O out_features, I in_features.
 
 namespace rq::sensitivity {
@@ -20,6 +21,10 @@ class LinearPath {
     // w is read from the stage's linears now; w_quant (borrowed: it must outlive the path) has
     // their shapes. Throws ShapeError otherwise.
     LinearPath(model::Stage& stage, const model::StageTensors& w_quant);
+    // w given (borrowed; any floating dtype, e.g. read-only views of the checkpoint in BF16):
+    // the path holds no copies. The stage's linears are not read.
+    LinearPath(model::Stage& stage, const model::StageTensors& w_orig,
+               const model::StageTensors& w_quant);
 
     // Stage layer il to w + scale(il) dw (scale 0: w, 1: w~, both exactly); its linears require
     // gradients (old ones dropped) where grad(il).
@@ -31,13 +36,14 @@ class LinearPath {
     std::array<double, model::kNumLinears>              directional(std::size_t il) const;
     std::vector<std::array<double, model::kNumLinears>> directional() const;  // every stage layer
 
-    const model::StageTensors& w() const { return w0_; }   // float [O, I] per linear
-    const model::StageTensors& dw() const { return dw_; }  // float [O, I] per linear
+    at::Tensor w(std::size_t il, std::size_t i) const;   // [O, I] in the stage's dtype
+    at::Tensor dw(std::size_t il, std::size_t i) const;  // [O, I], formed on each call
 
   private:
     model::Stage&              stage_;
+    model::StageTensors        owned_;  // w, when read from the stage
+    const model::StageTensors& w0_;
     const model::StageTensors& wq_;
-    model::StageTensors        w0_, dw_;
 };
 
 }  // namespace rq::sensitivity

@@ -9,6 +9,7 @@
 
 #include "requant/io/job.h"
 #include "requant/model/llama.h"
+#include "requant/parallel/schedule.h"
 #include "requant/parallel/transport.h"
 #include "requant/sensitivity/path.h"
 
@@ -63,8 +64,15 @@ struct PqiResult {
 // of ranks.
 PqiResult compute_pqi(model::Stage& stage, parallel::Transport& t,
                       const model::StageTensors& w_quant, const at::Tensor& tokens,
-                      int64_t microbatch, const PqiOptions& opt,
+                      const parallel::ScheduleOptions& schedule, const PqiOptions& opt,
                       const std::function<void(int, int)>& on_node = {});
+// As above with w given (borrowed, any floating dtype: e.g. views of the checkpoint) instead of
+// read from the stage: no copy of w or w~ is made (LinearPath). The stage's linears are
+// replaced, not written to; they hold w on return.
+PqiResult compute_pqi(model::Stage& stage, parallel::Transport& t,
+                      const model::StageTensors& w_orig, const model::StageTensors& w_quant,
+                      const at::Tensor& tokens, const parallel::ScheduleOptions& schedule,
+                      const PqiOptions& opt, const std::function<void(int, int)>& on_node = {});
 
 // A per-(layer, linear) table of this rank's layers, placed into a zero [L, 7] double table and
 // summed over ranks: every row has exactly one non-zero contributor, so the sum is exact and

@@ -7,6 +7,7 @@
 #include <ATen/core/Tensor.h>
 
 #include "requant/model/llama.h"
+#include "requant/parallel/schedule.h"
 #include "requant/parallel/transport.h"
 #include "requant/quant/quantizer.h"
 
@@ -40,6 +41,8 @@ class StatsCollector : public model::LinearObserver {
     // Whatever was collected for the input, as the quantizers take it.
     quant::InputStats input(int64_t layer, model::LinearInput which) const;
     void              clear() { acc_.clear(); }
+    // Frees what was collected for `layer` (its quantization is done); other layers keep theirs.
+    void release(int64_t layer);
 
   private:
     struct Entry {
@@ -56,7 +59,7 @@ class StatsCollector : public model::LinearObserver {
 // One streamed forward of `tokens` through the pipeline with `stats` observing this rank's
 // layers. Collective.
 void collect_forward_stats(model::Stage& stage, parallel::Transport& t, const at::Tensor& tokens,
-                           int64_t microbatch, StatsCollector& stats);
+                           const parallel::ScheduleOptions& schedule, StatsCollector& stats);
 
 // Fisher diagonal of every linear of the stage: the sum over calibration sequences of squared
 // per-sequence gradients of that sequence's mean loss (SqueezeLLM), from 1F1B passes with one

@@ -47,7 +47,7 @@ struct TaylorResult {
 // on_pass(done, total) before the first pass (done = 0) and after each.
 TaylorResult taylor_study(model::Stage& stage, parallel::Transport& t,
                           const model::StageTensors& w_quant, const at::Tensor& tokens,
-                          int64_t microbatch, const TaylorOptions& opt,
+                          const parallel::ScheduleOptions& schedule, const TaylorOptions& opt,
                           const std::function<void(int, int)>& on_pass = {});
 
 // 1/2 v^T H_ll v for v = dw restricted to decoder layer `layer`, by double backward through

@@ -1,0 +1,189 @@
+// The memory-bounded forms of the model against their plain twins: blocked causal attention
+// (causal_attention vs causal_attention_ref), the chunked LM-head loss (head_losses vs
+// head_losses_ref) and the layer-by-layer recomputing backward (Stage::backward over a tape vs
+// autograd over forward()'s whole graph). With one block or chunk the operations are the same,
+// so the results are equal bit for bit; with many, equal to fp64 rounding.
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <gtest/gtest.h>
+
+#include "requant/model/attention.h"
+#include "requant/model/head_loss.h"
+#include "requant/model/llama.h"
+#include "tiny_model.h"
+
+namespace rq::model {
+namespace {
+
+at::Tensor randn(at::IntArrayRef shape, uint64_t seed, at::ScalarType dt = at::kDouble) {
+    at::Generator g = at::detail::createCPUGenerator(seed);
+    return at::randn(shape, g, at::TensorOptions().dtype(dt));
+}
+
+double max_rel(const at::Tensor& a, const at::Tensor& b) {
+    return ((a - b).abs().max() / b.abs().max()).item<double>();
+}
+
+struct AttnOut {
+    at::Tensor o, dq, dk, dv;
+};
+
+// Output and the gradients of sum(o * w) for a fixed random w.
+template <class F>
+AttnOut attn_grads(F f, const at::Tensor& q0, const at::Tensor& k0, const at::Tensor& v0) {
+    at::Tensor q = q0.clone().requires_grad_(true), k = k0.clone().requires_grad_(true),
+               v = v0.clone().requires_grad_(true);
+    at::Tensor o = f(q, k, v);
+    (o * randn(o.sizes(), 99, o.scalar_type())).sum().backward();
+    return {o.detach(), q.grad(), k.grad(), v.grad()};
+}
+
+struct AttnCase {
+    int64_t B, H, Hkv, T, D;
+};
+
+TEST(BlockedAttention, OneBlockIsBitwiseTheReference) {
+    for (auto dt : {at::kFloat, at::kDouble})
+        for (AttnCase c : {AttnCase{2, 4, 2, 11, 6}, AttnCase{1, 8, 8, 32, 16}}) {
+            const at::Tensor q = randn({c.B, c.H, c.T, c.D}, 1, dt),
+                             k = randn({c.B, c.Hkv, c.T, c.D}, 2, dt),
+                             v = randn({c.B, c.Hkv, c.T, c.D}, 3, dt);
+            const auto ref     = attn_grads(
+                [](auto& a, auto& b, auto& d) { return causal_attention_ref(a, b, d); }, q, k, v);
+            const auto one = attn_grads(
+                [&](auto& a, auto& b, auto& d) { return causal_attention(a, b, d, c.T); }, q, k, v);
+            EXPECT_TRUE(at::equal(one.o, ref.o)) << "forward, T=" << c.T;
+            EXPECT_TRUE(at::equal(one.dq, ref.dq)) << "dq, T=" << c.T;
+            EXPECT_TRUE(at::equal(one.dk, ref.dk)) << "dk, T=" << c.T;
+            EXPECT_TRUE(at::equal(one.dv, ref.dv)) << "dv, T=" << c.T;
+        }
+}
+
+TEST(BlockedAttention, ManyBlocksMatchTheReference) {
+    const AttnCase   c{2, 6, 2, 37, 8};  // R = 3 query heads per kv head, T not a block multiple
+    const at::Tensor q = randn({c.B, c.H, c.T, c.D}, 4), k = randn({c.B, c.Hkv, c.T, c.D}, 5),
+                     v = randn({c.B, c.Hkv, c.T, c.D}, 6);
+    const auto ref     = attn_grads(
+        [](auto& a, auto& b, auto& d) { return causal_attention_ref(a, b, d); }, q, k, v);
+    for (int64_t block : {1, 5, 16, 36}) {
+        const auto got = attn_grads(
+            [&](auto& a, auto& b, auto& d) { return causal_attention(a, b, d, block); }, q, k, v);
+        EXPECT_LT(max_rel(got.o, ref.o), 1e-13) << "block " << block;
+        EXPECT_LT(max_rel(got.dq, ref.dq), 1e-13) << "block " << block;
+        EXPECT_LT(max_rel(got.dk, ref.dk), 1e-13) << "block " << block;
+        EXPECT_LT(max_rel(got.dv, ref.dv), 1e-13) << "block " << block;
+    }
+}
+
+TEST(BlockedAttention, BlockSizeBoundsTheScores) {
+    // Every block's scores fit kAttentionBlockElems (unless a block is at its 16-row floor),
+    // and a short sequence is one block.
+    for (int64_t T : {64, 512, 2048, 4096, 131072}) {
+        const int64_t n = attention_block(1, 32, T);
+        EXPECT_GE(n, 1);
+        EXPECT_LE(n, T);
+        if (n > 16) {
+            EXPECT_LE(32 * n * T, kAttentionBlockElems) << "T=" << T;
+        }
+    }
+    EXPECT_EQ(attention_block(1, 32, 512), 512);
+    EXPECT_LT(attention_block(1, 32, 4096), 4096);
+}
+
+struct LossOut {
+    at::Tensor loss, dx, dhead;
+};
+
+template <class F>
+LossOut loss_grads(F f, const at::Tensor& x0, const at::Tensor& h0, const at::Tensor& tgt) {
+    at::Tensor x = x0.clone().requires_grad_(true), h = h0.clone().requires_grad_(true);
+    at::Tensor l = f(x, h, tgt);
+    (l * randn(l.sizes(), 98, l.scalar_type())).sum().backward();
+    return {l.detach(), x.grad(), h.grad()};
+}
+
+TEST(ChunkedHeadLoss, OneChunkIsBitwiseTheReferenceManyChunksMatch) {
+    const int64_t B = 3, n = 13, C = 10, V = 29;
+    at::Generator g   = at::detail::createCPUGenerator(8);
+    at::Tensor    tgt = at::randint(0, V, {B, n}, g, at::kLong);
+    for (auto dt : {at::kFloat, at::kDouble}) {
+        const at::Tensor x = randn({B, n, C}, 9, dt), h = randn({V, C}, 10, dt);
+        const auto       ref = loss_grads(
+            [](auto& a, auto& b, auto& t) { return head_losses_ref(a, b, t); }, x, h, tgt);
+        const auto one = loss_grads(
+            [](auto& a, auto& b, auto& t) { return head_losses(a, b, t, 1 << 20); }, x, h, tgt);
+        EXPECT_TRUE(at::equal(one.loss, ref.loss));
+        EXPECT_TRUE(at::equal(one.dx, ref.dx));
+        EXPECT_LT(max_rel(one.dhead, ref.dhead), dt == at::kFloat ? 1e-5 : 1e-13);
+        if (dt != at::kDouble) continue;
+        for (int64_t rows : {1, 4, 38}) {
+            const auto got = loss_grads(
+                [&](auto& a, auto& b, auto& t) { return head_losses(a, b, t, rows); }, x, h, tgt);
+            EXPECT_LT(max_rel(got.loss, ref.loss), 1e-14) << rows << " rows";
+            EXPECT_LT(max_rel(got.dx, ref.dx), 1e-13) << rows << " rows";
+            EXPECT_LT(max_rel(got.dhead, ref.dhead), 1e-13) << rows << " rows";
+        }
+    }
+}
+
+// Weight gradients of a stage and its input gradient, after one backward.
+std::vector<at::Tensor> stage_grads(Stage& s, const at::Tensor& gin) {
+    std::vector<at::Tensor> out;
+    for (auto& lw : s.weights().layers)
+        for (Linear l : kLinears) {
+            const at::Tensor& g = lw.linear(l).grad();
+            out.push_back(g.defined() ? g.clone() : at::Tensor());
+        }
+    out.push_back(gin.defined() ? gin.clone() : at::Tensor());
+    return out;
+}
+
+void clear_grads(Stage& s) {
+    for (auto& lw : s.weights().layers)
+        for (Linear l : kLinears)
+            if (lw.linear(l).grad().defined()) lw.linear(l).mutable_grad() = at::Tensor();
+}
+
+// The recomputing backward gives autograd's whole-graph gradients bit for bit, on the first,
+// a middle and the last stage, with weight gradients on every layer or only from layer 1 up.
+TEST(RecomputeBackward, MatchesTheWholeGraphBitwise) {
+    for (bool tied : {false, true})
+        for (StageRange r : {StageRange{0, 3, true, true}, StageRange{0, 2, true, false},
+                             StageRange{1, 2, false, false}, StageRange{1, 3, false, true}})
+            for (bool skip_first : {false, true}) {
+                const auto c = test::tiny_config(tied);
+                Stage      s(c, random_stage_weights(c, r, at::kFloat, 7), 16);
+                enable_linear_grads(s.weights());
+                if (skip_first)
+                    for (Linear l : kLinears)
+                        s.weights().layers[0].linear(l).set_requires_grad(false);
+                const at::Tensor  tok  = test::tiny_tokens(c, 2, 11, 3);
+                at::Tensor        in   = r.first ? tok : randn({2, 11, c.n_embd}, 4, at::kFloat);
+                const at::Tensor  gout = r.last ? at::scalar_tensor(1.0 / 20, at::kFloat)
+                                                : randn({2, 11, c.n_embd}, 5, at::kFloat);
+                const std::string at   = "layers [" + std::to_string(r.layer_begin) + ", " +
+                                       std::to_string(r.layer_end) + ")" +
+                                       (skip_first ? ", layer 0 frozen" : "");
+
+                at::Tensor x   = r.first ? in : in.clone().requires_grad_(true);
+                at::Tensor out = s.forward(x, tok);
+                const auto ref = stage_grads(s, stage_backward(x, out, gout));
+                clear_grads(s);
+
+                StageTape  tape;
+                at::Tensor out2 = s.forward_recorded(in, tok, tape);
+                EXPECT_TRUE(at::equal(out2, out.detach())) << at << ": forward";
+                EXPECT_FALSE(out2.requires_grad()) << at;
+                const auto got = stage_grads(s, s.backward(tape, gout));
+                ASSERT_EQ(got.size(), ref.size());
+                for (std::size_t i = 0; i < got.size(); ++i) {
+                    ASSERT_EQ(got[i].defined(), ref[i].defined()) << at << ": tensor " << i;
+                    if (got[i].defined()) {
+                        EXPECT_TRUE(at::equal(got[i], ref[i])) << at << ": tensor " << i;
+                    }
+                }
+            }
+}
+
+}  // namespace
+}  // namespace rq::model
