@@ -20,6 +20,7 @@
 #include "requant/parallel/schedule.h"
 #include "requant/parallel/transport.h"
 #include "requant/phases/progress.h"
+#include "requant/units.h"
 
 namespace rq::cli {
 
@@ -82,7 +83,7 @@ int run_eval(const EvalOptions& o) {
                             parallel::host_name(),
                             range.layer_begin,
                             range.layer_end,
-                            parallel::peak_rss_bytes(),
+                            int64_t(process_memory().peak),
                             runner.stats().wall_s,
                             runner.stats().busy_s,
                             int64_t(ckpt.used().size()),

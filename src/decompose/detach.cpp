@@ -80,16 +80,20 @@ void detach_significant(model::Stage& stage, parallel::Transport& t,
         if (random) {
             pick = select_random(w_orig, taken, r_s, l0, 2025);
         } else {
-            // w~ is what the stage holds now: borrowed, not copied (the path replaces the
-            // stage's tensors, it never writes to them).
-            const model::StageTensors wq = stage_linears_shared(stage);
-            const auto                r  = sensitivity::compute_pqi(
-                                stage, t, w_orig, wq, tokens, schedule,
-                                {sensitivity::quadrature(pqi_opt.rule, pqi_opt.nodes), {}},
+            // w~ is what the stage holds now, W_hat with the chosen weights restored: made
+            // per linear from its parts whenever the path needs it, never held whole.
+            const sensitivity::LinearPath::Source wq = [&](std::size_t il, std::size_t i) {
+                const at::Tensor w = quant::reconstruct(q[il][i]).to(stage.dtype());
+                const at::Tensor m = chosen.empty() ? at::Tensor() : chosen[il][i];
+                return m.defined() ? at::where(m, w_orig[il][i].to(w.scalar_type()), w) : w;
+            };
+            const auto r = sensitivity::compute_pqi(
+                stage, t, w_orig, wq, tokens, schedule,
+                {sensitivity::quadrature(pqi_opt.rule, pqi_opt.nodes), {}},
                 hooks.node_progress ? hooks.node_progress(k + 1, K) : nullptr);
             for (std::size_t il = 0; il < layers.size(); ++il)
                 for (std::size_t i = 0; i < model::kNumLinears; ++i)
-                    layers[il].linear(model::kLinears[i]) = wq[il][i];
+                    layers[il].linear(model::kLinears[i]) = wq(il, i);
             pick = select_top(t, r.pqi, masks_or(taken, chosen), step_of(k),
                               {requant.scope, requant.signed_ranking}, l0, L);
             rounds.push_back({k + 1, r.delta_f(), r.pqi_sum, r.f_orig, r.f_quant});

@@ -104,14 +104,6 @@ model::StageTensors stage_linears(const model::Stage& s) {
     return out;
 }
 
-model::StageTensors stage_linears_shared(const model::Stage& s) {
-    model::StageTensors out(s.weights().layers.size());
-    for (std::size_t il = 0; il < out.size(); ++il)
-        for (std::size_t i = 0; i < model::kNumLinears; ++i)
-            out[il][i] = s.weights().layers[il].linear(model::kLinears[i]).detach();
-    return out;
-}
-
 void set_stage_linears(model::Stage& s, const model::StageTensors& w) {
     for (std::size_t il = 0; il < w.size(); ++il)
         for (std::size_t i = 0; i < model::kNumLinears; ++i)

@@ -48,14 +48,19 @@ model::StageTensors select_top(parallel::Transport& t, const model::StageTensors
             }
         return out;
     }
-    std::vector<at::Tensor> per_layer;
-    for (std::size_t il = 0; il < nl; ++il) {
+    // The ranked values of a stage layer, its linears flattened in order: made again where
+    // needed rather than held beside the ranking (4 bytes per weight each).
+    auto layer_values = [&](std::size_t il) {
         std::vector<at::Tensor> parts;
         for (std::size_t i = 0; i < model::kNumLinears; ++i)
             parts.push_back(ranked(score[il][i], taken_of(il, i), opt.signed_ranking).view(-1));
-        per_layer.push_back(at::cat(parts));
-    }
-    const sensitivity::LayerRanking rk(per_layer, layer_begin, n_layer);
+        return at::cat(parts);
+    };
+    std::vector<at::Tensor> per_layer;
+    for (std::size_t il = 0; il < nl; ++il) per_layer.push_back(layer_values(il));
+    // Order statistics only, consuming the values: 4 bytes per weight while ranking.
+    const sensitivity::LayerRanking rk(std::move(per_layer), layer_begin, n_layer,
+                                       /*with_sums=*/false);
     const int64_t n_free = int64_t(rk.layer_counts(t, -kInf, true).sum().item<double>());
     const int64_t k      = std::min(n_free, int64_t(std::llround(fraction * double(rk.size(t)))));
     for (std::size_t il = 0; il < nl; ++il)
@@ -72,8 +77,8 @@ model::StageTensors select_top(parallel::Transport& t, const model::StageTensors
         need -= take;
         const int64_t il = l - layer_begin;
         if (il < 0 || il >= int64_t(nl)) continue;
-        const at::Tensor& v    = per_layer[std::size_t(il)];
-        at::Tensor        mask = v > tau;
+        const at::Tensor v    = layer_values(std::size_t(il));
+        at::Tensor       mask = v > tau;
         if (take > 0) {
             const at::Tensor ties = at::nonzero(v == tau).view(-1).narrow(0, 0, take);
             mask.index_fill_(0, ties, true);

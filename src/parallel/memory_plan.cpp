@@ -56,9 +56,15 @@ MemoryPlan plan_memory(const io::LlamaConfig& c, const io::Job& job, int n_ranks
         RankMemory   m;
         m.weights = 4.0 * double(s.params);
         if (fisher) m.statistics += (4 + 4) * lin * L;  // diagonal + gradients
-        if (xtx) m.statistics += 8 * (2 * C * C + HD * HD + F * F) * (job.quant.sequential ? 1 : L);
+        if (xtx) {
+            m.statistics += 8 * (2 * C * C + HD * HD + F * F) * (job.quant.sequential ? 1 : L);
+            // GPTQ's workspace on the widest linear: two [I, I] fp64 matrices at a time (the
+            // Cholesky steps) and W, Q in fp64.
+            const double I = std::max({C, HD, F});
+            m.statistics += 8 * (2 * I * I + 2 * C * F);
+        }
         if (detach) m.w_orig = stored * lin * L;
-        if (detach) m.pqi = (4 + 4 + 8) * lin * L;  // w~, gradients, accumulators
+        if (detach) m.pqi = (4 + 4) * lin * L;  // gradients, accumulators (fp32)
         m.per_micro   = 4 * mb * double(T) * C * (L + (last ? 1 : 0));  // StageTape
         m.transient   = replay_bytes(c, mb, T, last);
         m.in_flight   = n_ranks - r;

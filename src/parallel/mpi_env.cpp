@@ -2,7 +2,6 @@
 #include "requant/parallel/mpi_env.h"
 
 #include <mpi.h>
-#include <sys/resource.h>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -51,12 +50,6 @@ int world_rank() {
 void abort_job(int code) {
     if (mpi_initialized()) MPI_Abort(MPI_COMM_WORLD, code);
     std::_Exit(code);
-}
-
-int64_t peak_rss_bytes() {
-    struct rusage ru {};
-    ::getrusage(RUSAGE_SELF, &ru);
-    return int64_t(ru.ru_maxrss) * 1024;
 }
 
 std::string host_name() {

@@ -39,10 +39,16 @@ QuantizedLinear gptq_quantize(const at::Tensor& w_in, const at::Tensor& hessian,
         invperm = at::argsort(perm);
     }
     H.diagonal().add_(p.damp * H.diagonal().mean().item<double>());
+    // Each [I, I] fp64 matrix is dropped as soon as the next one is made: at most two exist at
+    // once (for a Llama-3.2-1B down_proj, 1 GiB instead of 2).
     auto [L, info] = at::linalg_cholesky_ex(H);
+    H              = at::Tensor();
     if (info.item<int64_t>() != 0)
         throw NumericError("gptq: Hessian + dampening is not positive definite (raise quant.damp)");
-    at::Tensor Hinv = at::linalg_cholesky(at::cholesky_inverse(L), /*upper=*/true);
+    at::Tensor inv  = at::cholesky_inverse(L);
+    L               = at::Tensor();
+    at::Tensor Hinv = at::linalg_cholesky(inv, /*upper=*/true);
+    inv             = at::Tensor();
 
     const int64_t G      = p.group_size > 0 ? p.group_size : I;
     const int64_t NG     = n_groups(I, p.group_size);

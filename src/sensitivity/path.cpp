@@ -31,17 +31,27 @@ void check_shapes(const model::Stage& stage, const model::StageTensors& w_orig,
                                  std::to_string(il));
 }
 
+LinearPath::Source borrow(const model::StageTensors& w) {
+    return [&w](std::size_t il, std::size_t i) { return w[il][i]; };
+}
+
 }  // namespace
 
 LinearPath::LinearPath(model::Stage& stage, const model::StageTensors& w_quant)
-    : stage_(stage), owned_(clone_linears(stage)), w0_(owned_), wq_(w_quant) {
-    check_shapes(stage, w0_, wq_);
+    : stage_(stage), owned_(clone_linears(stage)), w0_(owned_), wq_(borrow(w_quant)) {
+    check_shapes(stage, w0_, w_quant);
 }
 
 LinearPath::LinearPath(model::Stage& stage, const model::StageTensors& w_orig,
                        const model::StageTensors& w_quant)
-    : stage_(stage), w0_(w_orig), wq_(w_quant) {
-    check_shapes(stage, w0_, wq_);
+    : stage_(stage), w0_(w_orig), wq_(borrow(w_quant)) {
+    check_shapes(stage, w0_, w_quant);
+}
+
+LinearPath::LinearPath(model::Stage& stage, const model::StageTensors& w_orig, Source w_quant)
+    : stage_(stage), w0_(w_orig), wq_(std::move(w_quant)) {
+    if (w_orig.size() != stage.weights().layers.size())
+        throw ShapeError("path: one w set per stage layer");
 }
 
 at::Tensor LinearPath::w(std::size_t il, std::size_t i) const {
@@ -49,7 +59,7 @@ at::Tensor LinearPath::w(std::size_t il, std::size_t i) const {
 }
 
 at::Tensor LinearPath::dw(std::size_t il, std::size_t i) const {
-    return wq_[il][i].to(stage_.dtype()) - w(il, i);
+    return wq_(il, i).to(stage_.dtype()) - w(il, i);
 }
 
 void LinearPath::set(const std::function<double(int64_t)>& scale,
@@ -63,7 +73,7 @@ void LinearPath::set(const std::function<double(int64_t)>& scale,
             at::Tensor& slot = layers[il].linear(model::kLinears[i]);
             slot             = at::Tensor();  // the old point is dropped before the new is made
             at::Tensor point = s == 0.0   ? w0_[il][i].to(dt, false, /*copy=*/true)
-                               : s == 1.0 ? wq_[il][i].to(dt, false, /*copy=*/true)
+                               : s == 1.0 ? wq_(il, i).to(dt, false, /*copy=*/true)
                                           : w(il, i) + dw(il, i) * s;
             slot             = g ? point.requires_grad_(true) : point;
         }

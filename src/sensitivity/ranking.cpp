@@ -25,19 +25,22 @@ float key_float(uint32_t k) {
     return v;
 }
 
-LayerRanking::LayerRanking(const std::vector<at::Tensor>& values, int64_t layer_begin,
-                           int64_t n_layer)
-    : layer_begin_(layer_begin), n_layer_(n_layer) {
-    for (const auto& v : values) {
-        const at::Tensor f = v.detach().to(at::kFloat).contiguous().view(-1);
+LayerRanking::LayerRanking(std::vector<at::Tensor> values, int64_t layer_begin, int64_t n_layer,
+                           bool with_sums)
+    : layer_begin_(layer_begin), n_layer_(n_layer), with_sums_(with_sums) {
+    for (auto& v : values) {
+        const at::Tensor f = std::move(v).detach().to(at::kFloat).contiguous().view(-1);
+        v                  = at::Tensor();
         if (at::isnan(f).any().item<bool>())
             throw NumericError("LayerRanking: NaN among the values");
         const float*          p = f.data_ptr<float>();
         std::vector<uint32_t> k(std::size_t(f.numel()));
         for (std::size_t i = 0; i < k.size(); ++i) k[i] = float_key(p[i]);
         std::sort(k.begin(), k.end(), std::greater<>());
-        std::vector<double> pre(k.size() + 1, 0.0);
-        for (std::size_t i = 0; i < k.size(); ++i) pre[i + 1] = pre[i] + double(key_float(k[i]));
+        std::vector<double> pre(with_sums ? k.size() + 1 : 0, 0.0);
+        if (with_sums)
+            for (std::size_t i = 0; i < k.size(); ++i)
+                pre[i + 1] = pre[i] + double(key_float(k[i]));
         keys_.push_back(std::move(k));
         prefix_.push_back(std::move(pre));
     }
@@ -54,7 +57,7 @@ at::Tensor LayerRanking::count_at_least(parallel::Transport& t, uint32_t key, bo
                                       : std::upper_bound(k.begin(), k.end(), key, std::greater<>());
         const std::size_t n  = std::size_t(it - k.begin());
         a[layer_begin_ + int64_t(il)][0] = double(n);
-        a[layer_begin_ + int64_t(il)][1] = prefix_[il][n];
+        a[layer_begin_ + int64_t(il)][1] = with_sums_ ? prefix_[il][n] : 0.0;
     }
     t.allreduce_sum(table)->wait();
     return table;
@@ -94,6 +97,7 @@ float LayerRanking::kth_largest(parallel::Transport& t, int64_t k) const {
 }
 
 double LayerRanking::sum_largest(parallel::Transport& t, int64_t k) const {
+    if (!with_sums_) throw InternalError("LayerRanking: built without sums");
     const float      v     = kth_largest(t, k);
     const at::Tensor above = count_at_least(t, float_key(v), true);
     // Everything strictly above the k-th value, plus as many copies of it as complete k.
@@ -105,6 +109,7 @@ at::Tensor LayerRanking::layer_counts(parallel::Transport& t, float v, bool stri
 }
 
 double LayerRanking::sum_all(parallel::Transport& t) const {
+    if (!with_sums_) throw InternalError("LayerRanking: built without sums");
     return column_sum(count_at_least(t, 0, false), 1);
 }
 

@@ -16,6 +16,7 @@
 #include "requant/parallel/mpi_env.h"
 #include "requant/parallel/partition.h"
 #include "requant/parallel/schedule.h"
+#include "requant/units.h"
 
 int main(int argc, char** argv) {
     rq::parallel::MpiEnv env(&argc, &argv);
@@ -50,8 +51,8 @@ int main(int argc, char** argv) {
             busy += runner.stats().busy_s;
         }
         rq::parallel::RankStatus me{
-            t->rank(),       rq::parallel::host_name(),      range.layer_begin,
-            range.layer_end, rq::parallel::peak_rss_bytes(), wall / reps,
+            t->rank(),       rq::parallel::host_name(),          range.layer_begin,
+            range.layer_end, int64_t(rq::process_memory().peak), wall / reps,
             busy / reps};
         const auto all = rq::parallel::gather_objects(me, 0);
         if (t->rank() == 0) {

@@ -20,6 +20,7 @@
 #include "requant/parallel/partition.h"
 #include "requant/quant/rtn.h"
 #include "requant/sensitivity/pqi.h"
+#include "requant/units.h"
 
 namespace {
 using Clock = std::chrono::steady_clock;
@@ -91,8 +92,8 @@ int main(int argc, char** argv) {
             double(N * T) * (fb * (3 * f_layers + 2 * f_head) + fw * (f_layers + f_head));
 
         rq::parallel::RankStatus me{
-            t->rank(),       rq::parallel::host_name(),      range.layer_begin,
-            range.layer_end, rq::parallel::peak_rss_bytes(), wall};
+            t->rank(),       rq::parallel::host_name(),          range.layer_begin,
+            range.layer_end, int64_t(rq::process_memory().peak), wall};
         at::Tensor gemms = at::zeros({P}, at::kDouble), owns = at::zeros({P}, at::kDouble);
         gemms[t->rank()] = gemm;
         owns[t->rank()]  = own;
@@ -108,12 +109,12 @@ int main(int argc, char** argv) {
                 P, threads, rule.c_str(), nodes, (long long)N, (long long)T, fb, fw, wall, achieved,
                 roof, 100 * achieved / roof, achieved >= 0.5 * roof ? "OK" : "BELOW 50%");
             std::printf(
-                "    per rank: layers, accumulators (fp64, own linears) MiB, share of the "
+                "    per rank: layers, accumulators (fp32, own linears) MiB, share of the "
                 "model's linears, peak RSS MiB:");
             for (const auto& s : all) {
                 const double o = owns[s.rank].item<double>();
                 std::printf("  [%lld,%lld) %.1f %.0f%% %.0f", (long long)s.layer_begin,
-                            (long long)s.layer_end, 8 * o / 1048576.0, 100 * o / total_lin,
+                            (long long)s.layer_end, 4 * o / 1048576.0, 100 * o / total_lin,
                             s.peak_rss / 1048576.0);
             }
             std::printf("\n    self-test: dF %.6e  sum PQI %.6e  rel %.2e\n", r.delta_f(),

@@ -56,9 +56,11 @@ while [ $k -lt $kills ]; do
     launch $np "$tmp/run"; sleep "$at"
   else  # a moment soon after a random phase ends (short phases get their share too)
     target=${order[$(( (k / 2) % ${#order[@]} ))]}  # each phase in turn, or the next one
-    cur=$(idx "$(phase_of "$tmp/run")")
-    [ "$cur" -ge "$(idx $target)" ] && target=${order[$(( cur + 1 < ${#order[@]} ? cur + 1 : cur ))]}
-    at=$(awk -v r=$RANDOM 'BEGIN{printf "%.2f", (r / 32767) * 0.4}')
+    # A chain already past the target starts over, so that the early phases get their kills.
+    [ "$(idx "$(phase_of "$tmp/run")")" -ge "$(idx $target)" ] && rm -rf "$tmp/run"
+    # Within 50 ms of the phase's end: the phases after the detach rounds take tens of ms
+    # on stories260k, and a later kill would land after all of them.
+    at=$(awk -v r=$RANDOM 'BEGIN{printf "%.3f", (r / 32767) * 0.05}')
     launch $np "$tmp/run"
     while kill -0 $pid 2> /dev/null && [ "$(idx "$(phase_of "$tmp/run")")" -lt "$(idx $target)" ]; do
       sleep 0.05

@@ -21,9 +21,12 @@
 namespace rq::sensitivity {
 namespace {
 
-constexpr double kFdVsExactRel = 1e-5;   // central difference (eps 1e-4, fp64) vs double backward
-constexpr double kTaylorNearW  = 1e-2;   // |dF - (l g + l^2 s)| / dF at lambda = 1e-3
-constexpr double kSumOrderRel  = 1e-12;  // the same sum of doubles in two orders
+constexpr double kFdVsExactRel = 1e-5;  // central difference (eps 1e-4, fp64) vs double backward
+constexpr double kTaylorNearW  = 1e-2;  // |dF - (l g + l^2 s)| / dF at lambda = 1e-3
+// Sum PQI from per-weight fp32 accumulators (each node's gradient added in fp32) against the
+// rule applied to phi(t) = grad . dw formed in fp64 at each node: apart only by the
+// accumulators' rounding, a few 1e-9 relative here (with fp64 accumulators it was 1e-12).
+constexpr double kFp32AccumRel = 1e-6;
 
 struct Stories {
     io::HfCheckpoint ckpt{test::shared_path("models/stories260k")};
@@ -101,7 +104,7 @@ TEST(Pqi, PathSamplesReproduceEveryRule) {
     EXPECT_EQ(g.path.t.size(), std::size_t(2 * N + 1)) << "midpoint nodes lie on the grid";
     for (io::PqiRule rule : io::kPqiRules) {
         const PqiResult r = compute_pqi(s, *world, wq, su.tok, 2, {quadrature(rule, N), {}});
-        EXPECT_NEAR(g.path.integral(rule, N), r.pqi_sum, kSumOrderRel * std::abs(r.pqi_sum))
+        EXPECT_NEAR(g.path.integral(rule, N), r.pqi_sum, kFp32AccumRel * std::abs(r.pqi_sum))
             << io::name(rule);
         EXPECT_EQ(g.f_orig, r.f_orig) << io::name(rule);
         EXPECT_EQ(g.f_quant, r.f_quant) << io::name(rule);

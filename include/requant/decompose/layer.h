@@ -49,8 +49,5 @@ void set_layer_weights(model::Stage& stage, std::size_t il, const LayerQuant& q)
 // The stage's linear weights (copies) and setting them back (copied, in the stage's dtype).
 model::StageTensors stage_linears(const model::Stage& s);
 void                set_stage_linears(model::Stage& s, const model::StageTensors& w);
-// The stage's linear weights without a copy: the same storage, valid as long as nothing writes
-// to the stage's tensors in place (the stage's users replace them).
-model::StageTensors stage_linears_shared(const model::Stage& s);
 
 }  // namespace rq::decompose

@@ -13,13 +13,14 @@
 // for nodes. The estimate counts what the run holds at once on a rank, phase by phase:
 //   weights     the stage in fp32 (the run computes in fp32 whatever the checkpoint stores)
 //   statistics  the statistics and quantize phases: GPTQ X^T X (fp64, per linear input; all
-//               layers of the stage at once unless quant.sequential), SqueezeLLM / Fisher
+//               layers of the stage at once unless quant.sequential) and GPTQ's fp64
+//               workspace on the widest linear (two [I, I] and W, Q), SqueezeLLM / Fisher
 //               diagonals with the gradients they are summed from (fp32, one each per weight);
 //               a layer's statistics are freed once it is quantized
 //   w_orig      the detach phase: the stage's original linears, mapped from the checkpoint in
 //               its stored dtype (config.json's torch_dtype), resident once read
-//   pqi         the detach phase: w~ (fp32, the stage's own tensors, kept while the path moves),
-//               fp32 gradients and fp64 accumulators per linear weight
+//   pqi         the detach phase: fp32 gradients and fp32 accumulators per linear weight (w~
+//               is rebuilt from its quantized parts one linear at a time)
 //   activations what a microbatch in flight keeps (each layer's input: activations are
 //               recomputed in backward), times the microbatches in flight (1F1B: P - r on
 //               rank r, capped by run.mem_gib), plus the transient of one layer's replay: its

@@ -26,8 +26,6 @@ int  world_rank();  // 0 when MPI is not initialised
 // Ends every rank of the job (MPI_Abort on MPI_COMM_WORLD); never returns.
 [[noreturn]] void abort_job(int code);
 
-// Peak resident set size of this process, bytes (getrusage).
-int64_t     peak_rss_bytes();
 std::string host_name();
 
 }  // namespace rq::parallel

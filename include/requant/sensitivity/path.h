@@ -18,6 +18,10 @@ namespace rq::sensitivity {
 
 class LinearPath {
   public:
+    // w~ of stage layer il, linear i (kLinears order), made on each call: e.g. reconstructed
+    // from its quantized parts, so that no copy of w~ is held while the path moves.
+    using Source = std::function<at::Tensor(std::size_t il, std::size_t i)>;
+
     // w is read from the stage's linears now; w_quant (borrowed: it must outlive the path) has
     // their shapes. Throws ShapeError otherwise.
     LinearPath(model::Stage& stage, const model::StageTensors& w_quant);
@@ -25,6 +29,8 @@ class LinearPath {
     // the path holds no copies. The stage's linears are not read.
     LinearPath(model::Stage& stage, const model::StageTensors& w_orig,
                const model::StageTensors& w_quant);
+    // w given as above, w~ made by `w_quant` whenever needed (its shapes are not checked).
+    LinearPath(model::Stage& stage, const model::StageTensors& w_orig, Source w_quant);
 
     // Stage layer il to w + scale(il) dw (scale 0: w, 1: w~, both exactly); its linears require
     // gradients (old ones dropped) where grad(il).
@@ -43,7 +49,7 @@ class LinearPath {
     model::Stage&              stage_;
     model::StageTensors        owned_;  // w, when read from the stage
     const model::StageTensors& w0_;
-    const model::StageTensors& wq_;
+    Source                     wq_;
 };
 
 }  // namespace rq::sensitivity

@@ -67,10 +67,10 @@ PqiResult compute_pqi(model::Stage& stage, parallel::Transport& t,
                       const parallel::ScheduleOptions& schedule, const PqiOptions& opt,
                       const std::function<void(int, int)>& on_node = {});
 // As above with w given (borrowed, any floating dtype: e.g. views of the checkpoint) instead of
-// read from the stage: no copy of w or w~ is made (LinearPath). The stage's linears are
-// replaced, not written to; they hold w on return.
+// read from the stage, and w~ made per linear when needed: no copy of w or w~ is held
+// (LinearPath). The stage's linears are replaced, not written to; they hold w on return.
 PqiResult compute_pqi(model::Stage& stage, parallel::Transport& t,
-                      const model::StageTensors& w_orig, const model::StageTensors& w_quant,
+                      const model::StageTensors& w_orig, const LinearPath::Source& w_quant,
                       const at::Tensor& tokens, const parallel::ScheduleOptions& schedule,
                       const PqiOptions& opt, const std::function<void(int, int)>& on_node = {});
 

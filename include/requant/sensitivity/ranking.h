@@ -18,8 +18,12 @@ namespace rq::sensitivity {
 class LayerRanking {
   public:
     // values[il]: any float tensor of this rank's layer layer_begin + il (all of its linears,
-    // flattened and concatenated). NaN is an error. Not collective.
-    LayerRanking(const std::vector<at::Tensor>& values, int64_t layer_begin, int64_t n_layer);
+    // flattened and concatenated); each is released once its keys are made (pass the vector
+    // moved to free them). NaN is an error. Not collective. Without sums (counts and order
+    // statistics only) the ranking holds 4 bytes per value instead of 12; sum_largest and
+    // sum_all then throw InternalError.
+    LayerRanking(std::vector<at::Tensor> values, int64_t layer_begin, int64_t n_layer,
+                 bool with_sums = true);
 
     // Collective (every rank, same order). k in [1, size()].
     int64_t size(parallel::Transport& t) const;  // values on every rank
@@ -34,6 +38,7 @@ class LayerRanking {
     std::vector<std::vector<uint32_t>> keys_;
     std::vector<std::vector<double>>   prefix_;
     int64_t                            layer_begin_, n_layer_;
+    bool                               with_sums_;
 
     // Per-layer counts of values with key >= k (or > k) and their sums, over every rank.
     at::Tensor count_at_least(parallel::Transport& t, uint32_t key, bool strict) const;
