@@ -29,7 +29,7 @@ LayerRanking::LayerRanking(std::vector<at::Tensor> values, int64_t layer_begin, 
                            bool with_sums)
     : layer_begin_(layer_begin), n_layer_(n_layer), with_sums_(with_sums) {
     for (auto& v : values) {
-        const at::Tensor f = std::move(v).detach().to(at::kFloat).contiguous().view(-1);
+        const at::Tensor f = v.detach().to(at::kFloat).contiguous().view(-1);
         v                  = at::Tensor();
         if (at::isnan(f).any().item<bool>())
             throw NumericError("LayerRanking: NaN among the values");
