@@ -57,9 +57,11 @@ MemoryPlan plan_memory(const io::LlamaConfig& c, const io::Job& job, int n_ranks
         m.weights = 4.0 * double(s.params);
         if (fisher) m.statistics += (4 + 4) * lin * L;  // diagonal + gradients
         if (xtx) {
-            m.statistics += 8 * (2 * C * C + HD * HD + F * F) * (job.quant.sequential ? 1 : L);
-            // GPTQ's workspace on the widest linear: two [I, I] fp64 matrices at a time (the
-            // Cholesky steps) and W, Q in fp64.
+            // X^T X per linear input (q/k/v share one, gate/up another), and GPTQ's workspace
+            // on the widest linear: two [I, I] fp64 matrices at a time (the Cholesky steps)
+            // and W, Q in fp64.
+            m.xtx_layer    = 8 * (2 * C * C + HD * HD + F * F);
+            m.xtx_layers   = job.quant.sequential ? 1 : int64_t(L);
             const double I = std::max({C, HD, F});
             m.statistics += 8 * (2 * I * I + 2 * C * F);
         }
@@ -72,6 +74,11 @@ MemoryPlan plan_memory(const io::LlamaConfig& c, const io::Job& job, int n_ranks
         p.ranks.push_back(m);
     }
     if (job.run.mem_gib > 0) {
+        if (stats_in_passes(job)) {
+            p.stats_passes = stats_passes(p, job.run.mem_gib * kGiB);
+            for (std::size_t r = 0; r < p.ranks.size(); ++r)
+                p.ranks[r].xtx_layers = layers_per_pass(p.pipeline.stages[r].range, p.stats_passes);
+        }
         const int64_t cap = in_flight_cap(p, job.run.mem_gib * kGiB);
         for (auto& m : p.ranks) {
             m.in_flight   = std::min(m.in_flight, cap);
@@ -91,6 +98,34 @@ int64_t in_flight_cap(const MemoryPlan& p, double budget) {
     return std::max<int64_t>(1, cap);
 }
 
+bool stats_in_passes(const io::Job& job) {
+    return job.quant.method == io::QuantMethod::Gptq && !job.quant.sequential &&
+           job.requant.outliers() != io::OutlierSelect::Adaptive;
+}
+
+int64_t layers_per_pass(const model::StageRange& range, int64_t passes) {
+    const int64_t L = range.layer_end - range.layer_begin;
+    return (L + passes - 1) / passes;
+}
+
+int64_t stats_passes(const MemoryPlan& p, double budget) {
+    int64_t most = 1;
+    for (const auto& s : p.pipeline.stages)
+        most = std::max(most, s.range.layer_end - s.range.layer_begin);
+    for (int64_t G = 1; G < most; ++G) {
+        bool fits = true;
+        for (std::size_t r = 0; r < p.ranks.size(); ++r) {
+            RankMemory m  = p.ranks[r];
+            m.xtx_layers  = layers_per_pass(p.pipeline.stages[r].range, G);
+            m.in_flight   = 1;
+            m.activations = m.per_micro + m.transient;
+            fits          = fits && m.total() <= budget;
+        }
+        if (fits) return G;
+    }
+    return most;
+}
+
 int ranks_for_memory(const io::LlamaConfig& c, const io::Job& job, double gib) {
     for (int P = 1; P <= c.n_layer; ++P)
         if (plan_memory(c, job, P).max_total() <= gib * kGiB) return P;
@@ -106,8 +141,15 @@ std::string format_memory_plan(const MemoryPlan& p, const io::LlamaConfig& c) {
     for (std::size_t r = 0; r < p.ranks.size(); ++r) {
         const auto& m = p.ranks[r];
         std::snprintf(line, sizeof line, "%5zu  %9.2f  %9.2f  %9.2f  %9.2f  %9.2f  %9.2f  %9lld\n",
-                      r, m.weights / kGiB, m.w_orig / kGiB, m.statistics / kGiB, m.pqi / kGiB,
+                      r, m.weights / kGiB, m.w_orig / kGiB, m.stats() / kGiB, m.pqi / kGiB,
                       m.activations / kGiB, m.total() / kGiB, (long long)m.in_flight);
+        out += line;
+    }
+    if (p.stats_passes > 1) {
+        std::snprintf(line, sizeof line,
+                      "X^T X in %lld calibration passes (a group of layers each) to fit the "
+                      "budget\n",
+                      (long long)p.stats_passes);
         out += line;
     }
     std::snprintf(line, sizeof line,

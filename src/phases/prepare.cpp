@@ -130,11 +130,14 @@ void prepare(RunContext& ctx) {
         cfg, model::load_stage_weights(ctx.ckpt, range, at::kFloat), max_t);
     ctx.schedule = {job.run.microbatch, 0};
     if (job.run.mem_gib > 0) {
-        ctx.schedule.max_in_flight =
-            parallel::in_flight_cap(parallel::plan_memory(cfg, job, ctx.P), job.run.mem_gib * kGiB);
+        const parallel::MemoryPlan mem = parallel::plan_memory(cfg, job, ctx.P);
+        ctx.schedule.max_in_flight     = parallel::in_flight_cap(mem, job.run.mem_gib * kGiB);
+        ctx.stats_passes               = mem.stats_passes;
         if (ctx.rank == 0)
-            spdlog::info("run.mem_gib = {}: at most {} microbatches in flight per rank",
-                         job.run.mem_gib, ctx.schedule.max_in_flight);
+            spdlog::info(
+                "run.mem_gib = {}: at most {} microbatches in flight per rank, X^T X "
+                "in {} calibration pass(es)",
+                job.run.mem_gib, ctx.schedule.max_in_flight, ctx.stats_passes);
     }
     ctx.runner = std::make_unique<parallel::PipelineRunner>(*ctx.stage, ctx.t, ctx.schedule);
     ctx.seconds["prepare"] = since(t0);

@@ -6,6 +6,7 @@
 #include <set>
 
 #include "requant/decompose/outliers.h"
+#include "requant/parallel/memory_plan.h"
 #include "requant/phases/phases.h"
 #include "requant/phases/progress.h"
 #include "requant/store/state.h"
@@ -75,10 +76,14 @@ Statistics statistics(RunContext& ctx) {
     // Full-precision forward statistics: for the method unless it is sequential, and for
     // Alg. 1's objective.
     if (method.needs.forward() && (!job.quant.sequential || adaptive)) {
-        s.forward = sensitivity::StatsCollector(sensitivity::stats_options(
-            method.needs, job.quant.awq_samples, ctx.calib.size(0) * ctx.calib.size(1)));
-        sensitivity::collect_forward_stats(*ctx.stage, ctx.t, ctx.calib, ctx.schedule, s.forward);
+        s.forward     = sensitivity::StatsCollector(sensitivity::stats_options(
+                method.needs, job.quant.awq_samples, ctx.calib.size(0) * ctx.calib.size(1)));
         s.has_forward = true;
+        // Under run.mem_gib, X^T X may be collected a group of layers per pass, in quantize.
+        s.passes = ctx.stats_passes;
+        if (s.passes == 1)
+            sensitivity::collect_forward_stats(*ctx.stage, ctx.t, ctx.calib, ctx.schedule,
+                                               s.forward);
     }
     s.seconds = since(t0);
     return s;
@@ -99,70 +104,118 @@ decompose::SparseSelection outliers(RunContext& ctx, const Statistics& stats,
                                     adaptive.empty() ? nullptr : &adaptive);
 }
 
-std::vector<decompose::LayerQuant> quantize(RunContext& ctx, Statistics& stats,
-                                            const decompose::SparseSelection& sel) {
-    const auto&             job        = ctx.job;
-    const auto&             range      = ctx.range();
-    const quant::Quantizer& method     = method_of(ctx);
-    const bool              sequential = method.needs.forward() && job.quant.sequential;
-    const int64_t           n_mine     = range.layer_end - range.layer_begin;
-    auto                    masks_of   = [](const model::StageTensors& m, int64_t i) {
+namespace {
+
+// The quantize loop's state: the layers done so far and the seconds spent. With statistics in
+// passes, every pass runs through the full-precision model: the stage keeps its original
+// linears until the last layer is quantized (`defer`), then takes the quantized ones.
+struct LayerLoop {
+    RunContext&                        ctx;
+    Statistics&                        stats;
+    const decompose::SparseSelection&  sel;
+    std::unique_ptr<Sequential>        seq;
+    sensitivity::StatsCollector        layer_stats;  // sequential: the current layer's
+    std::vector<decompose::LayerQuant> out;
+    double                             quantize_s = 0, stats_s = 0;
+    bool                               defer = false;
+
+    // Statistics of layers [lo, hi) of this rank, in one calibration pass (collective).
+    void collect_pass(int64_t lo, int64_t hi) {
+        const auto t0 = Clock::now();
+        stats.forward.observe_layers(lo, hi);
+        sensitivity::collect_forward_stats(*ctx.stage, ctx.t, ctx.calib, ctx.schedule,
+                                           stats.forward);
+        stats_s += since(t0);
+    }
+    void layer(int64_t l);
+};
+
+void LayerLoop::layer(int64_t l) {
+    const int64_t i        = l - ctx.range().layer_begin;
+    auto          masks_of = [](const model::StageTensors& m, int64_t i) {
         return m.empty() ? nullptr : &m[std::size_t(i)];
     };
-    std::vector<decompose::LayerQuant> out;
-    Progress                           progress("quantize (rank 0's layers)", n_mine, "layers");
-    double                             quantize_s = 0, seq_stats_s = 0;
-    at::NoGradGuard                    no_grad;
-    std::unique_ptr<Sequential>        seq;
-    sensitivity::StatsCollector        layer_stats(sensitivity::stats_options(
-               method.needs, job.quant.awq_samples, ctx.calib.size(0) * ctx.calib.size(1)));
-    if (sequential) {
+    auto& lw = ctx.stage->weights().layers[std::size_t(i)];
+    if (auto done = store::read_layer_state(ctx.out, l, ctx.fp)) {
+        if (!defer) decompose::set_layer_weights(*ctx.stage, std::size_t(i), *done);
+        out.push_back(std::move(*done));
+        ctx.log->info("layer {}: reused from an earlier run", l);
+    } else {
+        auto                               t0 = Clock::now();
+        const sensitivity::StatsCollector* st = nullptr;
+        if (seq) {
+            seq->collect(l, layer_stats);
+            st = &layer_stats;
+        } else if (stats.has_forward) {
+            st = &stats.forward;
+        }
+        stats_s += since(t0);
+        t0                    = Clock::now();
+        const auto*         f = stats.fisher.empty() ? nullptr : &stats.fisher[std::size_t(i)];
+        model::LayerTensors full;  // deferred: the originals, put back after quantize_layer
+        for (std::size_t j = 0; defer && j < model::kNumLinears; ++j)
+            full[j] = lw.linear(model::kLinears[j]);
+        out.push_back(decompose::quantize_layer(*ctx.stage, l, decompose::layer_stats(st, l, f),
+                                                masks_of(sel.outliers, i),
+                                                masks_of(sel.significant, i), ctx.job.quant));
+        for (std::size_t j = 0; defer && j < model::kNumLinears; ++j)
+            lw.linear(model::kLinears[j]) = full[j];
+        quantize_s += since(t0);
+        store::write_layer_state(ctx.out, l, out.back(), ctx.fp);
+        ctx.log->info("layer {}: quantized and saved ({}/{} of this rank)", l, i + 1,
+                      ctx.range().layer_end - ctx.range().layer_begin);
+    }
+    // This layer's statistics are no longer needed: X^T X alone is 0.5 GiB for one
+    // Llama-3.2-1B down_proj.
+    if (stats.has_forward) stats.forward.release(l);
+    if (!stats.fisher.empty()) stats.fisher[std::size_t(i)] = model::LayerTensors{};
+    if (seq) {
         const auto t0 = Clock::now();
-        seq           = std::make_unique<Sequential>(ctx);
-        seq_stats_s += since(t0);
+        seq->advance(l);
+        stats_s += since(t0);
     }
-    for (int64_t l = range.layer_begin; l < range.layer_end; ++l) {
-        const int64_t i = l - range.layer_begin;
-        if (auto done = store::read_layer_state(ctx.out, l, ctx.fp)) {
-            decompose::set_layer_weights(*ctx.stage, std::size_t(i), *done);
-            out.push_back(std::move(*done));
-            progress.skip(1);
-            ctx.log->info("layer {}: reused from an earlier run", l);
-        } else {
-            auto                               t0 = Clock::now();
-            const sensitivity::StatsCollector* st = nullptr;
-            if (sequential) {
-                seq->collect(l, layer_stats);
-                st = &layer_stats;
-            } else if (stats.has_forward) {
-                st = &stats.forward;
-            }
-            seq_stats_s += since(t0);
-            t0            = Clock::now();
-            const auto* f = stats.fisher.empty() ? nullptr : &stats.fisher[std::size_t(i)];
-            out.push_back(decompose::quantize_layer(*ctx.stage, l, decompose::layer_stats(st, l, f),
-                                                    masks_of(sel.outliers, i),
-                                                    masks_of(sel.significant, i), job.quant));
-            quantize_s += since(t0);
-            store::write_layer_state(ctx.out, l, out.back(), ctx.fp);
-            ctx.log->info("layer {}: quantized and saved ({}/{} of this rank)", l, i + 1, n_mine);
-        }
-        // This layer's statistics are no longer needed: X^T X alone is 0.5 GiB for one
-        // Llama-3.2-1B down_proj.
-        if (stats.has_forward) stats.forward.release(l);
-        if (!stats.fisher.empty()) stats.fisher[std::size_t(i)] = model::LayerTensors{};
-        if (sequential) {
-            const auto t0 = Clock::now();
-            seq->advance(l);
-            seq_stats_s += since(t0);
-        }
-        if (ctx.rank == 0) progress.update(i + 1);
+}
+
+}  // namespace
+
+std::vector<decompose::LayerQuant> quantize(RunContext& ctx, Statistics& stats,
+                                            const decompose::SparseSelection& sel) {
+    const auto&             job    = ctx.job;
+    const auto&             range  = ctx.range();
+    const quant::Quantizer& method = method_of(ctx);
+    const int64_t           n_mine = range.layer_end - range.layer_begin;
+    at::NoGradGuard         no_grad;
+    LayerLoop               loop{ctx,
+                   stats,
+                   sel,
+                   nullptr,
+                   sensitivity::StatsCollector(sensitivity::stats_options(
+                                     method.needs, job.quant.awq_samples, ctx.calib.size(0) * ctx.calib.size(1))),
+                   {}};
+    loop.defer = stats.passes > 1;
+    if (method.needs.forward() && job.quant.sequential) {
+        const auto t0 = Clock::now();
+        loop.seq      = std::make_unique<Sequential>(ctx);
+        loop.stats_s += since(t0);
     }
-    if (sequential) seq->send_on();
+    Progress      progress("quantize (rank 0's layers)", n_mine, "layers");
+    const int64_t per_pass = parallel::layers_per_pass(range, stats.passes);
+    for (int64_t k = 0; k < stats.passes; ++k) {
+        const int64_t lo = range.layer_begin + std::min(n_mine, k * per_pass);
+        const int64_t hi = range.layer_begin + std::min(n_mine, (k + 1) * per_pass);
+        if (stats.passes > 1) loop.collect_pass(lo, hi);
+        for (int64_t l = lo; l < hi; ++l) {
+            loop.layer(l);
+            if (ctx.rank == 0) progress.update(l - range.layer_begin + 1);
+        }
+    }
+    if (loop.seq) loop.seq->send_on();
+    for (std::size_t il = 0; loop.defer && il < loop.out.size(); ++il)
+        decompose::set_layer_weights(*ctx.stage, il, loop.out[il]);
     if (ctx.rank == 0) progress.finish();
-    ctx.st.phase_s["statistics"] = stats.seconds + seq_stats_s;
-    ctx.st.phase_s["prequant"]   = quantize_s;
-    return out;
+    ctx.st.phase_s["statistics"] = stats.seconds + loop.stats_s;
+    ctx.st.phase_s["prequant"]   = loop.quantize_s;
+    return std::move(loop.out);
 }
 
 std::optional<std::vector<decompose::LayerQuant>> reuse_quantized(RunContext& ctx) {

@@ -20,6 +20,7 @@ StatsOptions stats_options(const quant::StatsNeeds& needs, int64_t max_samples,
 }
 
 void StatsCollector::observe(int64_t layer, model::LinearInput which, const at::Tensor& x) {
+    if (layer < window_.first || layer >= window_.second) return;
     const at::Tensor x2 = x.detach().reshape({-1, x.size(-1)});  // [rows, I]
     Entry&           e  = acc_[{layer, int(which)}];
     if (opt_.xtx) {

@@ -23,6 +23,12 @@ a=$(val "$tmp/p1/results.json" "eval-tokens.safetensors"); b=$(val "$tmp/p2/resu
 a=$(val "$tmp/n1/results.json" "eval-tokens.safetensors"); b=$(val "$tmp/n3/results.json" "eval-tokens.safetensors")
 [ -n "$a" ] && [ "$a" = "$b" ] && ok "gptq one-pass: perplexity $a for 1 and 3 ranks" || fail "np=1 '$a' vs np=3 '$b'"
 
+# A budget too small for any layer's X^T X at once: one calibration pass per layer, and the
+# same checkpoint byte for byte.
+"$mpiexec" -np 2 "$bin" run "$job" --out "$tmp/g2" --set quant.sequential=false --set run.mem_gib=0.001 > "$tmp/log" 2>&1 || fail "run in passes: $(tail -3 "$tmp/log")"
+grep -q "X^T X in 3 calibration pass" "$tmp/log" && cmp -s "$tmp/n1/model.requant.h5" "$tmp/g2/model.requant.h5" \
+  && ok "gptq one-pass statistics in 3 passes (run.mem_gib): the same checkpoint" || fail "passes: $(grep -c 'calibration pass' "$tmp/log") / checkpoints differ"
+
 "$bin" run "$job" --out "$tmp/r8" --set quant.method=rtn --set quant.bits=8 > /dev/null 2>&1
 "$bin" run "$job" --out "$tmp/r4" --set quant.method=rtn > /dev/null 2>&1
 fp=$(sed -n '/perplexity_fp/,/}/p' "$tmp/r8/results.json" | sed -n 's/.*"eval-tokens.safetensors": *\([0-9.e+-]*\).*/\1/p')

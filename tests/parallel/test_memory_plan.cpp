@@ -136,7 +136,7 @@ TEST(MemoryPlan, RtnWithoutRequantHasNoExtraBuffers) {
     const MemoryPlan p = plan_memory(c, job(), 4);
     for (std::size_t r = 0; r < p.ranks.size(); ++r) {
         EXPECT_EQ(p.ranks[r].w_orig, 0.0) << "rank " << r;
-        EXPECT_EQ(p.ranks[r].statistics, 0.0) << "rank " << r;
+        EXPECT_EQ(p.ranks[r].stats(), 0.0) << "rank " << r;
         EXPECT_EQ(p.ranks[r].pqi, 0.0) << "rank " << r;
         EXPECT_GT(p.ranks[r].activations, 0.0) << "rank " << r;
         EXPECT_DOUBLE_EQ(p.ranks[r].total(), p.ranks[r].weights + p.ranks[r].activations);
@@ -160,7 +160,7 @@ TEST(MemoryPlan, PqiDetachAddsOriginalLinearsAndPqiAccumulators) {
                     std::string(name) + " P=" + std::to_string(P) + " rank " + std::to_string(r);
                 EXPECT_DOUBLE_EQ(m.weights, b.weights) << at;
                 EXPECT_DOUBLE_EQ(m.activations, b.activations) << at;
-                EXPECT_DOUBLE_EQ(m.statistics, b.statistics) << at;
+                EXPECT_DOUBLE_EQ(m.stats(), b.stats()) << at;
                 const double stored = c.torch_dtype == "float32" ? 4 : 2;
                 EXPECT_NEAR(m.w_orig, stored * lin, 1e-9 * lin)
                     << at << ": the linears as stored (" << c.torch_dtype << "), mapped";
@@ -182,10 +182,10 @@ TEST(MemoryPlan, SqueezeLlmAddsFisherDiagonalAndGradients) {
             const double lin = linear_elems(c) * layers_of(s.pipeline.stages[std::size_t(r)]);
             EXPECT_DOUBLE_EQ(m.weights, b.weights) << name << " rank " << r;
             EXPECT_EQ(m.w_orig, 0.0) << name << " rank " << r << ": no detach";
-            EXPECT_NEAR(m.statistics, (4 + 4) * lin, 1e-9 * lin)
+            EXPECT_NEAR(m.stats(), (4 + 4) * lin, 1e-9 * lin)
                 << name << " rank " << r << ": fp32 Fisher diagonal + gradients per weight";
             EXPECT_EQ(m.pqi, 0.0) << name << " rank " << r << ": no detach";
-            EXPECT_DOUBLE_EQ(m.total(), b.total() + m.statistics) << name << " rank " << r;
+            EXPECT_DOUBLE_EQ(m.total(), b.total() + m.stats()) << name << " rank " << r;
         }
     }
 }
@@ -203,13 +203,64 @@ TEST(MemoryPlan, GptqAddsXtxPerLinearInput) {
     const MemoryPlan all  = plan_memory(c, job({"quant.method=gptq", "quant.sequential=false"}), P);
     for (int r = 0; r < P; ++r) {
         const double L = layers_of(seq.pipeline.stages[std::size_t(r)]);
-        EXPECT_NEAR(seq.ranks[std::size_t(r)].statistics, per_layer + work, 1e-9 * per_layer)
+        EXPECT_NEAR(seq.ranks[std::size_t(r)].stats(), per_layer + work, 1e-9 * per_layer)
             << "rank " << r << ": sequential GPTQ holds one layer's Hessians";
-        EXPECT_NEAR(all.ranks[std::size_t(r)].statistics, per_layer * L + work,
-                    1e-9 * per_layer * L)
+        EXPECT_NEAR(all.ranks[std::size_t(r)].stats(), per_layer * L + work, 1e-9 * per_layer * L)
             << "rank " << r << ": every layer of the stage at once";
         EXPECT_EQ(seq.ranks[std::size_t(r)].pqi, 0.0) << "rank " << r;
     }
+}
+
+// Under run.mem_gib, non-sequential GPTQ collects X^T X in the fewest passes (a group of
+// layers each) that fit; the passes are the same on every rank, and a job that cannot use
+// them (sequential, Alg. 1's search) keeps one.
+TEST(MemoryPlan, GptqStatisticsInPassesFitTheBudget) {
+    const auto                     c    = llama_1b();
+    const int                      P    = 2;
+    const std::vector<std::string> base = {"quant.method=gptq", "quant.sequential=false"};
+    const MemoryPlan               all  = plan_memory(c, job(base), P);
+    double most = 0, fits_one = 0;  // all layers at once; one layer, one microbatch
+    for (const auto& m : all.ranks) {
+        most            = std::max(most, m.total());
+        RankMemory one  = m;
+        one.xtx_layers  = 1;
+        one.in_flight   = 1;
+        one.activations = one.per_micro + one.transient;
+        fits_one        = std::max(fits_one, one.total());
+    }
+    EXPECT_EQ(all.stats_passes, 1);
+    for (double gib : {most / kGiB + 0.01, (most + fits_one) / 2 / kGiB, fits_one / kGiB + 0.01}) {
+        auto sets = base;
+        sets.push_back("run.mem_gib=" + std::to_string(gib));
+        const MemoryPlan p = plan_memory(c, job(sets), P);
+        ASSERT_GE(p.stats_passes, 1);
+        for (std::size_t r = 0; r < p.ranks.size(); ++r) {
+            const auto&   range = p.pipeline.stages[r].range;
+            const int64_t L     = range.layer_end - range.layer_begin;
+            EXPECT_EQ(p.ranks[r].xtx_layers, (L + p.stats_passes - 1) / p.stats_passes);
+            EXPECT_LE(p.ranks[r].total(), gib * kGiB) << gib << " GiB, rank " << r;
+        }
+        if (p.stats_passes > 1) {  // one pass fewer would not fit on some rank
+            bool over = false;
+            for (std::size_t r = 0; r < p.ranks.size(); ++r) {
+                RankMemory m  = p.ranks[r];
+                m.xtx_layers  = layers_per_pass(p.pipeline.stages[r].range, p.stats_passes - 1);
+                m.in_flight   = 1;
+                m.activations = m.per_micro + m.transient;
+                over          = over || m.total() > gib * kGiB;
+            }
+            EXPECT_TRUE(over) << gib << " GiB: " << p.stats_passes << " passes";
+        }
+    }
+    auto tight = base;
+    tight.push_back("run.mem_gib=" + std::to_string(fits_one / kGiB + 0.01));
+    EXPECT_GT(plan_memory(c, job(tight), P).stats_passes, 1);
+    tight[1] = "quant.sequential=true";
+    EXPECT_EQ(plan_memory(c, job(tight), P).stats_passes, 1);
+    EXPECT_FALSE(
+        stats_in_passes(job({"quant.method=gptq", "quant.sequential=false",
+                             "requant.outlier_ratio=0.005", "requant.outlier_select=adaptive"})));
+    EXPECT_TRUE(stats_in_passes(job(base)));
 }
 
 // What a microbatch in flight keeps scales with its sequences; the replay's attention block and

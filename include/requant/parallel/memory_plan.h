@@ -13,7 +13,8 @@
 // for nodes. The estimate counts what the run holds at once on a rank, phase by phase:
 //   weights     the stage in fp32 (the run computes in fp32 whatever the checkpoint stores)
 //   statistics  the statistics and quantize phases: GPTQ X^T X (fp64, per linear input; all
-//               layers of the stage at once unless quant.sequential) and GPTQ's fp64
+//               layers of the stage at once unless quant.sequential, or a group of layers per
+//               calibration pass when run.mem_gib asks for it) and GPTQ's fp64
 //               workspace on the widest linear (two [I, I] and W, Q), SqueezeLLM / Fisher
 //               diagonals with the gradients they are summed from (fp32, one each per weight);
 //               a layer's statistics are freed once it is quantized
@@ -32,22 +33,37 @@
 namespace rq::parallel {
 
 struct RankMemory {
-    double  weights = 0, w_orig = 0, statistics = 0, pqi = 0, activations = 0;
-    double  per_micro = 0;  // bytes one microbatch in flight keeps (part of activations)
-    double  transient = 0;  // bytes of one layer's replay (part of activations)
-    int64_t in_flight = 0;  // microbatches in flight at once
-    double  total() const { return weights + activations + std::max(statistics, w_orig + pqi); }
+    double  weights = 0, w_orig = 0, pqi = 0, activations = 0;
+    double  statistics = 0;  // besides X^T X (GPTQ's workspace, Fisher)
+    double  xtx_layer  = 0;  // one layer's X^T X
+    int64_t xtx_layers = 0;  // layers whose X^T X is held at once
+    double  per_micro  = 0;  // bytes one microbatch in flight keeps (part of activations)
+    double  transient  = 0;  // bytes of one layer's replay (part of activations)
+    int64_t in_flight  = 0;  // microbatches in flight at once
+    double  stats() const { return statistics + xtx_layer * double(xtx_layers); }
+    double  total() const { return weights + activations + std::max(stats(), w_orig + pqi); }
 };
 
 struct MemoryPlan {
     PipelinePlan            pipeline;
-    std::vector<RankMemory> ranks;  // bytes
+    std::vector<RankMemory> ranks;             // bytes
+    int64_t                 stats_passes = 1;  // calibration passes that collect X^T X
     double                  max_total() const;
 };
 
-// With job.run.mem_gib > 0, the in-flight count is capped to what fits the budget on every
-// rank (in_flight_cap).
+// With job.run.mem_gib > 0, X^T X is collected in as few passes as fit the budget
+// (stats_passes) and the in-flight count is capped to what fits it on every rank
+// (in_flight_cap).
 MemoryPlan plan_memory(const io::LlamaConfig& c, const io::Job& job, int n_ranks);
+// Whether the job may collect X^T X in several passes, a group of layers each: GPTQ taking its
+// statistics from the full-precision model, and no Alg. 1 search (which scores every layer
+// with them at once).
+bool stats_in_passes(const io::Job& job);
+// The fewest passes that keep every rank of `p` within `budget` with one microbatch in flight
+// (at most one layer per pass); every rank runs the same passes. Pass k covers layers
+// [k n, (k + 1) n) of each stage, n = layers_per_pass(range, passes).
+int64_t stats_passes(const MemoryPlan& p, double budget);
+int64_t layers_per_pass(const model::StageRange& range, int64_t passes);
 // The most microbatches in flight that keep every rank of `p` within `budget` bytes (at least
 // 1); the same on every rank, as the schedule needs (ScheduleOptions::max_in_flight).
 int64_t in_flight_cap(const MemoryPlan& p, double budget);

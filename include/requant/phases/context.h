@@ -44,10 +44,11 @@ class RunContext {
 
     store::RunState               st;  // rank 0 writes it to run.h5; every rank holds its records
     std::string                   fp;  // the run's combined fingerprint (ties layer files to it)
-    at::Tensor                    calib;                // int64 [N, T], on every rank
-    std::vector<EvalSet>          evals;                // on every rank
-    std::unique_ptr<model::Stage> stage;                // this rank's layers
-    parallel::ScheduleOptions     schedule;             // run.microbatch, in-flight cap
+    at::Tensor                    calib;     // int64 [N, T], on every rank
+    std::vector<EvalSet>          evals;     // on every rank
+    std::unique_ptr<model::Stage> stage;     // this rank's layers
+    parallel::ScheduleOptions     schedule;  // run.microbatch, in-flight cap
+    int64_t stats_passes = 1;  // passes that collect X^T X (run.mem_gib; parallel::stats_passes)
     std::unique_ptr<parallel::PipelineRunner> runner;   // runs `schedule`
     std::shared_ptr<spdlog::logger>           log;      // OUT/logs/rank-NNN.log
     std::map<std::string, double>             seconds;  // phases measured in this invocation

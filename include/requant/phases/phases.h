@@ -33,8 +33,9 @@ store::Perplexities evaluate(RunContext& ctx);
 struct Statistics {
     sensitivity::StatsCollector forward;  // empty unless `has_forward`
     bool                        has_forward = false;
-    model::StageTensors         fisher;  // empty unless the method or the job needs it
-    double                      seconds = 0;
+    int64_t passes = 1;  // > 1: `forward` is collected in quantize, a group of layers per pass
+    model::StageTensors fisher;  // empty unless the method or the job needs it
+    double              seconds = 0;
 };
 Statistics statistics(RunContext& ctx);
 

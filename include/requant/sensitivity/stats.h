@@ -1,4 +1,5 @@
 #pragma once
+#include <climits>
 #include <cstdint>
 #include <map>
 #include <utility>
@@ -41,6 +42,8 @@ class StatsCollector : public model::LinearObserver {
     // Whatever was collected for the input, as the quantizers take it.
     quant::InputStats input(int64_t layer, model::LinearInput which) const;
     void              clear() { acc_.clear(); }
+    // Observe only layers [begin, end) from now on (all by default).
+    void observe_layers(int64_t begin, int64_t end) { window_ = {begin, end}; }
     // Frees what was collected for `layer` (its quantization is done); other layers keep theirs.
     void release(int64_t layer);
 
@@ -53,6 +56,7 @@ class StatsCollector : public model::LinearObserver {
     const Entry& entry(int64_t layer, model::LinearInput which) const;
 
     StatsOptions                             opt_;
+    std::pair<int64_t, int64_t>              window_{0, INT64_MAX};
     std::map<std::pair<int64_t, int>, Entry> acc_;
 };
 
