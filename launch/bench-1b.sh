@@ -10,7 +10,8 @@
 # Usage: launch/bench-1b.sh [OUT]          (default runs/bench-1b; the model is made once in OUT)
 # Environment: RQ_BENCH_SHAPE="--hidden 512 --ff 2048 --layers 4 --heads 8 --kv 2 --vocab 128256"
 #   makes a smaller model of the same kind instead (the ctest entry cli_large_path does);
-#   RQ_BENCH_LONG_SEQ (default 4096; 0 skips the long pass).
+#   RQ_BENCH_LONG_SEQ (default 4096; 0 skips the long pass); RQ_BENCH_MEM_GIB (run.mem_gib,
+#   default 9: GPTQ's X^T X in as many calibration passes as that budget needs).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 rq_need_shared
@@ -55,6 +56,7 @@ rule  = "midpoint"
 out        = "$RUN"
 microbatch = 1
 threads    = 1
+mem_gib    = ${RQ_BENCH_MEM_GIB:-9}
 TOML
 
 "$RQ_BIN" plan "$JOB" --ranks 2 | tee "$OUT/plan.txt"

@@ -113,13 +113,11 @@ int64_t stats_passes(const MemoryPlan& p, double budget) {
     for (const auto& s : p.pipeline.stages)
         most = std::max(most, s.range.layer_end - s.range.layer_begin);
     for (int64_t G = 1; G < most; ++G) {
-        bool fits = true;
+        bool fits = true;  // the statistics phase, one microbatch in flight, on every rank
         for (std::size_t r = 0; r < p.ranks.size(); ++r) {
-            RankMemory m  = p.ranks[r];
-            m.xtx_layers  = layers_per_pass(p.pipeline.stages[r].range, G);
-            m.in_flight   = 1;
-            m.activations = m.per_micro + m.transient;
-            fits          = fits && m.total() <= budget;
+            RankMemory m = p.ranks[r];
+            m.xtx_layers = layers_per_pass(p.pipeline.stages[r].range, G);
+            fits         = fits && m.weights + m.per_micro + m.transient + m.stats() <= budget;
         }
         if (fits) return G;
     }

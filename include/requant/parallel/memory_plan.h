@@ -59,9 +59,9 @@ MemoryPlan plan_memory(const io::LlamaConfig& c, const io::Job& job, int n_ranks
 // statistics from the full-precision model, and no Alg. 1 search (which scores every layer
 // with them at once).
 bool stats_in_passes(const io::Job& job);
-// The fewest passes that keep every rank of `p` within `budget` with one microbatch in flight
-// (at most one layer per pass); every rank runs the same passes. Pass k covers layers
-// [k n, (k + 1) n) of each stage, n = layers_per_pass(range, passes).
+// The fewest passes that keep the statistics phase of every rank of `p` within `budget` with
+// one microbatch in flight (at most one layer per pass); every rank runs the same passes. Pass k
+// covers layers [k n, (k + 1) n) of each stage, n = layers_per_pass(range, passes).
 int64_t stats_passes(const MemoryPlan& p, double budget);
 int64_t layers_per_pass(const model::StageRange& range, int64_t passes);
 // The most microbatches in flight that keep every rank of `p` within `budget` bytes (at least
