@@ -33,7 +33,7 @@ const std::vector<std::pair<std::string, std::vector<std::string>>> kSchema = {
      {"outlier_ratio", "outlier_select", "outlier_candidates", "significant_ratio", "step_ratio",
       "scope", "significant_select", "signed_ranking"}},
     {"sensitivity", {"nodes", "rule", "study", "lambdas", "hvp_eps"}},
-    {"run", {"out", "microbatch", "threads", "transport", "mem_gib"}},
+    {"run", {"out", "microbatch", "threads", "transport", "mem_gib", "replicas"}},
 };
 
 const std::vector<std::string>* schema_keys(const std::string& section) {
@@ -265,7 +265,7 @@ auto fields(const JobSensitivity& s) {
     return std::tie(s.nodes, s.rule, s.study, s.lambdas, s.hvp_eps);
 }
 auto fields(const JobRun& r) {
-    return std::tie(r.out, r.microbatch, r.threads, r.transport, r.mem_gib);
+    return std::tie(r.out, r.microbatch, r.threads, r.transport, r.mem_gib, r.replicas);
 }
 
 }  // namespace
@@ -416,6 +416,8 @@ void read_run(const Reader& r, JobRun& run, const std::string& stem) {
     if (!(run.mem_gib >= 0.0 && run.mem_gib < 1e7))
         r.fail("run.mem_gib",
                "must be a size in GiB >= 0 (0: no budget), got " + format_double(run.mem_gib));
+    r.read("run", "replicas", run.replicas);
+    at_least(r, "run.replicas", run.replicas, 1);
 }
 
 }  // namespace
@@ -512,6 +514,7 @@ std::string job_to_toml(const Job& j) {
     put("threads", num(j.run.threads));
     put("transport", str(name(j.run.transport)));
     put("mem_gib", format_double(j.run.mem_gib));
+    put("replicas", num(j.run.replicas));
     return os.str();
 }
 

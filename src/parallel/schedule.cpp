@@ -11,17 +11,20 @@
 #include <vector>
 
 #include "requant/error.h"
+#include "requant/parallel/mpi_env.h"
+#include "requant/parallel/replicas.h"
 #include "requant/units.h"
 
 namespace rq::parallel {
 namespace {
 
-// Fault injection for the error-propagation tests: RQ_FAIL_RANK=r makes rank r throw when it
-// starts microbatch RQ_FAIL_MICRO (default 0), while its peers are blocked in communication.
-void maybe_inject_fault(int rank, int64_t m) {
+// Fault injection for the error-propagation tests: RQ_FAIL_RANK=r makes world rank r throw
+// when it starts microbatch RQ_FAIL_MICRO (default 0), while its peers are blocked in
+// communication.
+void maybe_inject_fault(int64_t m) {
     static const char* fr = std::getenv("RQ_FAIL_RANK");
     static const char* fm = std::getenv("RQ_FAIL_MICRO");
-    if (fr != nullptr && std::atoi(fr) == rank && (fm ? std::atoll(fm) : 0) == m)
+    if (fr != nullptr && std::atoi(fr) == world_rank() && (fm ? std::atoll(fm) : 0) == m)
         throw InjectedFailure("injected failure at microbatch " + std::to_string(m) +
                               " (RQ_FAIL_RANK=" + fr + ")");
 }
@@ -35,10 +38,21 @@ int gradient_tag(int64_t m) {
     return int(m % 16000) * 2 + 1;
 }
 
+std::pair<int64_t, int64_t> ScheduleOptions::share(int64_t N) const {
+    return replica_share((N + microbatch - 1) / microbatch, replica, replicas);
+}
+
 PipelineRunner::PipelineRunner(model::Stage& stage, Transport& transport, ScheduleOptions opt)
-    : stage_(stage), t_(transport), microbatch_(opt.microbatch), max_in_flight_(opt.max_in_flight) {
+    : stage_(stage),
+      t_(transport),
+      opt_(opt),
+      microbatch_(opt.microbatch),
+      max_in_flight_(opt.max_in_flight) {
     if (microbatch_ < 1) throw ConfigError("microbatch must be >= 1");
     if (max_in_flight_ < 0) throw ConfigError("max_in_flight must be >= 0 (0: no cap)");
+    if (opt.replicas > 1 && (opt.across == nullptr || opt.across->size() != opt.replicas ||
+                             opt.across->rank() != opt.replica))
+        throw InternalError("a replicated schedule needs its replicas' transport");
     const bool first = t_.rank() == 0, last = t_.rank() == t_.size() - 1;
     if (stage.range().first != first || stage.range().last != last)
         throw ConfigError(
@@ -59,27 +73,47 @@ at::Tensor PipelineRunner::recv_activation(const at::Tensor& tok_m, int src, int
 }
 
 PipelineLoss PipelineRunner::share_loss(double sum, int64_t n) {
-    // The last stage owns the loss; every rank gets it (rank order fixed: deterministic).
+    // The last stage owns the loss; every rank gets it (rank order fixed: deterministic), then
+    // the replicas' sums are added in replica order.
     at::Tensor v = at::tensor({sum, double(n)}, at::kDouble);
     t_.broadcast(v, t_.size() - 1)->wait();
+    if (opt_.replicas > 1) {
+        const auto t0 = Clock::now();
+        opt_.across->allreduce_sum(v)->wait();
+        stats_.reduce_s += since(t0);
+        stats_.reduce_bytes += v.nbytes();
+    }
     return {v[0].item<double>(), int64_t(v[1].item<double>())};
+}
+
+void PipelineRunner::reduce_gradients() {
+    if (opt_.replicas <= 1) return;
+    const auto t0 = Clock::now();
+    for (auto& lw : stage_.weights().layers)
+        for (model::Linear l : model::kLinears) {
+            at::Tensor g = lw.linear(l).grad();
+            if (!g.defined()) continue;  // the same linears on every replica
+            opt_.across->allreduce_sum(g)->wait();
+            stats_.reduce_bytes += int64_t(g.nbytes());
+        }
+    stats_.reduce_s += since(t0);
 }
 
 PipelineLoss PipelineRunner::forward(const at::Tensor&                   tokens,
                                      const std::function<void(int64_t)>& on_micro) {
     at::NoGradGuard no_grad;
     const int       r = t_.rank(), P = t_.size();
-    const int64_t   M                     = (tokens.size(0) + microbatch_ - 1) / microbatch_;
+    const auto [m0, m1]                   = opt_.share(tokens.size(0));
     stats_                                = {};
-    stats_.n_micro                        = M;
+    stats_.n_micro                        = m1 - m0;
     const auto                        t0  = Clock::now();
     double                            sum = 0;
     int64_t                           n   = 0;
     std::deque<std::unique_ptr<Work>> sends;  // at most two in flight: bounded memory
-    for (int64_t m = 0; m < M; ++m) {
+    for (int64_t m = m0; m < m1; ++m) {
         at::Tensor tok = micro_tokens(tokens, m);
         at::Tensor in  = r == 0 ? tok : recv_activation(tok, r - 1, activation_tag(m));
-        maybe_inject_fault(r, m);
+        maybe_inject_fault(m);
         const auto tb  = Clock::now();
         at::Tensor out = stage_.forward(in, tok);
         if (r == P - 1) {
@@ -91,7 +125,7 @@ PipelineLoss PipelineRunner::forward(const at::Tensor&                   tokens,
             if (sends.size() == 2) sends.front()->wait(), sends.pop_front();
             sends.push_back(t_.send(out.contiguous(), r + 1, activation_tag(m)));
         }
-        if (r == 0 && on_micro) on_micro(m + 1);
+        if (r == 0 && on_micro) on_micro(m - m0 + 1);
     }
     for (auto& s : sends) s->wait();
     const PipelineLoss loss = share_loss(sum, n);
@@ -104,10 +138,11 @@ PipelineLoss PipelineRunner::forward_backward(const at::Tensor&                 
                                               const std::function<void(int64_t)>& on_backward) {
     const int     r = t_.rank(), P = t_.size();
     const int64_t N = tokens.size(0), T = tokens.size(1);
-    const int64_t M = (N + microbatch_ - 1) / microbatch_;
-    stats_          = {};
-    stats_.n_micro  = M;
-    const auto t0   = Clock::now();
+    const auto [m0, m1] = opt_.share(N);
+    const int64_t M     = m1 - m0;  // this replica's microbatches m0, m0 + 1, ...
+    stats_              = {};
+    stats_.n_micro      = M;
+    const auto t0       = Clock::now();
     // dF/d(loss_i) for F = mean over every predicted position of the whole batch.
     const at::Tensor dloss =
         at::scalar_tensor(1.0 / double(N * (T - 1)), at::TensorOptions().dtype(stage_.dtype()));
@@ -116,13 +151,13 @@ PipelineLoss PipelineRunner::forward_backward(const at::Tensor&                 
     std::vector<std::unique_ptr<Work>> sends;
     double                             sum      = 0;
     int64_t                            n        = 0;
-    int64_t                            next_fwd = 0, next_bwd = 0;
+    int64_t                            next_fwd = m0, next_bwd = m0;
 
     auto do_forward = [&] {
         const int64_t m   = next_fwd++;
         at::Tensor    tok = micro_tokens(tokens, m);
         at::Tensor    in  = r == 0 ? tok : recv_activation(tok, r - 1, activation_tag(m));
-        maybe_inject_fault(r, m);
+        maybe_inject_fault(m);
         const auto       tb = Clock::now();
         model::StageTape tape;
         at::Tensor       out = stage_.forward_recorded(in, tok, tape);
@@ -133,7 +168,7 @@ PipelineLoss PipelineRunner::forward_backward(const at::Tensor&                 
         stats_.busy_s += since(tb);
         if (r < P - 1) sends.push_back(t_.send(out.contiguous(), r + 1, activation_tag(m)));
         inflight.push_back(std::move(tape));
-        if (r == 0 && on_micro) on_micro(m + 1);
+        if (r == 0 && on_micro) on_micro(m - m0 + 1);
     };
     auto do_backward = [&] {
         const int64_t    m    = next_bwd++;
@@ -162,12 +197,13 @@ PipelineLoss PipelineRunner::forward_backward(const at::Tensor&                 
     int64_t warmup = std::min<int64_t>(P - 1 - r, M);
     if (max_in_flight_ > 0) warmup = std::min(warmup, max_in_flight_ - 1);
     for (int64_t i = 0; i < warmup; ++i) do_forward();
-    while (next_fwd < M) {
+    while (next_fwd < m1) {
         do_forward();
         do_backward();
     }
-    while (next_bwd < M) do_backward();
+    while (next_bwd < m1) do_backward();
     for (auto& s : sends) s->wait();
+    reduce_gradients();
     const PipelineLoss loss = share_loss(sum, n);
     stats_.wall_s           = since(t0);
     return loss;

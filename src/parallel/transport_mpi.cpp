@@ -93,13 +93,22 @@ std::unique_ptr<Work> chunked(const at::Tensor& t, Fn post) {
 
 class MpiTransport : public Transport {
   public:
-    explicit MpiTransport(MPI_Comm comm) : comm_(comm) {
+    // `owned`: a communicator of ours (MPI_Comm_split), freed with the transport.
+    explicit MpiTransport(MPI_Comm comm, bool owned = false) : comm_(comm), owned_(owned) {
+        RQ_MPI_CHECK(MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN));
         RQ_MPI_CHECK(MPI_Comm_rank(comm_, &rank_));
         RQ_MPI_CHECK(MPI_Comm_size(comm_, &size_));
     }
-    const char* name() const override { return "mpi"; }
-    int         rank() const override { return rank_; }
-    int         size() const override { return size_; }
+    ~MpiTransport() override {
+        int fin = 0;
+        MPI_Finalized(&fin);
+        if (owned_ && !fin) MPI_Comm_free(&comm_);
+    }
+    MpiTransport(const MpiTransport&)            = delete;
+    MpiTransport& operator=(const MpiTransport&) = delete;
+    const char*   name() const override { return "mpi"; }
+    int           rank() const override { return rank_; }
+    int           size() const override { return size_; }
 
     std::unique_ptr<Work> send(const at::Tensor& t, int dst, int tag) override {
         check_tensor(t, "send");
@@ -147,6 +156,7 @@ class MpiTransport : public Transport {
 
   private:
     MPI_Comm comm_;
+    bool     owned_ = false;
     int      rank_ = 0, size_ = 1;
 };
 
@@ -157,6 +167,15 @@ std::unique_ptr<Transport> make_mpi_transport(bool self_only) {
     MPI_Initialized(&init);
     if (!init) throw MpiError("MPI transport: MPI is not initialised");
     return std::make_unique<MpiTransport>(self_only ? MPI_COMM_SELF : MPI_COMM_WORLD);
+}
+
+std::unique_ptr<Transport> make_mpi_group_transport(int color, int key) {
+    int init = 0;
+    MPI_Initialized(&init);
+    if (!init) throw MpiError("MPI transport: MPI is not initialised");
+    MPI_Comm comm = MPI_COMM_NULL;
+    RQ_MPI_CHECK(MPI_Comm_split(MPI_COMM_WORLD, color, key, &comm));
+    return std::make_unique<MpiTransport>(comm, true);
 }
 
 }  // namespace rq::parallel

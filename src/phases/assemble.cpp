@@ -45,7 +45,7 @@ void assemble(RunContext& ctx, const quant::StorageBits& all) {
     if (ctx.st.done("assemble")) return;
     const auto     t0  = Clock::now();
     const io::Job& job = ctx.job;
-    if (ctx.rank == 0)
+    if (ctx.lead())
         store::write_final_checkpoint(ctx.out, ctx.ckpt.config().n_layer, ctx.ckpt, ctx.fp,
                                       {{"method", io::name(job.quant.method)},
                                        {"bits", int64_t(job.quant.bits)},
@@ -60,7 +60,7 @@ void assemble(RunContext& ctx, const quant::StorageBits& all) {
 }
 
 void write_results(RunContext& ctx, const quant::StorageBits& all, const nlohmann::json* study) {
-    if (ctx.rank != 0) return;
+    if (!ctx.lead()) return;
     const io::Job& job    = ctx.job;
     auto           phases = ctx.seconds;  // measured now, else as recorded by the run that did them
     for (const auto& [k, v] : ctx.st.phase_s)
@@ -70,7 +70,8 @@ void write_results(RunContext& ctx, const quant::StorageBits& all, const nlohman
     nlohmann::json r;
     r["version"]               = RQ_VERSION;
     r["model"]                 = job.model.path;
-    r["ranks"]                 = ctx.P;
+    r["ranks"]                 = ctx.P * ctx.R;
+    r["replicas"]              = ctx.R;
     r["threads"]               = job.run.threads;
     r["microbatch"]            = job.run.microbatch;
     r["method"]                = io::name(job.quant.method);

@@ -29,20 +29,20 @@ void detach(RunContext& ctx, const model::StageTensors& w_orig,
     }
     hooks.on_round = [&](int k, const model::StageTensors& pick,
                          const std::vector<decompose::DetachRound>& rounds) {
-        for (std::size_t il = 0; il < pick.size(); ++il)
+        for (std::size_t il = 0; ctx.writes() && il < pick.size(); ++il)
             store::write_detach_state(ctx.out, l0 + int64_t(il), k, pick[il], ctx.fp);
         ctx.st.detach_rounds_done = k;
         ctx.st.detach_rounds      = rounds;
         ctx.mark("detach-" + std::to_string(k), since(t0));
     };
     hooks.node_progress = [&](int k, int K) {
-        return step_progress(ctx.rank == 0,
+        return step_progress(ctx.lead(),
                              "detach " + std::to_string(k) + "/" + std::to_string(K) + ": pqi",
                              "forward+backward passes");
     };
     decompose::detach_significant(*ctx.stage, ctx.t, w_orig, q, ctx.calib, ctx.schedule,
                                   ctx.job.requant, ctx.job.sensitivity, ctx.st.requant, hooks);
-    for (std::size_t il = 0; il < q.size(); ++il)
+    for (std::size_t il = 0; ctx.writes() && il < q.size(); ++il)
         store::write_layer_state(ctx.out, l0 + int64_t(il), q[il], ctx.fp);
     ctx.mark("detach", since(t0));
 }

@@ -16,7 +16,7 @@ store::Perplexities perplexities(RunContext& ctx, const char* what) {
     store::Perplexities r;
     for (const auto& e : ctx.evals) {
         r[e.name] = std::exp(ctx.runner->forward(e.tokens).mean());
-        if (ctx.rank == 0) spdlog::info("{}: {} perplexity {:.4f}", what, e.name, r[e.name]);
+        if (ctx.lead()) spdlog::info("{}: {} perplexity {:.4f}", what, e.name, r[e.name]);
     }
     r["calibration"] = std::exp(ctx.runner->forward(ctx.calib).mean());
     return r;

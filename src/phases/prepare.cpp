@@ -91,49 +91,68 @@ store::RunState open_state(const RunContext& ctx, Clock::time_point t0) {
     return st;
 }
 
+// The coordinator's int64 tensor on every rank: to the first stage of every replica, then
+// down each pipeline (collective).
+at::Tensor from_lead(RunContext& ctx, const at::Tensor& mine) {
+    at::Tensor x = mine;
+    if (ctx.rank == 0) x = parallel::broadcast_tensor(ctx.across, mine, 0, at::kLong);
+    return parallel::broadcast_tensor(ctx.t, x, 0, at::kLong);
+}
+
 }  // namespace
 
 void prepare(RunContext& ctx) {
     const auto          t0       = Clock::now();
     const ProcessMemory at_start = process_memory();  // libraries and MPI, before any data
     const io::Job&      job      = ctx.job;
-    if (ctx.rank == 0) ctx.st = open_state(ctx, t0);
+    if (ctx.lead()) ctx.st = open_state(ctx, t0);
     // Every rank holds the records of the finished phases and the data.
-    std::string fp      = ctx.rank == 0 ? ctx.st.fp.combined() : "";
-    std::string records = ctx.rank == 0 ? ctx.st.records() : "";
+    std::string fp      = ctx.lead() ? ctx.st.fp.combined() : "";
+    std::string records = ctx.lead() ? ctx.st.records() : "";
     parallel::broadcast_bytes(fp, 0);
     parallel::broadcast_bytes(records, 0);
-    if (ctx.rank != 0) ctx.st.set_records(records);
+    if (!ctx.lead()) ctx.st.set_records(records);
     ctx.fp    = fp;
-    ctx.calib = parallel::broadcast_tensor(ctx.t, ctx.st.calib, 0, at::kLong);
+    ctx.calib = from_lead(ctx, ctx.st.calib);
     ctx.evals.resize(job.data.eval.size());
     for (std::size_t i = 0; i < ctx.evals.size(); ++i) {
         ctx.evals[i].name   = io::base_name(job.data.eval[i]);
-        ctx.evals[i].tokens = parallel::broadcast_tensor(
-            ctx.t, ctx.rank == 0 ? ctx.st.eval_tokens[i] : at::Tensor(), 0, at::kLong);
+        ctx.evals[i].tokens = from_lead(ctx, ctx.lead() ? ctx.st.eval_tokens[i] : at::Tensor());
     }
-    ctx.log = open_rank_log(ctx.out, ctx.rank, ctx.P);
+    ctx.log = open_rank_log(ctx.out, ctx.world_rank, ctx.P * ctx.R);
+    if (ctx.R > 1)
+        ctx.log->info("replica {} of {}, stage {} of {}", ctx.replica, ctx.R, ctx.rank, ctx.P);
     ctx.log->info("RSS at start-up {:.3f} GiB", at_start.rss / kGiB);
 
     const auto& cfg   = ctx.ckpt.config();
     int64_t     max_t = ctx.calib.size(1);
     for (const auto& e : ctx.evals) max_t = std::max(max_t, e.tokens.size(1));
     const parallel::PipelinePlan plan = parallel::plan_pipeline(cfg, ctx.P, ctx.calib.size(1));
-    if (ctx.rank == 0) {
-        spdlog::info("run: {} on {} ranks, {} {}-bit g{}; calibration {} x {} tokens",
-                     job.model.path, ctx.P, io::name(job.quant.method), job.quant.bits,
-                     job.quant.group_size, ctx.calib.size(0), ctx.calib.size(1));
+    if (ctx.lead()) {
+        spdlog::info(
+            "run: {} on {} ranks ({} replica(s) x {} stage(s)), {} {}-bit g{}; "
+            "calibration {} x {} tokens",
+            job.model.path, ctx.P * ctx.R, ctx.R, ctx.P, io::name(job.quant.method), job.quant.bits,
+            job.quant.group_size, ctx.calib.size(0), ctx.calib.size(1));
         if (ctx.P > 1) std::fprintf(stderr, "%s", parallel::format_plan(plan).c_str());
     }
     const auto& range = plan.stages[std::size_t(ctx.rank)].range;
     ctx.stage         = std::make_unique<model::Stage>(
         cfg, model::load_stage_weights(ctx.ckpt, range, at::kFloat), max_t);
-    ctx.schedule = {job.run.microbatch, 0};
+    ctx.schedule          = {job.run.microbatch, 0};
+    ctx.schedule.replica  = ctx.replica;
+    ctx.schedule.replicas = ctx.R;
+    ctx.schedule.across   = &ctx.across;
+    const int64_t n_micro = (ctx.calib.size(0) + job.run.microbatch - 1) / job.run.microbatch;
+    if (n_micro < ctx.R)
+        throw ConfigError("run.replicas = " + std::to_string(ctx.R) + " needs at least as many " +
+                          "calibration microbatches; there are " + std::to_string(n_micro) +
+                          " (data.calibration_seqs / run.microbatch)");
     if (job.run.mem_gib > 0) {
         const parallel::MemoryPlan mem = parallel::plan_memory(cfg, job, ctx.P);
         ctx.schedule.max_in_flight     = parallel::in_flight_cap(mem, job.run.mem_gib * kGiB);
         ctx.stats_passes               = mem.stats_passes;
-        if (ctx.rank == 0)
+        if (ctx.lead())
             spdlog::info(
                 "run.mem_gib = {}: at most {} microbatches in flight per rank, X^T X "
                 "in {} calibration pass(es)",

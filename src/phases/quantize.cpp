@@ -3,9 +3,12 @@
 #include <ATen/ATen.h>
 #include <spdlog/spdlog.h>
 
+#include <optional>
 #include <set>
+#include <tuple>
 
 #include "requant/decompose/outliers.h"
+#include "requant/error.h"
 #include "requant/parallel/memory_plan.h"
 #include "requant/phases/phases.h"
 #include "requant/phases/progress.h"
@@ -26,25 +29,26 @@ class Sequential {
   public:
     explicit Sequential(RunContext& ctx) : ctx_(ctx) {
         const int64_t N = ctx.calib.size(0), T = ctx.calib.size(1), mb = ctx.job.run.microbatch;
-        const int64_t M = (N + mb - 1) / mb;
-        x_.resize(std::size_t(M));
-        for (int64_t m = 0; m < M; ++m) {
+        std::tie(m0_, m1_) = ctx.schedule.share(N);  // this replica's microbatches
+        for (int64_t m = m0_; m < m1_; ++m) {
             const int64_t b = std::min(mb, N - m * mb);
             if (ctx.rank == 0) {
-                x_[std::size_t(m)] = ctx.stage->embed_tokens(ctx.calib.narrow(0, m * mb, b));
+                x_.push_back(ctx.stage->embed_tokens(ctx.calib.narrow(0, m * mb, b)));
             } else {
-                x_[std::size_t(m)] = at::empty({b, T, ctx.stage->config().n_embd},
-                                               at::TensorOptions().dtype(ctx.stage->dtype()));
-                ctx.t.recv(x_[std::size_t(m)], ctx.rank - 1, parallel::activation_tag(m))->wait();
+                x_.push_back(at::empty({b, T, ctx.stage->config().n_embd},
+                                       at::TensorOptions().dtype(ctx.stage->dtype())));
+                ctx.t.recv(x_.back(), ctx.rank - 1, parallel::activation_tag(m))->wait();
             }
         }
     }
-    // This layer's statistics on the current hidden states.
+    // This layer's statistics on the current hidden states (of every replica).
     void collect(int64_t l, sensitivity::StatsCollector& stats) {
         stats.clear();
+        stats.start_at_row(m0_ * ctx_.job.run.microbatch * ctx_.calib.size(1));
         ctx_.stage->set_observer(&stats);
         for (const auto& xm : x_) ctx_.stage->forward_layer(l, xm);
         ctx_.stage->set_observer(nullptr);
+        stats.reduce(ctx_.schedule);
     }
     void advance(int64_t l) {  // through the (quantized) layer
         for (auto& xm : x_) xm = ctx_.stage->forward_layer(l, xm);
@@ -54,12 +58,13 @@ class Sequential {
         std::vector<std::unique_ptr<parallel::Work>> sends;
         for (std::size_t m = 0; m < x_.size(); ++m)
             sends.push_back(ctx_.t.send(x_[m].contiguous(), ctx_.rank + 1,
-                                        parallel::activation_tag(int64_t(m))));
+                                        parallel::activation_tag(m0_ + int64_t(m))));
         for (auto& s : sends) s->wait();
     }
 
   private:
     RunContext&             ctx_;
+    int64_t                 m0_ = 0, m1_ = 0;
     std::vector<at::Tensor> x_;  // this rank's input hidden states per microbatch [B, T, C]
 };
 
@@ -72,7 +77,7 @@ Statistics statistics(RunContext& ctx) {
     Statistics              s;
     const auto              t0 = Clock::now();
     if (method.needs.fisher || job.requant.significant() == io::SignificantSelect::Fisher)
-        s.fisher = sensitivity::fisher_diagonal(*ctx.stage, ctx.t, ctx.calib);
+        s.fisher = sensitivity::fisher_diagonal(*ctx.stage, ctx.t, ctx.calib, ctx.schedule);
     // Full-precision forward statistics: for the method unless it is sequential, and for
     // Alg. 1's objective.
     if (method.needs.forward() && (!job.quant.sequential || adaptive)) {
@@ -106,19 +111,25 @@ decompose::SparseSelection outliers(RunContext& ctx, const Statistics& stats,
 
 namespace {
 
-// The quantize loop's state: the layers done so far and the seconds spent. With statistics in
-// passes, every pass runs through the full-precision model: the stage keeps its original
-// linears until the last layer is quantized (`defer`), then takes the quantized ones.
+// The quantize loop's state: the layers done so far and the seconds spent.
+// - With statistics in passes, every pass runs through the full-precision model: the stage
+//   keeps its original linears until the last layer is quantized (`defer`), then takes the
+//   quantized ones.
+// - With replicas, layer i of the stage is quantized by replica i mod R, which writes its
+//   layer file; the other replicas read it after the pass (the run folder is shared, as the
+//   checkpoint assembly already needs). Sequential quantization needs each layer before the
+//   next: there every replica quantizes every layer, and replica 0 writes the files.
 struct LayerLoop {
     RunContext&                        ctx;
     Statistics&                        stats;
     const decompose::SparseSelection&  sel;
     std::unique_ptr<Sequential>        seq;
     sensitivity::StatsCollector        layer_stats;  // sequential: the current layer's
-    std::vector<decompose::LayerQuant> out;
+    std::vector<decompose::LayerQuant> out;          // per layer of the stage
     double                             quantize_s = 0, stats_s = 0;
     bool                               defer = false;
 
+    bool mine(int64_t i) const { return seq || i % ctx.R == ctx.replica; }
     // Statistics of layers [lo, hi) of this rank, in one calibration pass (collective).
     void collect_pass(int64_t lo, int64_t hi) {
         const auto t0 = Clock::now();
@@ -127,20 +138,48 @@ struct LayerLoop {
                                            stats.forward);
         stats_s += since(t0);
     }
-    void layer(int64_t l);
+    void pass(int64_t lo, int64_t hi);
+    void layer(int64_t l, std::optional<decompose::LayerQuant> done);
+    void take(int64_t i, decompose::LayerQuant q) {
+        if (!defer) decompose::set_layer_weights(*ctx.stage, std::size_t(i), q);
+        out[std::size_t(i)] = std::move(q);
+    }
 };
 
-void LayerLoop::layer(int64_t l) {
+void LayerLoop::pass(int64_t lo, int64_t hi) {
+    const int64_t l0 = ctx.range().layer_begin;
+    // Layers of an earlier run, decided before this pass writes any file.
+    std::vector<std::optional<decompose::LayerQuant>> done;
+    std::vector<bool>                                 reused;
+    for (int64_t l = lo; l < hi; ++l) {
+        done.push_back(store::read_layer_state(ctx.out, l, ctx.fp));
+        reused.push_back(done.back().has_value());
+    }
+    const bool exchange = ctx.R > 1 && !seq;
+    if (exchange) ctx.across.barrier()->wait();
+    for (int64_t l = lo; l < hi; ++l) layer(l, std::move(done[std::size_t(l - lo)]));
+    if (!exchange) return;
+    ctx.across.barrier()->wait();  // every owner has written its layers
+    for (int64_t l = lo; l < hi; ++l) {
+        if (mine(l - l0) || reused[std::size_t(l - lo)]) continue;
+        auto q = store::read_layer_state(ctx.out, l, ctx.fp);
+        if (!q)
+            throw StateError(ctx.out + ": layer " + std::to_string(l) + " quantized by replica " +
+                             std::to_string((l - l0) % ctx.R) + " is not readable here");
+        take(l - l0, std::move(*q));
+    }
+}
+
+void LayerLoop::layer(int64_t l, std::optional<decompose::LayerQuant> done) {
     const int64_t i        = l - ctx.range().layer_begin;
     auto          masks_of = [](const model::StageTensors& m, int64_t i) {
         return m.empty() ? nullptr : &m[std::size_t(i)];
     };
     auto& lw = ctx.stage->weights().layers[std::size_t(i)];
-    if (auto done = store::read_layer_state(ctx.out, l, ctx.fp)) {
-        if (!defer) decompose::set_layer_weights(*ctx.stage, std::size_t(i), *done);
-        out.push_back(std::move(*done));
+    if (done) {
+        take(i, std::move(*done));
         ctx.log->info("layer {}: reused from an earlier run", l);
-    } else {
+    } else if (mine(i)) {
         auto                               t0 = Clock::now();
         const sensitivity::StatsCollector* st = nullptr;
         if (seq) {
@@ -155,13 +194,13 @@ void LayerLoop::layer(int64_t l) {
         model::LayerTensors full;  // deferred: the originals, put back after quantize_layer
         for (std::size_t j = 0; defer && j < model::kNumLinears; ++j)
             full[j] = lw.linear(model::kLinears[j]);
-        out.push_back(decompose::quantize_layer(*ctx.stage, l, decompose::layer_stats(st, l, f),
-                                                masks_of(sel.outliers, i),
-                                                masks_of(sel.significant, i), ctx.job.quant));
+        out[std::size_t(i)] = decompose::quantize_layer(
+            *ctx.stage, l, decompose::layer_stats(st, l, f), masks_of(sel.outliers, i),
+            masks_of(sel.significant, i), ctx.job.quant);
         for (std::size_t j = 0; defer && j < model::kNumLinears; ++j)
             lw.linear(model::kLinears[j]) = full[j];
         quantize_s += since(t0);
-        store::write_layer_state(ctx.out, l, out.back(), ctx.fp);
+        if (!seq || ctx.writes()) store::write_layer_state(ctx.out, l, out[std::size_t(i)], ctx.fp);
         ctx.log->info("layer {}: quantized and saved ({}/{} of this rank)", l, i + 1,
                       ctx.range().layer_end - ctx.range().layer_begin);
     }
@@ -191,7 +230,7 @@ std::vector<decompose::LayerQuant> quantize(RunContext& ctx, Statistics& stats,
                    nullptr,
                    sensitivity::StatsCollector(sensitivity::stats_options(
                                      method.needs, job.quant.awq_samples, ctx.calib.size(0) * ctx.calib.size(1))),
-                   {}};
+                   std::vector<decompose::LayerQuant>(std::size_t(n_mine))};
     loop.defer = stats.passes > 1;
     if (method.needs.forward() && job.quant.sequential) {
         const auto t0 = Clock::now();
@@ -204,15 +243,13 @@ std::vector<decompose::LayerQuant> quantize(RunContext& ctx, Statistics& stats,
         const int64_t lo = range.layer_begin + std::min(n_mine, k * per_pass);
         const int64_t hi = range.layer_begin + std::min(n_mine, (k + 1) * per_pass);
         if (stats.passes > 1) loop.collect_pass(lo, hi);
-        for (int64_t l = lo; l < hi; ++l) {
-            loop.layer(l);
-            if (ctx.rank == 0) progress.update(l - range.layer_begin + 1);
-        }
+        loop.pass(lo, hi);
+        if (ctx.lead()) progress.update(hi - range.layer_begin);
     }
     if (loop.seq) loop.seq->send_on();
     for (std::size_t il = 0; loop.defer && il < loop.out.size(); ++il)
         decompose::set_layer_weights(*ctx.stage, il, loop.out[il]);
-    if (ctx.rank == 0) progress.finish();
+    if (ctx.lead()) progress.finish();
     ctx.st.phase_s["statistics"] = stats.seconds + loop.stats_s;
     ctx.st.phase_s["prequant"]   = loop.quantize_s;
     return std::move(loop.out);

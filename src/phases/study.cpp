@@ -231,7 +231,7 @@ nlohmann::json sensitivity_study(model::Stage& stage, parallel::Transport& t,
                                  const io::Job& job, const parallel::ScheduleOptions& schedule,
                                  std::map<std::string, double>& phases) {
     const auto&   js   = job.sensitivity;
-    const int     rank = t.rank();
+    const int     rank = schedule.replica == 0 ? t.rank() : -1;  // replica 0 writes and prints
     const int64_t L = stage.config().n_layer, l0 = stage.range().layer_begin;
 
     // ---- 1. PQI on the path, and phi on the study grid ----------------------------------------
@@ -248,7 +248,8 @@ nlohmann::json sensitivity_study(model::Stage& stage, parallel::Transport& t,
         spdlog::info("pqi: dF {:.6e}, sum PQI {:.6e}, relative gap {:.2e} ({} N={})", pqi.delta_f(),
                      pqi.pqi_sum, rel, io::name(js.rule), js.nodes);
     t0                     = Clock::now();
-    const std::string file = write_pqi(t, stage, pqi, job);
+    const std::string file = schedule.replica == 0 ? write_pqi(t, stage, pqi, job)
+                                                   : (fs::path(job.run.out) / "pqi.h5").string();
     phases["pqi_write"]    = since(t0);
     nlohmann::json out     = {{"delta_f", pqi.delta_f()}, {"pqi_sum", pqi.pqi_sum},
                               {"pqi_rel_error", rel},     {"first_order", pqi.first_order},

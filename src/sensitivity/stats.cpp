@@ -41,12 +41,41 @@ void StatsCollector::observe(int64_t layer, model::LinearInput which, const at::
         // Rows e.rows, e.rows+1, ... of the whole calibration stream; keep every stride-th.
         const int64_t stride =
             std::max<int64_t>(1, (opt_.total_rows + opt_.max_samples - 1) / opt_.max_samples);
-        const int64_t first = (stride - e.rows % stride) % stride;
+        const int64_t at    = row0_ + e.rows;  // in the whole calibration stream
+        const int64_t first = (stride - at % stride) % stride;
         if (first < x2.size(0))
             e.samples.push_back(
                 x2.narrow(0, first, x2.size(0) - first).slice(0, 0, c10::nullopt, stride).clone());
     }
     e.rows += x2.size(0);
+}
+
+void StatsCollector::reduce(const parallel::ScheduleOptions& schedule) {
+    row0_ = 0;
+    if (schedule.replicas <= 1) return;
+    parallel::Transport& across = *schedule.across;
+    for (auto& [key, e] : acc_) {  // the same keys on every replica, in the same order
+        (void)key;
+        if (e.xtx.defined()) across.allreduce_sum(e.xtx)->wait();
+        if (e.abs_sum.defined()) across.allreduce_sum(e.abs_sum)->wait();
+        at::Tensor n = at::tensor({e.rows}, at::kLong);
+        across.allreduce_sum(n)->wait();
+        e.rows = n.item<int64_t>();
+        if (opt_.max_samples <= 0) continue;
+        // Each replica's rows at its offset of a zeroed [total, I] (x + 0 is exact), summed.
+        if (e.samples.empty() && !e.abs_sum.defined())
+            throw InternalError("stats: sampled inputs without their width");
+        const at::Tensor mine    = e.samples.empty() ? at::empty({0, e.abs_sum.size(0)}, at::kFloat)
+                                                     : at::cat(e.samples, 0);  // float [n, I]
+        at::Tensor       counts  = at::zeros({schedule.replicas}, at::kLong);
+        counts[schedule.replica] = mine.size(0);
+        across.allreduce_sum(counts)->wait();
+        const int64_t offset = counts.narrow(0, 0, schedule.replica).sum().item<int64_t>();
+        at::Tensor    all = at::zeros({counts.sum().item<int64_t>(), mine.size(1)}, mine.options());
+        all.narrow(0, offset, mine.size(0)).copy_(mine);
+        across.allreduce_sum(all)->wait();
+        e.samples = {all};
+    }
 }
 
 void StatsCollector::release(int64_t layer) {
@@ -85,13 +114,15 @@ quant::InputStats StatsCollector::input(int64_t layer, model::LinearInput which)
 void collect_forward_stats(model::Stage& stage, parallel::Transport& t, const at::Tensor& tokens,
                            const parallel::ScheduleOptions& schedule, StatsCollector& stats) {
     at::NoGradGuard no_grad;
+    stats.start_at_row(schedule.share(tokens.size(0)).first * schedule.microbatch * tokens.size(1));
     stage.set_observer(&stats);
     parallel::PipelineRunner(stage, t, schedule).forward(tokens);
     stage.set_observer(nullptr);
+    stats.reduce(schedule);
 }
 
 model::StageTensors fisher_diagonal(model::Stage& stage, parallel::Transport& t,
-                                    const at::Tensor& tokens) {
+                                    const at::Tensor& tokens, parallel::ScheduleOptions schedule) {
     model::enable_linear_grads(stage.weights());
     model::StageTensors fisher(stage.weights().layers.size());
     for (std::size_t il = 0; il < fisher.size(); ++il)
@@ -100,8 +131,9 @@ model::StageTensors fisher_diagonal(model::Stage& stage, parallel::Transport& t,
                 at::zeros_like(stage.weights().layers[il].linear(model::kLinears[i]).detach());
     // The runner's loss is the mean over all N sequences: N * grad is the gradient of the one
     // sequence's own mean loss.
-    const double n = double(tokens.size(0));
-    parallel::PipelineRunner(stage, t, 1).forward_backward(tokens, {}, [&](int64_t) {
+    const double n      = double(tokens.size(0));
+    schedule.microbatch = 1;
+    parallel::PipelineRunner(stage, t, schedule).forward_backward(tokens, {}, [&](int64_t) {
         for (std::size_t il = 0; il < fisher.size(); ++il)
             for (std::size_t i = 0; i < model::kNumLinears; ++i) {
                 at::Tensor& w = stage.weights().layers[il].linear(model::kLinears[i]);
@@ -111,6 +143,9 @@ model::StageTensors fisher_diagonal(model::Stage& stage, parallel::Transport& t,
     });
     for (auto& lw : stage.weights().layers)
         for (model::Linear l : model::kLinears) lw.linear(l) = lw.linear(l).detach();
+    if (schedule.replicas > 1)  // each replica summed its own sequences
+        for (auto& layer : fisher)
+            for (auto& f : layer) schedule.across->allreduce_sum(f)->wait();
     return fisher;
 }
 

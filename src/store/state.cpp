@@ -90,9 +90,14 @@ Fingerprint fingerprint(const io::Job& job, const std::string& model_dir) {
     for (auto& e : k.data.eval) e = io::base_name(e);
     // run.mem_gib shapes the schedule, never a result: its line is left out, so that a run
     // resumes under another budget and fingerprints of versions before the key stay valid.
+    // run.replicas = 1 is left out too (the fingerprints of versions before the key).
     std::string toml = io::job_to_toml(k);
-    const auto  at   = toml.find("\nmem_gib ");
-    if (at != std::string::npos) toml.erase(at + 1, toml.find('\n', at + 1) - at);
+    auto        drop = [&toml](const std::string& line_start) {
+        const auto at = toml.find("\n" + line_start);
+        if (at != std::string::npos) toml.erase(at + 1, toml.find('\n', at + 1) - at);
+    };
+    drop("mem_gib ");
+    if (k.run.replicas == 1) drop("replicas ");
     fp.job = io::Sha256().add(toml).hex();
     return fp;
 }

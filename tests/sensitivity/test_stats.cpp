@@ -253,7 +253,7 @@ TEST(FisherDiagonal, SumOfSquaredPerSequenceGradients) {
     ASSERT_EQ(su.tok.size(0), 3);
     model::Stage              lib = su.stage();
     test::SoloTransport       solo;
-    const model::StageTensors fisher = fisher_diagonal(lib, solo, su.tok);
+    const model::StageTensors fisher = fisher_diagonal(lib, solo, su.tok, 1);
 
     // Reference: one backward per sequence of that sequence's mean loss, squared and summed.
     model::Stage ref = su.stage();

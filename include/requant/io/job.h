@@ -137,11 +137,15 @@ struct JobRun {
     // (parallel/memory_plan.h); 0: no budget. Shapes the schedule only, never a result, so it
     // is left out of the job fingerprint: a run may resume under another budget.
     double mem_gib = 0;
+    // Data-parallel pipelines: the ranks are `replicas` x stages, each replica runs its share
+    // of the calibration microbatches and the sums are reduced in replica order. Results are
+    // bitwise the same for every stage count at fixed replicas (a fingerprinted key).
+    int replicas = 1;
 
     template <class Ar>
     void serialize(Ar& ar, unsigned /*version*/) {
         // clang-format off
-        ar & out & microbatch & threads & transport & mem_gib;
+        ar & out & microbatch & threads & transport & mem_gib & replicas;
         // clang-format on
     }
 };

@@ -1,6 +1,7 @@
 #pragma once
 #include <cstdint>
 #include <functional>
+#include <utility>
 
 #include <ATen/core/Tensor.h>
 
@@ -28,9 +29,11 @@ struct PipelineLoss {
 };
 
 struct ScheduleStats {
-    double  wall_s  = 0;  // whole schedule on this rank
-    double  busy_s  = 0;  // forward/backward compute on this rank
-    int64_t n_micro = 0;
+    double  wall_s       = 0;  // whole schedule on this rank
+    double  busy_s       = 0;  // forward/backward compute on this rank
+    int64_t n_micro      = 0;  // microbatches this rank ran
+    double  reduce_s     = 0;  // summing over replicas (loss, gradients)
+    int64_t reduce_bytes = 0;  // bytes this rank contributed to those sums
 };
 
 // Message tags of microbatch m between neighbouring stages: activations forward (even),
@@ -45,11 +48,18 @@ int gradient_tag(int64_t m);
 // rank r). A cap k < P - r lowers the warm-up to k - 1 forwards on the first ranks: the bubble
 // grows, memory does not, and the results stay bitwise the same (every microbatch does the same
 // work, and backwards still run in microbatch order).
+// With replicas (parallel/replicas.h), each replica runs its share of the microbatches
+// (replica_share) and the loss and the linears' gradients are summed over `across`, the ranks
+// of this stage in every replica, in replica order.
 struct ScheduleOptions {
     ScheduleOptions(int64_t mb = 1, int64_t in_flight = 0)  // NOLINT: a microbatch alone is one
         : microbatch(mb), max_in_flight(in_flight) {}
-    int64_t microbatch;
-    int64_t max_in_flight;
+    int64_t    microbatch;
+    int64_t    max_in_flight;
+    int        replica = 0, replicas = 1;
+    Transport* across = nullptr;  // required when replicas > 1
+    // This replica's microbatches [begin, end) of N sequences.
+    std::pair<int64_t, int64_t> share(int64_t N) const;
 };
 
 class PipelineRunner {
@@ -58,10 +68,12 @@ class PipelineRunner {
     PipelineRunner(model::Stage& stage, Transport& transport, ScheduleOptions opt);
 
     // tokens: int64 [N, T], the same on every rank. on_micro(done) is called on rank 0 after it
-    // has pushed each microbatch. Returns the loss on every rank.
+    // has pushed each microbatch (done counts this replica's). Returns the loss (over all N)
+    // on every rank.
     PipelineLoss forward(const at::Tensor&                   tokens,
                          const std::function<void(int64_t)>& on_micro = {});
-    // F = mean loss over all N*(T-1) positions; dF/dW accumulates in the linears' .grad().
+    // F = mean loss over all N*(T-1) positions; dF/dW accumulates in the linears' .grad()
+    // (summed over replicas at the end).
     // on_backward(m), if set, runs on every rank right after microbatch m's backward on that
     // rank (per-microbatch gradient statistics such as the Fisher diagonal).
     PipelineLoss forward_backward(const at::Tensor&                   tokens,
@@ -76,12 +88,14 @@ class PipelineRunner {
     at::Tensor   micro_tokens(const at::Tensor& tokens, int64_t m) const;
     at::Tensor   recv_activation(const at::Tensor& tok_m, int src, int tag);
     PipelineLoss share_loss(double sum, int64_t n);
+    void         reduce_gradients();
 
-    model::Stage& stage_;
-    Transport&    t_;
-    int64_t       microbatch_;
-    int64_t       max_in_flight_;
-    ScheduleStats stats_;
+    model::Stage&   stage_;
+    Transport&      t_;
+    ScheduleOptions opt_;
+    int64_t         microbatch_;
+    int64_t         max_in_flight_;
+    ScheduleStats   stats_;
 };
 
 }  // namespace rq::parallel

@@ -54,6 +54,9 @@ class Transport {
 // "mpi" over MPI_COMM_WORLD (or MPI_COMM_SELF when `self_only`: a one-rank pipeline inside a
 // larger job, used by tests as the P = 1 reference). MPI must be initialised.
 std::unique_ptr<Transport> make_mpi_transport(bool self_only = false);
+// "mpi" over the ranks of MPI_COMM_WORLD that pass the same `color`, ranked by `key`
+// (MPI_Comm_split): one replica's pipeline, or one stage's replicas. Collective over the world.
+std::unique_ptr<Transport> make_mpi_group_transport(int color, int key);
 // "nccl" over the ranks of MPI_COMM_WORLD (the unique id travels over MPI), on CUDA device
 // `device`, or (device < 0) on the rank's index among the ranks of its node modulo the node's
 // devices. Throws NcclError when NCCL is not compiled in or no device is usable.

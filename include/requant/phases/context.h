@@ -9,6 +9,7 @@
 #include "requant/io/hf_checkpoint.h"
 #include "requant/io/job.h"
 #include "requant/model/llama.h"
+#include "requant/parallel/replicas.h"
 #include "requant/parallel/schedule.h"
 #include "requant/parallel/transport.h"
 #include "requant/store/state.h"
@@ -29,7 +30,9 @@ struct EvalSet {
 };
 
 class RunContext {
-    std::unique_ptr<parallel::Transport> transport_;  // first: `t` refers to it
+    parallel::ReplicaLayout              layout_;     // first: the transports use it
+    std::unique_ptr<parallel::Transport> transport_;  // this replica's pipeline
+    std::unique_ptr<parallel::Transport> across_;     // this stage in every replica
 
   public:
     RunContext(const io::Job& job, bool restart);
@@ -37,8 +40,11 @@ class RunContext {
 
     const io::Job&       job;
     const bool           restart;
-    parallel::Transport& t;
-    const int            rank, P;
+    parallel::Transport& t;           // the pipeline of this rank's replica: rank = stage
+    parallel::Transport& across;      // the ranks of this stage in every replica, in replica order
+    const int            rank, P;     // this rank's stage, stages per replica
+    const int            replica, R;  // this rank's replica, replicas (run.replicas)
+    const int            world_rank;
     io::HfCheckpoint     ckpt;
     const std::string    out;  // the run directory
 
@@ -54,10 +60,15 @@ class RunContext {
     std::map<std::string, double>             seconds;  // phases measured in this invocation
 
     const model::StageRange& range() const { return stage->range(); }
+    // The coordinator: world rank 0 (replica 0, stage 0) writes run.h5, the checkpoint and
+    // results.json, and prints progress.
+    bool lead() const { return world_rank == 0; }
+    // Replica 0 writes this stage's layer files (every replica holds the same state).
+    bool writes() const { return replica == 0; }
     // Records `phase` once every rank has written its part of it (rank 0 writes run.h5); a
     // stop request (phases/stop.h) ends the run here, every rank together (throws Stopped).
     void mark(const std::string& phase, double seconds);
-    bool all_ranks(bool mine);  // collective: true on every rank when true on every rank
+    bool all_ranks(bool mine);  // collective: true on every rank (of the world) when true on all
 };
 
 }  // namespace rq::phases

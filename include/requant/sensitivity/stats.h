@@ -44,6 +44,13 @@ class StatsCollector : public model::LinearObserver {
     void              clear() { acc_.clear(); }
     // Observe only layers [begin, end) from now on (all by default).
     void observe_layers(int64_t begin, int64_t end) { window_ = {begin, end}; }
+    // With replicas: this replica's rows start at `row` of the whole calibration stream (the
+    // samples are strided over the whole stream).
+    void start_at_row(int64_t row) { row0_ = row; }
+    // With replicas: sums what every replica collected over schedule.across in replica order
+    // (samples concatenated in replica order), so every replica holds what one pass over all
+    // rows would have. A no-op for one replica. Collective over the replicas.
+    void reduce(const parallel::ScheduleOptions& schedule);
     // Frees what was collected for `layer` (its quantization is done); other layers keep theirs.
     void release(int64_t layer);
 
@@ -57,18 +64,21 @@ class StatsCollector : public model::LinearObserver {
 
     StatsOptions                             opt_;
     std::pair<int64_t, int64_t>              window_{0, INT64_MAX};
+    int64_t                                  row0_ = 0;
     std::map<std::pair<int64_t, int>, Entry> acc_;
 };
 
 // One streamed forward of `tokens` through the pipeline with `stats` observing this rank's
-// layers. Collective.
+// layers; with replicas, each replica's share, then summed (StatsCollector::reduce).
+// Collective.
 void collect_forward_stats(model::Stage& stage, parallel::Transport& t, const at::Tensor& tokens,
                            const parallel::ScheduleOptions& schedule, StatsCollector& stats);
 
 // Fisher diagonal of every linear of the stage: the sum over calibration sequences of squared
 // per-sequence gradients of that sequence's mean loss (SqueezeLLM), from 1F1B passes with one
-// sequence per microbatch. float [O, I] per linear. Collective.
+// sequence per microbatch (`schedule` gives the in-flight cap and the replicas). float [O, I]
+// per linear. Collective.
 model::StageTensors fisher_diagonal(model::Stage& stage, parallel::Transport& t,
-                                    const at::Tensor& tokens);
+                                    const at::Tensor& tokens, parallel::ScheduleOptions schedule);
 
 }  // namespace rq::sensitivity
