@@ -11,13 +11,18 @@
 # Environment: RQ_BENCH_SHAPE="--hidden 512 --ff 2048 --layers 4 --heads 8 --kv 2 --vocab 128256"
 #   makes a smaller model of the same kind instead (the ctest entry cli_large_path does);
 #   RQ_BENCH_LONG_SEQ (default 4096; 0 skips the long pass); RQ_BENCH_MEM_GIB (run.mem_gib,
-#   default 9: GPTQ's X^T X in as many calibration passes as that budget needs).
+#   default 9: GPTQ's X^T X in as many calibration passes as that budget needs);
+#   RQ_BENCH_MODEL=DIR runs the same job on an existing model instead (the plan check on other
+#   sizes), with RQ_BENCH_CALIB and RQ_BENCH_EVAL as its data (default: the Llama 3 token files
+#   above; text files need the model's tokenizer).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 rq_need_shared
 rq_out_dir "${1:-}" bench-1b
-MODEL=$OUT/model JOB=$OUT/job.toml RUN=$OUT/run
+MODEL=${RQ_BENCH_MODEL:-$OUT/model} JOB=$OUT/job.toml RUN=$OUT/run
 TOK=$RQ_SHARED/data/llama3-tokens
+CALIB=${RQ_BENCH_CALIB:-$TOK/mobydick-512.safetensors}
+EVAL=${RQ_BENCH_EVAL:-$TOK/sotu-1981-2021-512.safetensors}
 LONG=${RQ_BENCH_LONG_SEQ:-4096}
 launch=(mpirun -np 2 --oversubscribe)
 
@@ -34,10 +39,10 @@ cat > "$JOB" <<TOML
 [model]
 path = "$MODEL"
 [data]
-calibration      = "$TOK/mobydick-512.safetensors"
+calibration      = "$CALIB"
 calibration_seqs = 4
 seq_len          = 512
-eval             = ["$TOK/sotu-1981-2021-512.safetensors"]
+eval             = ["$EVAL"]
 eval_max_seqs    = 4
 [quant]
 method     = "gptq"
@@ -67,7 +72,7 @@ t0=$SECONDS
   "$OUT" "$RQ_BIN" "$JOB" 2>&1 | tee "$OUT/run.log"
 run_s=$((SECONDS - t0))
 "$RQ_BIN" export "$RUN" --out "$OUT/export" --dtype f32
-"${launch[@]}" "$RQ_BIN" eval --model "$OUT/export" --data "$TOK/sotu-1981-2021-512.safetensors" \
+"${launch[@]}" "$RQ_BIN" eval --model "$OUT/export" --data "$EVAL" --seq-len 512 \
   --max-seqs 4 --batch 1 --threads 1 --json "$OUT/eval.json" | tee "$OUT/eval.log"
 if [ "$LONG" != 0 ]; then
   "${launch[@]}" "$RQ_BUILD/bin/bench_pass" --model "$MODEL" --seqs 1 --seq-len "$LONG" \

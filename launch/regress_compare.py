@@ -16,7 +16,7 @@ import h5py
 import numpy as np
 
 IGNORED_ATTRS = {"/": {"run"}}  # the job fingerprint: changes whenever a job key is added
-IGNORED_KEYS = {"phases", "version"}  # seconds and the version string
+IGNORED_KEYS = {"phases", "version", "load", "replicas"}  # seconds, the version, per-rank load
 
 
 

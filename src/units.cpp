@@ -1,10 +1,17 @@
 // Process memory from /proc (requant/units.h).
 #include "requant/units.h"
 
+#include <ctime>
 #include <fstream>
 #include <string>
 
 namespace rq {
+
+double process_cpu_s() {
+    timespec ts{};
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return double(ts.tv_sec) + 1e-9 * double(ts.tv_nsec);
+}
 
 ProcessMemory process_memory() {
     ProcessMemory m;

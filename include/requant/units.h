@@ -6,6 +6,7 @@
 namespace rq {
 
 constexpr double kGiB = 1024.0 * 1024 * 1024;  // bytes
+constexpr double kMiB = 1024.0 * 1024;         // bytes
 
 using Clock = std::chrono::steady_clock;
 inline double since(Clock::time_point t0) {
@@ -22,5 +23,8 @@ struct ProcessMemory {
     double rss = 0, peak = 0;
 };
 ProcessMemory process_memory();
+// CPU seconds this process has used (all its threads): compute that other processes sharing
+// the cores do not inflate, unlike wall time.
+double process_cpu_s();
 
 }  // namespace rq

@@ -46,18 +46,23 @@ int run_plan(const PlanOptions& o) {
     const io::Job         job      = io::load_job(o.job, o.overrides);
     const std::string     cfg_path = o.config.empty() ? job.model.path + "/config.json" : o.config;
     const io::LlamaConfig cfg      = io::load_llama_config(cfg_path);
-    int                   P        = o.ranks;
-    if (P == 0) {
-        P = parallel::ranks_for_memory(cfg, job, o.mem_gib);
-        if (P == 0)
+    const int             R        = job.run.replicas;  // every replica holds the same stages
+    int                   S        = o.ranks / R;
+    if (o.ranks % R != 0)
+        throw ConfigError("--ranks " + std::to_string(o.ranks) + " is not a multiple of " +
+                          "run.replicas = " + std::to_string(R));
+    if (o.ranks == 0) {
+        S = parallel::ranks_for_memory(cfg, job, o.mem_gib);
+        if (S == 0)
             throw ConfigError(cfg_path + ": even one rank per layer needs more than " +
                               std::to_string(o.mem_gib) + " GiB per rank (see --ranks " +
-                              std::to_string(cfg.n_layer) + ")");
-        std::printf("%d ranks: the fewest whose every rank fits in %.0f GiB\n", P, o.mem_gib);
+                              std::to_string(cfg.n_layer * R) + ")");
+        std::printf("%d ranks: the fewest whose every rank fits in %.0f GiB\n", S * R, o.mem_gib);
     }
+    if (R > 1) std::printf("%d replicas x %d stages; each replica:\n", R, S);
     std::printf("%s: %s, %lld parameters\n%s", o.job.c_str(), cfg_path.c_str(),
                 (long long)io::n_params(cfg),
-                parallel::format_memory_plan(parallel::plan_memory(cfg, job, P), cfg).c_str());
+                parallel::format_memory_plan(parallel::plan_memory(cfg, job, S), cfg).c_str());
     return 0;
 }
 

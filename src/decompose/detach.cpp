@@ -91,11 +91,15 @@ void detach_significant(model::Stage& stage, parallel::Transport& t,
                 stage, t, w_orig, wq, tokens, schedule,
                 {sensitivity::quadrature(pqi_opt.rule, pqi_opt.nodes), {}},
                 hooks.node_progress ? hooks.node_progress(k + 1, K) : nullptr);
+            // The ranking needs 4 bytes per weight beside the PQI: the stage's linears (4 more)
+            // are let go meanwhile and made again from their parts after it.
+            for (auto& lw : layers)
+                for (model::Linear l : model::kLinears) lw.linear(l) = at::Tensor();
+            pick = select_top(t, r.pqi, masks_or(taken, chosen), step_of(k),
+                              {requant.scope, requant.signed_ranking}, l0, L);
             for (std::size_t il = 0; il < layers.size(); ++il)
                 for (std::size_t i = 0; i < model::kNumLinears; ++i)
                     layers[il].linear(model::kLinears[i]) = wq(il, i);
-            pick = select_top(t, r.pqi, masks_or(taken, chosen), step_of(k),
-                              {requant.scope, requant.signed_ranking}, l0, L);
             rounds.push_back({k + 1, r.delta_f(), r.pqi_sum, r.f_orig, r.f_quant});
             if (t.rank() == 0)
                 spdlog::info("detach {}/{}: dF {:.6e}, sum PQI {:.6e}", k + 1, K, r.delta_f(),

@@ -67,6 +67,12 @@ MemoryPlan plan_memory(const io::LlamaConfig& c, const io::Job& job, int n_ranks
         }
         if (detach) m.w_orig = stored * lin * L;
         if (detach) m.pqi = (4 + 4) * lin * L;  // gradients, accumulators (fp32)
+        // The quantized parts, held from quantize on: codes and fp16 scale + zero per group.
+        const double group = job.quant.group_size > 0 ? double(job.quant.group_size) : C;
+        if (detach) m.w_orig += (double(job.quant.bits) + 32.0 / group) / 8 * lin * L;
+        // Rank 0 assembles the checkpoint after the stage is let go: the largest tensor outside
+        // the decoder layers (the embedding), stored, its file pages and an fp32 copy.
+        if (r == 0) m.assembly = (2 * stored + 4) * double(c.n_vocab) * C;
         m.per_micro   = 4 * mb * double(T) * C * (L + (last ? 1 : 0));  // StageTape
         m.transient   = replay_bytes(c, mb, T, last);
         m.in_flight   = n_ranks - r;

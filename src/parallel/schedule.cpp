@@ -29,7 +29,13 @@ void maybe_inject_fault(int64_t m) {
                               " (RQ_FAIL_RANK=" + fr + ")");
 }
 
+double g_busy_cpu_s = 0;  // runners_busy_cpu_s()
+
 }  // namespace
+
+double runners_busy_cpu_s() {
+    return g_busy_cpu_s;
+}
 
 int activation_tag(int64_t m) {
     return int(m % 16000) * 2;
@@ -86,14 +92,19 @@ PipelineLoss PipelineRunner::share_loss(double sum, int64_t n) {
     return {v[0].item<double>(), int64_t(v[1].item<double>())};
 }
 
+// Sums the linears' gradients over the replicas. Every replica has the same linears requiring
+// gradients (a replica without microbatches contributes zeros), and each pass starts from
+// fresh gradients (forward_backward checks), so a sum never adds an earlier sum again.
 void PipelineRunner::reduce_gradients() {
     if (opt_.replicas <= 1) return;
     const auto t0 = Clock::now();
     for (auto& lw : stage_.weights().layers)
         for (model::Linear l : model::kLinears) {
-            at::Tensor g = lw.linear(l).grad();
-            if (!g.defined()) continue;  // the same linears on every replica
+            at::Tensor& w = lw.linear(l);
+            if (!w.requires_grad()) continue;
+            at::Tensor g = w.grad().defined() ? w.grad() : at::zeros_like(w);
             opt_.across->allreduce_sum(g)->wait();
+            w.mutable_grad() = g;
             stats_.reduce_bytes += int64_t(g.nbytes());
         }
     stats_.reduce_s += since(t0);
@@ -114,13 +125,15 @@ PipelineLoss PipelineRunner::forward(const at::Tensor&                   tokens,
         at::Tensor tok = micro_tokens(tokens, m);
         at::Tensor in  = r == 0 ? tok : recv_activation(tok, r - 1, activation_tag(m));
         maybe_inject_fault(m);
-        const auto tb  = Clock::now();
-        at::Tensor out = stage_.forward(in, tok);
+        const auto   tb  = Clock::now();
+        const double cb  = process_cpu_s();
+        at::Tensor   out = stage_.forward(in, tok);
         if (r == P - 1) {
             sum += out.to(at::kDouble).sum().item<double>();
             n += out.numel();
         }
         stats_.busy_s += since(tb);
+        stats_.busy_cpu_s += process_cpu_s() - cb;
         if (r < P - 1) {
             if (sends.size() == 2) sends.front()->wait(), sends.pop_front();
             sends.push_back(t_.send(out.contiguous(), r + 1, activation_tag(m)));
@@ -130,6 +143,7 @@ PipelineLoss PipelineRunner::forward(const at::Tensor&                   tokens,
     for (auto& s : sends) s->wait();
     const PipelineLoss loss = share_loss(sum, n);
     stats_.wall_s           = since(t0);
+    g_busy_cpu_s += stats_.busy_cpu_s;
     return loss;
 }
 
@@ -142,7 +156,12 @@ PipelineLoss PipelineRunner::forward_backward(const at::Tensor&                 
     const int64_t M     = m1 - m0;  // this replica's microbatches m0, m0 + 1, ...
     stats_              = {};
     stats_.n_micro      = M;
-    const auto t0       = Clock::now();
+    if (opt_.replicas > 1)
+        for (auto& lw : stage_.weights().layers)
+            for (model::Linear l : model::kLinears)
+                if (lw.linear(l).grad().defined())
+                    throw InternalError("a replicated forward_backward needs fresh gradients");
+    const auto t0 = Clock::now();
     // dF/d(loss_i) for F = mean over every predicted position of the whole batch.
     const at::Tensor dloss =
         at::scalar_tensor(1.0 / double(N * (T - 1)), at::TensorOptions().dtype(stage_.dtype()));
@@ -159,6 +178,7 @@ PipelineLoss PipelineRunner::forward_backward(const at::Tensor&                 
         at::Tensor    in  = r == 0 ? tok : recv_activation(tok, r - 1, activation_tag(m));
         maybe_inject_fault(m);
         const auto       tb = Clock::now();
+        const double     cb = process_cpu_s();
         model::StageTape tape;
         at::Tensor       out = stage_.forward_recorded(in, tok, tape);
         if (r == P - 1) {
@@ -166,6 +186,7 @@ PipelineLoss PipelineRunner::forward_backward(const at::Tensor&                 
             n += out.numel();
         }
         stats_.busy_s += since(tb);
+        stats_.busy_cpu_s += process_cpu_s() - cb;
         if (r < P - 1) sends.push_back(t_.send(out.contiguous(), r + 1, activation_tag(m)));
         inflight.push_back(std::move(tape));
         if (r == 0 && on_micro) on_micro(m - m0 + 1);
@@ -180,10 +201,12 @@ PipelineLoss PipelineRunner::forward_backward(const at::Tensor&                 
                           at::TensorOptions().dtype(stage_.dtype()));
             t_.recv(g, r + 1, gradient_tag(m))->wait();
         }
-        const auto tb  = Clock::now();
-        at::Tensor gin = stage_.backward(tape, g);
+        const auto   tb  = Clock::now();
+        const double cb  = process_cpu_s();
+        at::Tensor   gin = stage_.backward(tape, g);
         if (on_backward) on_backward(m);
         stats_.busy_s += since(tb);
+        stats_.busy_cpu_s += process_cpu_s() - cb;
         if (r > 0) sends.push_back(t_.send(gin.contiguous(), r - 1, gradient_tag(m)));
         // Completed sends release their buffers.
         std::vector<std::unique_ptr<Work>> pending;
@@ -206,6 +229,7 @@ PipelineLoss PipelineRunner::forward_backward(const at::Tensor&                 
     reduce_gradients();
     const PipelineLoss loss = share_loss(sum, n);
     stats_.wall_s           = since(t0);
+    g_busy_cpu_s += stats_.busy_cpu_s;
     return loss;
 }
 

@@ -3,6 +3,8 @@
 #include <ATen/ATen.h>
 #include <mpi.h>
 
+#include <algorithm>
+#include <chrono>
 #include <climits>
 #include <vector>
 
@@ -113,6 +115,7 @@ class MpiTransport : public Transport {
     std::unique_ptr<Work> send(const at::Tensor& t, int dst, int tag) override {
         check_tensor(t, "send");
         const MPI_Datatype dt = mpi_type(t);
+        traffic_.sent_bytes += int64_t(t.nbytes());
         return chunked(t, [&](void* p, int n, MPI_Request* r) {
             RQ_MPI_CHECK(MPI_Isend(p, n, dt, dst, tag, comm_, r));
         });
@@ -135,18 +138,29 @@ class MpiTransport : public Transport {
         // MPI_Allreduce may sum in any order; gather to rank 0, add in rank order, broadcast.
         check_tensor(t, "allreduce_sum");
         if (size_ == 1) return std::make_unique<DoneWork>();
-        at::Tensor all = rank_ == 0 ? at::empty({size_, t.numel()}, t.options()) : at::Tensor();
-        const MPI_Datatype dt = mpi_type(t);
-        if (t.numel() > INT_MAX) throw MpiError("allreduce_sum: tensor too large");
-        RQ_MPI_CHECK(MPI_Gather(t.data_ptr(), int(t.numel()), dt,
-                                rank_ == 0 ? all.data_ptr() : nullptr, int(t.numel()), dt, 0,
-                                comm_));
-        if (rank_ == 0) {
-            at::Tensor acc = all[0].clone();
-            for (int r = 1; r < size_; ++r) acc.add_(all[r]);
-            t.view({-1}).copy_(acc);
+        const auto t0 = std::chrono::steady_clock::now();
+        // In chunks of at most 16 Mi elements: rank 0 holds size x chunk, not size x tensor;
+        // each element is still summed in rank order.
+        const MPI_Datatype dt    = mpi_type(t);
+        const int64_t      chunk = std::min<int64_t>(t.numel(), int64_t(1) << 24);
+        at::Tensor         flat  = t.view({-1});
+        for (int64_t off = 0; off < t.numel(); off += chunk) {
+            const int64_t n    = std::min(chunk, t.numel() - off);
+            at::Tensor    part = flat.narrow(0, off, n);
+            at::Tensor    all  = rank_ == 0 ? at::empty({size_, n}, t.options()) : at::Tensor();
+            RQ_MPI_CHECK(MPI_Gather(part.data_ptr(), int(n), dt,
+                                    rank_ == 0 ? all.data_ptr() : nullptr, int(n), dt, 0, comm_));
+            if (rank_ == 0) {
+                at::Tensor acc = all[0].clone();
+                for (int r = 1; r < size_; ++r) acc.add_(all[r]);
+                part.copy_(acc);
+            }
+            RQ_MPI_CHECK(MPI_Bcast(part.data_ptr(), int(n), dt, 0, comm_));
         }
-        RQ_MPI_CHECK(MPI_Bcast(t.data_ptr(), int(t.numel()), dt, 0, comm_));
+        traffic_.reduced_bytes += int64_t(t.nbytes());
+        traffic_.reductions += 1;
+        traffic_.reduce_s +=
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         return std::make_unique<DoneWork>();
     }
     std::unique_ptr<Work> barrier() override {

@@ -124,6 +124,7 @@ class NcclTransport : public Transport {
     // ordering contract of Transport makes that equivalent.
     std::unique_ptr<Work> send(const at::Tensor& t, int dst, int /*tag*/) override {
         check_tensor(t, "send");
+        traffic_.sent_bytes += int64_t(t.nbytes());
         RQ_NCCL_CHECK(ncclSend(t.data_ptr(), size_t(t.numel()), nccl_type(t), dst, comm_, stream_));
         return std::make_unique<CudaWork>(stream_, t);
     }
@@ -144,6 +145,8 @@ class NcclTransport : public Transport {
     // the pipeline are tables and counters, not weights.
     std::unique_ptr<Work> allreduce_sum(at::Tensor& t) override {
         check_tensor(t, "allreduce_sum");
+        traffic_.reduced_bytes += int64_t(t.nbytes());  // time: asynchronous, not counted
+        traffic_.reductions += 1;
         at::Tensor all = at::empty({size_, t.numel()}, t.options());
         RQ_NCCL_CHECK(ncclAllGather(t.data_ptr(), all.data_ptr(), size_t(t.numel()), nccl_type(t),
                                     comm_, stream_));

@@ -22,6 +22,22 @@ double memory_gib(const RunContext& ctx, const quant::StorageBits& all) {
     return (all.dense + all.sparse + 16 * other) / (8 * kGiB);
 }
 
+// Per phase of this invocation, each rank's compute, sums over replicas and bytes sent.
+nlohmann::json loads_json(const RunContext& ctx) {
+    nlohmann::json out = nlohmann::json::object();
+    for (const auto& [phase, ranks] : ctx.loads)
+        for (const auto& l : ranks)
+            out[phase].push_back({{"rank", l.world_rank},
+                                  {"replica", l.replica},
+                                  {"stage", l.stage},
+                                  {"cpu_s", l.cpu_s},
+                                  {"reduce_s", l.reduce_s},
+                                  {"reductions", l.reductions},
+                                  {"reduced_bytes", l.reduced_bytes},
+                                  {"sent_bytes", l.sent_bytes}});
+    return out;
+}
+
 }  // namespace
 
 quant::StorageBits total_storage(RunContext& ctx, const std::vector<decompose::LayerQuant>& q) {
@@ -99,6 +115,7 @@ void write_results(RunContext& ctx, const quant::StorageBits& all, const nlohman
     r["perplexity"]      = *ctx.st.ppl_q;
     r["perplexity_fp"]   = *ctx.st.ppl_fp;
     r["phases"]          = phases;
+    r["load"]            = loads_json(ctx);
     r["checkpoint"]      = store::final_checkpoint_path(ctx.out);
     if (study) r["sensitivity"] = *study;
     const std::string path = ctx.out + "/results.json";

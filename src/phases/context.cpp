@@ -6,6 +6,7 @@
 #include <spdlog/spdlog.h>
 
 #include "requant/error.h"
+#include "requant/parallel/control.h"
 #include "requant/phases/stop.h"
 #include "requant/units.h"
 
@@ -56,10 +57,36 @@ bool RunContext::all_ranks(bool mine) {
     return z.item<double>() == 0;
 }
 
+PhaseLoad RunContext::totals() const {
+    PhaseLoad p;
+    p.world_rank    = world_rank;
+    p.replica       = replica;
+    p.stage         = rank;
+    p.cpu_s         = parallel::runners_busy_cpu_s() + compute_s;
+    p.reduce_s      = across.traffic().reduce_s;
+    p.reduced_bytes = across.traffic().reduced_bytes;
+    p.reductions    = across.traffic().reductions;
+    p.sent_bytes    = t.traffic().sent_bytes;
+    return p;
+}
+
 void RunContext::mark(const std::string& phase, double s) {
-    const ProcessMemory m = process_memory();
-    log->info("phase {} done on this rank ({:.1f} s; RSS {:.2f} GiB, peak so far {:.2f} GiB)",
-              phase, s, m.rss / kGiB, m.peak / kGiB);
+    const ProcessMemory m   = process_memory();
+    const PhaseLoad     now = totals();
+    PhaseLoad           d   = now;  // this phase's share
+    d.cpu_s -= last_.cpu_s;
+    d.reduce_s -= last_.reduce_s;
+    d.reduced_bytes -= last_.reduced_bytes;
+    d.reductions -= last_.reductions;
+    d.sent_bytes -= last_.sent_bytes;
+    last_ = now;
+    log->info(
+        "phase {} done on this rank ({:.1f} s, {:.1f} s computing; {} sums over replicas: "
+        "{:.1f} s, {:.1f} MiB; {:.1f} MiB sent; RSS {:.2f} GiB, peak so far {:.2f} GiB)",
+        phase, s, d.cpu_s, d.reductions, d.reduce_s, double(d.reduced_bytes) / kMiB,
+        double(d.sent_bytes) / kMiB, m.rss / kGiB, m.peak / kGiB);
+    auto all = parallel::gather_objects(d, 0);
+    if (lead()) loads[phase] = std::move(all);
     all_ranks(true);  // every rank has written its files for the phase
     st.mark(phase, s);
     if (lead()) store::write_run_state(out, st);

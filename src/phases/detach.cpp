@@ -20,8 +20,8 @@ void detach(RunContext& ctx, const model::StageTensors& w_orig,
 
     decompose::DetachHooks hooks;
     const int              done = ctx.st.detach_rounds_done;
-    hooks.rounds_done =
-        store::read_detach_rounds(ctx.t, ctx.out, l0, w_orig, done, ctx.fp, hooks.picked);
+    hooks.rounds_done = store::read_detach_rounds(ctx.t, ctx.out, l0, w_orig, done, ctx.fp,
+                                                  hooks.picked, &ctx.across);
     if (hooks.rounds_done > 0) {
         ctx.log->info("detach: {} of {} finished rounds reused", hooks.rounds_done, done);
         hooks.rounds = ctx.st.detach_rounds;

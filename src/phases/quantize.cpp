@@ -3,8 +3,10 @@
 #include <ATen/ATen.h>
 #include <spdlog/spdlog.h>
 
+#include <chrono>
 #include <optional>
 #include <set>
+#include <thread>
 #include <tuple>
 
 #include "requant/decompose/outliers.h"
@@ -118,7 +120,8 @@ namespace {
 // - With replicas, layer i of the stage is quantized by replica i mod R, which writes its
 //   layer file; the other replicas read it after the pass (the run folder is shared, as the
 //   checkpoint assembly already needs). Sequential quantization needs each layer before the
-//   next: there every replica quantizes every layer, and replica 0 writes the files.
+//   next: there replica 0 quantizes every layer and the others take it layer by layer (every
+//   replica still collects its share of each layer's statistics).
 struct LayerLoop {
     RunContext&                        ctx;
     Statistics&                        stats;
@@ -126,10 +129,13 @@ struct LayerLoop {
     std::unique_ptr<Sequential>        seq;
     sensitivity::StatsCollector        layer_stats;  // sequential: the current layer's
     std::vector<decompose::LayerQuant> out;          // per layer of the stage
-    double                             quantize_s = 0, stats_s = 0;
-    bool                               defer = false;
+    double                             quantize_s = 0, stats_s = 0, quantize_cpu_s = 0;
+    bool                               defer    = false;
+    int64_t                            n_reused = 0;  // layers of an earlier run, so far
 
-    bool mine(int64_t i) const { return seq || i % ctx.R == ctx.replica; }
+    // The replica that quantizes layer i of the stage: i mod R, or replica 0 when sequential.
+    int  owner(int64_t i) const { return seq ? 0 : int(i % ctx.R); }
+    bool mine(int64_t i) const { return owner(i) == ctx.replica; }
     // Statistics of layers [lo, hi) of this rank, in one calibration pass (collective).
     void collect_pass(int64_t lo, int64_t hi) {
         const auto t0 = Clock::now();
@@ -139,6 +145,7 @@ struct LayerLoop {
         stats_s += since(t0);
     }
     void pass(int64_t lo, int64_t hi);
+    void exchange(int64_t lo, int64_t hi, const std::vector<bool>& reused);
     void layer(int64_t l, std::optional<decompose::LayerQuant> done);
     void take(int64_t i, decompose::LayerQuant q) {
         if (!defer) decompose::set_layer_weights(*ctx.stage, std::size_t(i), q);
@@ -147,25 +154,51 @@ struct LayerLoop {
 };
 
 void LayerLoop::pass(int64_t lo, int64_t hi) {
-    const int64_t l0 = ctx.range().layer_begin;
-    // Layers of an earlier run, decided before this pass writes any file.
+    // Layers of an earlier run, decided before this pass writes any file; with replicas,
+    // reused only where every replica can read them back.
     std::vector<std::optional<decompose::LayerQuant>> done;
-    std::vector<bool>                                 reused;
+    at::Tensor                                        missing = at::zeros({hi - lo}, at::kDouble);
     for (int64_t l = lo; l < hi; ++l) {
         done.push_back(store::read_layer_state(ctx.out, l, ctx.fp));
-        reused.push_back(done.back().has_value());
+        if (!done.back()) missing[l - lo] = 1.0;
     }
-    const bool exchange = ctx.R > 1 && !seq;
-    if (exchange) ctx.across.barrier()->wait();
-    for (int64_t l = lo; l < hi; ++l) layer(l, std::move(done[std::size_t(l - lo)]));
-    if (!exchange) return;
+    ctx.across.allreduce_sum(missing)->wait();
+    for (int64_t l = lo; l < hi; ++l) {
+        auto& d = done[std::size_t(l - lo)];
+        if (missing[l - lo].item<double>() > 0) d.reset();
+        n_reused += d ? 1 : 0;
+        const bool reused = d.has_value();
+        layer(l, std::move(d));
+        if (seq) {  // the next layer's inputs need this one
+            exchange(l, l + 1, {reused});
+            const auto t0 = Clock::now();
+            seq->advance(l);
+            stats_s += since(t0);
+        }
+    }
+    if (!seq) {
+        std::vector<bool> reused;
+        for (int64_t l = lo; l < hi; ++l) reused.push_back(missing[l - lo].item<double>() == 0);
+        exchange(lo, hi, reused);
+    }
+}
+
+// Every replica takes the layers [lo, hi) other replicas quantized, from their layer files.
+void LayerLoop::exchange(int64_t lo, int64_t hi, const std::vector<bool>& reused) {
+    if (ctx.R == 1) return;
+    const int64_t l0 = ctx.range().layer_begin;
     ctx.across.barrier()->wait();  // every owner has written its layers
     for (int64_t l = lo; l < hi; ++l) {
         if (mine(l - l0) || reused[std::size_t(l - lo)]) continue;
+        // A shared file system may show a new file late: look again for up to a minute.
         auto q = store::read_layer_state(ctx.out, l, ctx.fp);
+        for (int k = 0; !q && k < 60; ++k) {
+            std::this_thread::sleep_for(std::chrono::seconds(1));
+            q = store::read_layer_state(ctx.out, l, ctx.fp);
+        }
         if (!q)
-            throw StateError(ctx.out + ": layer " + std::to_string(l) + " quantized by replica " +
-                             std::to_string((l - l0) % ctx.R) + " is not readable here");
+            throw StateError(ctx.out + ": layer " + std::to_string(l) + ", quantized by replica " +
+                             std::to_string(owner(l - l0)) + ", is not readable here");
         take(l - l0, std::move(*q));
     }
 }
@@ -179,40 +212,39 @@ void LayerLoop::layer(int64_t l, std::optional<decompose::LayerQuant> done) {
     if (done) {
         take(i, std::move(*done));
         ctx.log->info("layer {}: reused from an earlier run", l);
-    } else if (mine(i)) {
+    } else {
         auto                               t0 = Clock::now();
         const sensitivity::StatsCollector* st = nullptr;
-        if (seq) {
+        if (seq) {  // every replica: the statistics are summed over them
             seq->collect(l, layer_stats);
             st = &layer_stats;
         } else if (stats.has_forward) {
             st = &stats.forward;
         }
         stats_s += since(t0);
-        t0                    = Clock::now();
-        const auto*         f = stats.fisher.empty() ? nullptr : &stats.fisher[std::size_t(i)];
-        model::LayerTensors full;  // deferred: the originals, put back after quantize_layer
-        for (std::size_t j = 0; defer && j < model::kNumLinears; ++j)
-            full[j] = lw.linear(model::kLinears[j]);
-        out[std::size_t(i)] = decompose::quantize_layer(
-            *ctx.stage, l, decompose::layer_stats(st, l, f), masks_of(sel.outliers, i),
-            masks_of(sel.significant, i), ctx.job.quant);
-        for (std::size_t j = 0; defer && j < model::kNumLinears; ++j)
-            lw.linear(model::kLinears[j]) = full[j];
-        quantize_s += since(t0);
-        if (!seq || ctx.writes()) store::write_layer_state(ctx.out, l, out[std::size_t(i)], ctx.fp);
-        ctx.log->info("layer {}: quantized and saved ({}/{} of this rank)", l, i + 1,
-                      ctx.range().layer_end - ctx.range().layer_begin);
+        if (mine(i)) {
+            t0                     = Clock::now();
+            const double        c0 = process_cpu_s();
+            const auto*         f  = stats.fisher.empty() ? nullptr : &stats.fisher[std::size_t(i)];
+            model::LayerTensors full;  // deferred: the originals, put back after quantize_layer
+            for (std::size_t j = 0; defer && j < model::kNumLinears; ++j)
+                full[j] = lw.linear(model::kLinears[j]);
+            out[std::size_t(i)] = decompose::quantize_layer(
+                *ctx.stage, l, decompose::layer_stats(st, l, f), masks_of(sel.outliers, i),
+                masks_of(sel.significant, i), ctx.job.quant);
+            for (std::size_t j = 0; defer && j < model::kNumLinears; ++j)
+                lw.linear(model::kLinears[j]) = full[j];
+            quantize_s += since(t0);
+            quantize_cpu_s += process_cpu_s() - c0;
+            store::write_layer_state(ctx.out, l, out[std::size_t(i)], ctx.fp);
+            ctx.log->info("layer {}: quantized and saved ({}/{} of this rank)", l, i + 1,
+                          ctx.range().layer_end - ctx.range().layer_begin);
+        }
     }
     // This layer's statistics are no longer needed: X^T X alone is 0.5 GiB for one
     // Llama-3.2-1B down_proj.
     if (stats.has_forward) stats.forward.release(l);
     if (!stats.fisher.empty()) stats.fisher[std::size_t(i)] = model::LayerTensors{};
-    if (seq) {
-        const auto t0 = Clock::now();
-        seq->advance(l);
-        stats_s += since(t0);
-    }
 }
 
 }  // namespace
@@ -243,13 +275,16 @@ std::vector<decompose::LayerQuant> quantize(RunContext& ctx, Statistics& stats,
         const int64_t lo = range.layer_begin + std::min(n_mine, k * per_pass);
         const int64_t hi = range.layer_begin + std::min(n_mine, (k + 1) * per_pass);
         if (stats.passes > 1) loop.collect_pass(lo, hi);
+        const int64_t reused_before = loop.n_reused;
         loop.pass(lo, hi);
+        progress.skip(loop.n_reused - reused_before);
         if (ctx.lead()) progress.update(hi - range.layer_begin);
     }
     if (loop.seq) loop.seq->send_on();
     for (std::size_t il = 0; loop.defer && il < loop.out.size(); ++il)
         decompose::set_layer_weights(*ctx.stage, il, loop.out[il]);
     if (ctx.lead()) progress.finish();
+    ctx.compute_s += loop.quantize_cpu_s;
     ctx.st.phase_s["statistics"] = stats.seconds + loop.stats_s;
     ctx.st.phase_s["prequant"]   = loop.quantize_s;
     return std::move(loop.out);

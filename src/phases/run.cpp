@@ -38,6 +38,9 @@ int run_job(const io::Job& job, bool with_study, bool restart) {
         study = sensitivity_study(*ctx.stage, ctx.t, wq, ctx.calib, job, ctx.schedule, ctx.seconds);
     }
     const quant::StorageBits all = total_storage(ctx, *q);
+    // The stage is done with: rank 0 assembles the checkpoint in the memory it held.
+    ctx.runner.reset();
+    ctx.stage.reset();
     assemble(ctx, all);
     write_results(ctx, all, with_study ? &study : nullptr);
     return 0;

@@ -331,7 +331,7 @@ std::optional<model::LayerTensors> read_detach_state(const std::string& out, int
 
 int read_detach_rounds(parallel::Transport& t, const std::string& out, int64_t layer_begin,
                        const model::StageTensors& like, int done, const std::string& fp,
-                       model::StageTensors& picked) {
+                       model::StageTensors& picked, parallel::Transport* across) {
     auto read_all = [&](int k, bool merge) {
         for (std::size_t il = 0; il < like.size(); ++il) {
             auto m = read_detach_state(out, layer_begin + int64_t(il), k, fp);
@@ -347,6 +347,7 @@ int read_detach_rounds(parallel::Transport& t, const std::string& out, int64_t l
     at::Tensor least = at::zeros({done + 1}, at::kDouble);  // one-hot, summed: the least ok
     least[ok]        = 1;
     t.allreduce_sum(least)->wait();
+    if (across) across->allreduce_sum(least)->wait();
     const int n = int(least.nonzero()[0][0].item<int64_t>());
     picked.assign(like.size(), {});
     for (std::size_t il = 0; il < like.size(); ++il)

@@ -8,7 +8,8 @@
 # - R = 1 against R = 2: perplexities, F(w), F(w~) and sum PQI within 1e-6 relative; the
 #   checkpoint datasets that differ (GPTQ rounding or top-k at ties) are counted and printed;
 # - a rank count that R does not divide, and fewer calibration microbatches than replicas, are
-#   refused with one clear message.
+#   refused with one clear message;
+# - results.json "load" has every rank's compute, sums over replicas and bytes sent.
 # Usage: test_replicas.sh PATH/TO/requant-dist REPO_ROOT PATH/TO/mpiexec
 set -uo pipefail
 bin=$1; root=$2; mpiexec=$3; job=$root/jobs/stories260k-gptq.toml
@@ -37,6 +38,16 @@ same_for_stages() {  # same_for_stages NAME ARGS...: R = 2 on 2 and 4 ranks, the
 same_for_stages gptq-pqi "${PQI[@]}"
 grep -q "2 replica(s) x 2 stage(s)" "$tmp/gptq-pqi-s2.log" && ok "the layout is printed" \
   || fail "no layout line in the log"
+/usr/bin/python3 - "$tmp/gptq-pqi-s2/results.json" <<'PY' && ok "results.json load: 4 ranks per phase, compute and sums over replicas counted" || fail "results.json load"
+import json, sys
+load = json.load(open(sys.argv[1]))["load"]
+d = load["detach-1"]  # the first round; "detach" marks only the end of the phase
+assert sorted(x["rank"] for x in d) == [0, 1, 2, 3], d
+assert sorted((x["replica"], x["stage"]) for x in d) == [(0, 0), (0, 1), (1, 0), (1, 1)], d
+assert all(x["cpu_s"] > 0 and x["reductions"] > 0 and x["reduced_bytes"] > 0 for x in d), d
+assert all(x["sent_bytes"] > 0 for x in d), d  # activations or gradients to the other stage
+print("   detach round 1, rank 0:", d[0])
+PY
 same_for_stages gptq-sequential --set quant.sequential=true --set run.threads=1
 same_for_stages awq --set quant.method=awq --set quant.group_size=32 --set run.threads=1
 same_for_stages squeezellm-ds --set quant.method=squeezellm --set run.threads=1 \

@@ -162,8 +162,10 @@ TEST(MemoryPlan, PqiDetachAddsOriginalLinearsAndPqiAccumulators) {
                 EXPECT_DOUBLE_EQ(m.activations, b.activations) << at;
                 EXPECT_DOUBLE_EQ(m.stats(), b.stats()) << at;
                 const double stored = c.torch_dtype == "float32" ? 4 : 2;
-                EXPECT_NEAR(m.w_orig, stored * lin, 1e-9 * lin)
-                    << at << ": the linears as stored (" << c.torch_dtype << "), mapped";
+                const double parts  = (det.quant.bits + 32.0 / det.quant.group_size) / 8;
+                EXPECT_NEAR(m.w_orig, (stored + parts) * lin, 1e-9 * lin)
+                    << at << ": the linears as stored (" << c.torch_dtype
+                    << "), mapped, and their quantized parts";
                 EXPECT_NEAR(m.pqi, (4 + 4) * lin, 1e-9 * lin)
                     << at << ": fp32 gradient and accumulator per linear weight";
                 EXPECT_DOUBLE_EQ(m.total(), b.total() + m.w_orig + m.pqi) << at;

@@ -19,14 +19,18 @@
 //               diagonals with the gradients they are summed from (fp32, one each per weight);
 //               a layer's statistics are freed once it is quantized
 //   w_orig      the detach phase: the stage's original linears, mapped from the checkpoint in
-//               its stored dtype (config.json's torch_dtype), resident once read
+//               its stored dtype (config.json's torch_dtype), resident once read, and the
+//               quantized parts (codes, scales) the phase rebuilds w~ from
 //   pqi         the detach phase: fp32 gradients and fp32 accumulators per linear weight (w~
 //               is rebuilt from its quantized parts one linear at a time)
 //   activations what a microbatch in flight keeps (each layer's input: activations are
 //               recomputed in backward), times the microbatches in flight (1F1B: P - r on
 //               rank r, capped by run.mem_gib), plus the transient of one layer's replay: its
 //               saved internals, one attention block's scores, one loss chunk's logits
-// The peak is weights + activations + the larger of the two phases (statistics, w_orig + pqi).
+//   assembly    rank 0 at the end, the stage freed: the checkpoint's largest other tensor
+//               (the embedding) as stored, its file pages, and in fp32
+// The peak is weights + activations + the larger of the two phases (statistics, w_orig + pqi),
+// or the assembly if larger.
 // An estimate: allocator slack, libtorch's workspace and ~0.3 GiB of libraries per process come
 // on top.
 
@@ -35,13 +39,16 @@ namespace rq::parallel {
 struct RankMemory {
     double  weights = 0, w_orig = 0, pqi = 0, activations = 0;
     double  statistics = 0;  // besides X^T X (GPTQ's workspace, Fisher)
+    double  assembly   = 0;  // rank 0, after the stage is freed: writing the checkpoint
     double  xtx_layer  = 0;  // one layer's X^T X
     int64_t xtx_layers = 0;  // layers whose X^T X is held at once
     double  per_micro  = 0;  // bytes one microbatch in flight keeps (part of activations)
     double  transient  = 0;  // bytes of one layer's replay (part of activations)
     int64_t in_flight  = 0;  // microbatches in flight at once
     double  stats() const { return statistics + xtx_layer * double(xtx_layers); }
-    double  total() const { return weights + activations + std::max(stats(), w_orig + pqi); }
+    double  total() const {
+         return std::max(weights + activations + std::max(stats(), w_orig + pqi), assembly);
+    }
 };
 
 struct MemoryPlan {

@@ -31,10 +31,15 @@ struct PipelineLoss {
 struct ScheduleStats {
     double  wall_s       = 0;  // whole schedule on this rank
     double  busy_s       = 0;  // forward/backward compute on this rank
+    double  busy_cpu_s   = 0;  // the CPU seconds of that compute (process_cpu_s)
     int64_t n_micro      = 0;  // microbatches this rank ran
     double  reduce_s     = 0;  // summing over replicas (loss, gradients)
     int64_t reduce_bytes = 0;  // bytes this rank contributed to those sums
 };
+
+// CPU seconds of every runner of this process so far in compute (ScheduleStats::busy_cpu_s
+// summed), for per-phase accounting.
+double runners_busy_cpu_s();
 
 // Message tags of microbatch m between neighbouring stages: activations forward (even),
 // gradients backward (odd). Reused modulo a bound every MPI guarantees (32767); messages with

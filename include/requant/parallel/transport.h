@@ -32,6 +32,14 @@ class Work {
     virtual bool is_completed() = 0;
 };
 
+// What a transport has moved so far (this process): bytes of tensors sent point to point and
+// of tensors it summed over ranks (allreduce_sum, this rank's contribution), the sums' count
+// and the seconds spent in them.
+struct Traffic {
+    int64_t sent_bytes = 0, reduced_bytes = 0, reductions = 0;
+    double  reduce_s = 0;
+};
+
 class Transport {
   public:
     virtual ~Transport()             = default;
@@ -49,6 +57,11 @@ class Transport {
     virtual std::unique_ptr<Work> allreduce_sum(at::Tensor& t);
     // Collective: returns once every rank has entered.
     virtual std::unique_ptr<Work> barrier();
+
+    const Traffic& traffic() const { return traffic_; }
+
+  protected:
+    Traffic traffic_;
 };
 
 // "mpi" over MPI_COMM_WORLD (or MPI_COMM_SELF when `self_only`: a one-rank pipeline inside a

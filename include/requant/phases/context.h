@@ -29,10 +29,30 @@ struct EvalSet {
     at::Tensor  tokens;  // int64 [n, T]
 };
 
+// One rank's work in one phase of this invocation: the CPU seconds of its compute (pipeline
+// passes and quantization; sharing cores with other ranks does not inflate them), the sums over
+// replicas (seconds, bytes this rank contributed, count) and the bytes sent to pipeline neighbours.
+// results.json "load" lists them per phase and rank.
+struct PhaseLoad {
+    int     world_rank = 0, replica = 0, stage = 0;
+    double  cpu_s = 0, reduce_s = 0;
+    int64_t reduced_bytes = 0, reductions = 0, sent_bytes = 0;
+
+    template <class Ar>
+    void serialize(Ar& ar, unsigned /*version*/) {
+        // clang-format off
+        ar & world_rank & replica & stage & cpu_s & reduce_s & reduced_bytes & reductions & sent_bytes;
+        // clang-format on
+    }
+};
+
 class RunContext {
     parallel::ReplicaLayout              layout_;     // first: the transports use it
     std::unique_ptr<parallel::Transport> transport_;  // this replica's pipeline
     std::unique_ptr<parallel::Transport> across_;     // this stage in every replica
+
+    PhaseLoad last_;  // the totals at the previous mark()
+    PhaseLoad totals() const;
 
   public:
     RunContext(const io::Job& job, bool restart);
@@ -58,6 +78,8 @@ class RunContext {
     std::unique_ptr<parallel::PipelineRunner> runner;   // runs `schedule`
     std::shared_ptr<spdlog::logger>           log;      // OUT/logs/rank-NNN.log
     std::map<std::string, double>             seconds;  // phases measured in this invocation
+    double compute_s = 0;  // CPU seconds of compute outside the runners (quantization), so far
+    std::map<std::string, std::vector<PhaseLoad>> loads;  // coordinator: per phase, per rank
 
     const model::StageRange& range() const { return stage->range(); }
     // The coordinator: world rank 0 (replica 0, stage 0) writes run.h5, the checkpoint and

@@ -97,8 +97,9 @@ std::optional<model::LayerTensors> read_detach_state(const std::string& out, int
 // Resume of Alg. 2: the largest n <= done such that every rank reads back rounds 1..n of all
 // its layers (collective), and in `picked` the union of those rounds' picks ([stage layer]
 // [kLinears], bool, shaped like `like`). A lost or damaged round file means redoing from it.
+// With replicas, `across` (this stage's ranks in every replica) agrees too.
 int read_detach_rounds(parallel::Transport& t, const std::string& out, int64_t layer_begin,
                        const model::StageTensors& like, int done, const std::string& fp,
-                       model::StageTensors& picked);
+                       model::StageTensors& picked, parallel::Transport* across = nullptr);
 
 }  // namespace rq::store
