@@ -53,7 +53,8 @@ for (R, S), r in runs.items():
     x = r["load"]["detach-1"][0]
     print(f"R = {R}, S = {S}: detach sums over replicas on rank 0: {x['reductions']} reductions, "
           f"{x['reduced_bytes'] / 2**20:.1f} MiB in {x['reduce_s']:.2f} s "
-          f"({x['reduced_bytes'] / max(x['reduce_s'], 1e-9) / 2**30:.2f} GiB/s)")
+          f"({x['reduced_bytes'] / max(x['reduce_s'], 1e-9) / 2**30:.2f} GiB/s, waits for the "
+          "slower replica included)")
 for (R, S), r in runs.items():
     a, b = base["perplexity"], r["perplexity"]
     rel = max(abs(a[k] - b[k]) / a[k] for k in a)
@@ -87,11 +88,12 @@ for (R, S), r in runs.items():
     if R > 1:
         x = r["load"]["detach-1"][0]
         bw = x["reduced_bytes"] / max(x["reduce_s"], 1e-9)
-print(f"sums over replicas: measured {bw / 2**30:.2f} GiB/s here (shared memory); a cluster's "
+print(f"sums over replicas: {bw / 2**30:.2f} GiB/s here (shared memory, waits included); a cluster's "
       "network is taken at 10 GB/s, and the sum as implemented (gather to one rank, add in "
       "replica order, broadcast) moves 2 (R - 1) x the tensor through that rank")
 n_seq, T, N, K = 100, 2048, 32, 2
-print(f"\nLlama-3.2-1B recipe, n = {n_seq} x {T}, N = {N}, K = {K} ({K * (N + 2)} forward+backward passes):")
+print(f"\nLlama-3.2-1B recipe, n = {n_seq} x {T}, N = {N}, K = {K} ({K * (N + 2)} forward+backward passes;"
+      " one thread per rank, the best R x S for each rank count, memory not checked):")
 print(f"{'ranks':>6} {'R x S':>8} {'passes h':>9} {'sums h':>7} {'GPTQ h':>7} {'total h':>8}")
 for P in (16, 64, 256):
     best = None

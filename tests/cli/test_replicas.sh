@@ -9,7 +9,9 @@
 #   checkpoint datasets that differ (GPTQ rounding or top-k at ties) are counted and printed;
 # - a rank count that R does not divide, and fewer calibration microbatches than replicas, are
 #   refused with one clear message;
-# - results.json "load" has every rank's compute, sums over replicas and bytes sent.
+# - results.json "load" has every rank's compute, sums over replicas and bytes sent;
+# - the sensitivity study gives the same numbers and PQI files for 1 and 2 stages at R = 2;
+#   plan reads --ranks as replicas x stages.
 # Usage: test_replicas.sh PATH/TO/requant-dist REPO_ROOT PATH/TO/mpiexec
 set -uo pipefail
 bin=$1; root=$2; mpiexec=$3; job=$root/jobs/stories260k-gptq.toml
@@ -53,6 +55,24 @@ same_for_stages awq --set quant.method=awq --set quant.group_size=32 --set run.t
 same_for_stages squeezellm-ds --set quant.method=squeezellm --set run.threads=1 \
   --set requant.outlier_ratio=0.0045 --set requant.outlier_select=fixed \
   --set requant.significant_ratio=0.0005 --set requant.significant_select=fisher
+
+# The sensitivity study (PQI, Taylor terms) with 2 replicas: the same numbers for 1 and 2
+# stages, and the per-weight PQI files written once.
+SE=(--set quant.method=rtn --set data.calibration_seqs=4 --set run.microbatch=1 --set sensitivity.nodes=4
+    --set run.replicas=2 --set run.threads=1)
+study() { awk '/^  "sensitivity": \{/,/^  \},?$/' "$1" | grep -v -e "$tmp" -e '"plots"' -e '\.png"' -e '^ *\],\?$' ; }
+"$mpiexec" -np 2 --oversubscribe "$bin" sensitivity "$job" --out "$tmp/st1" "${SE[@]}" > "$tmp/st1.log" 2>&1 || fail "study R=2 S=1: $(tail -3 "$tmp/st1.log")"
+"$mpiexec" -np 4 --oversubscribe "$bin" sensitivity "$job" --out "$tmp/st2" "${SE[@]}" > "$tmp/st2.log" 2>&1 || fail "study R=2 S=2: $(tail -3 "$tmp/st2.log")"
+if [ -n "$(study "$tmp/st1/results.json")" ] && diff <(study "$tmp/st1/results.json") <(study "$tmp/st2/results.json") > /dev/null \
+   && cmp -s "$tmp/st1/pqi/layer-000.h5" "$tmp/st2/pqi/layer-000.h5"; then
+  ok "sensitivity study, 2 replicas: the same results and PQI files for 1 and 2 stages"
+else
+  fail "sensitivity study with replicas differs between 1 and 2 stages"
+fi
+
+# plan: --ranks counts every replica's ranks.
+"$bin" plan "$job" --ranks 4 --set run.replicas=2 > "$tmp/plan.log" 2>&1 && grep -q "2 replicas x 2 stages" "$tmp/plan.log" \
+  && grep -q "on 2 ranks" "$tmp/plan.log" && ok "plan --ranks 4 with 2 replicas: 2 stages per replica" || fail "plan with replicas: $(tail -2 "$tmp/plan.log")"
 
 # Stopped once quantize is recorded (RQ_STOP_FILE: the stop lands at the next phase boundary),
 # resumed on another stage count.
