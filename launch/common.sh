@@ -6,7 +6,7 @@ RQ_SHARED=${RQ_SHARED:-$(cd "$RQ_ROOT/.." && pwd)/shared}
 RQ_BIN=$RQ_BUILD/bin/requant-dist
 
 # First touch of fresh memory is ~100x slower without transparent huge pages on these VMs.
-export GLIBC_TUNABLES=${GLIBC_TUNABLES:-glibc.malloc.hugetlb=1}
+export GLIBC_TUNABLES=${GLIBC_TUNABLES:-glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold=1048576}
 # OpenBLAS and ATen's OpenMP threads share the cores: idle threads must not spin.
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 # mpirun as root (containers, CI)

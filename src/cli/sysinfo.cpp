@@ -106,7 +106,7 @@ void reexec_with_runtime_env(char** argv) {
         changed = true;
     }
     if (std::getenv("GLIBC_TUNABLES") == nullptr) {
-        ::setenv("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1", 1);
+        ::setenv("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold=1048576", 1);
         changed = true;
     }
     ::setenv("RQ_KEEP_ENV", "1", 1);  // never loop
