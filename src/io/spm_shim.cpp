@@ -81,6 +81,19 @@ RQ_SPM_EXPORT int rq_spm_decode(void* h, const int* ids, std::size_t n, char** t
 RQ_SPM_EXPORT int rq_spm_vocab_size(void* h) {
     return static_cast<sentencepiece::SentencePieceProcessor*>(h)->GetPieceSize();
 }
+// 1 when no piece holds a space: U+2581 ("\xe2\x96\x81", sentencepiece's escaped space) only as
+// its first character and ' ' nowhere. Then every segmentation breaks before each escaped
+// space, and the text between two of them is encoded independently of the rest.
+RQ_SPM_EXPORT int rq_spm_pieces_start_at_spaces(void* h) {
+    const auto*       sp = static_cast<sentencepiece::SentencePieceProcessor*>(h);
+    const std::string ws = "\xe2\x96\x81";
+    for (int id = 0; id < sp->GetPieceSize(); ++id) {
+        const std::string& piece = sp->IdToPiece(id);
+        if (piece.find(' ') != std::string::npos) return 0;
+        if (piece.find(ws, 1) != std::string::npos) return 0;
+    }
+    return 1;
+}
 RQ_SPM_EXPORT int rq_spm_bos_id(void* h) {
     return static_cast<sentencepiece::SentencePieceProcessor*>(h)->bos_id();
 }

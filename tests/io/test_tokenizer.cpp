@@ -48,6 +48,51 @@ TEST(Tokenizer, WholeFileMatchesReference) {
     EXPECT_EQ(std::vector<int32_t>(ids.begin(), ids.begin() + 256), want_ids);
 }
 
+TEST(Tokenizer, SpaceChunksCutOnlyAtSingleSpacesBetweenAlphanumerics) {
+    const std::string text = "ab cd  ef\tgh ij.  kl mn";
+    for (std::size_t target = 0; target <= text.size(); ++target) {
+        SCOPED_TRACE(target);
+        const auto  chunks = rq::io::space_chunks(text, target);
+        std::string joined;
+        for (std::size_t c = 0; c < chunks.size(); ++c) {
+            if (c > 0) {
+                const std::size_t at = joined.size();  // the dropped space's position
+                ASSERT_LT(at + 1, text.size());
+                EXPECT_EQ(text[at], ' ');
+                EXPECT_NE(text[at - 1], ' ');
+                EXPECT_NE(text[at + 1], ' ');
+                if (c > 1) {
+                    EXPECT_GE(chunks[c - 1].size(), target);
+                }
+                joined += ' ';
+            }
+            joined += chunks[c];
+        }
+        EXPECT_EQ(joined, text);
+    }
+    EXPECT_EQ(rq::io::space_chunks("", 4).size(), 1u);
+    EXPECT_EQ(rq::io::space_chunks("abcdef", 1).size(), 1u);  // no space: one chunk
+}
+
+TEST(Tokenizer, ChunkedEncodeMatchesWholeTextEncode) {
+    Tokenizer tok(llama7m_tokenizer());
+    ASSERT_TRUE(tok.chunked());
+    // Every cut point, on text with runs of spaces, newlines, digits and byte fallback.
+    const std::string tricky =
+        "Mr. Speaker  and 1981 budget\nThe  state of 2 unions  is\tstrong x y z "
+        "na\xc3\xafve caf\xc3\xa9 \xe2\x80\x94 end";
+    for (const std::size_t chunk : {1, 2, 3, 5, 8, 13}) {
+        SCOPED_TRACE(chunk);
+        EXPECT_EQ(tok.encode(tricky, chunk), tok.encode_ref(tricky));
+    }
+    for (const char* file : {"mobydick.txt", "austen.txt", "sotu-1981-2021.txt"}) {
+        SCOPED_TRACE(file);
+        const std::string text = rq::io_test::read_file(data_path(file));
+        EXPECT_EQ(tok.encode(text), tok.encode_ref(text));
+        EXPECT_EQ(tok.encode(text, 997), tok.encode_ref(text));
+    }
+}
+
 TEST(Tokenizer, EncodeAddsNoBosOrEos) {
     Tokenizer  tok(llama7m_tokenizer());
     const auto ids = tok.encode("The state of the union is strong.");

@@ -1,4 +1,5 @@
 #pragma once
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -11,6 +12,12 @@
 
 namespace rq::io {
 
+inline constexpr std::size_t kEncodeChunk = 64 * 1024;  // bytes
+
+// text cut before each single space between ASCII letters or digits that lies at least
+// `target` bytes after the previous cut; the spaces themselves are dropped.
+std::vector<std::string_view> space_chunks(std::string_view text, std::size_t target);
+
 class Tokenizer {
   public:
     // Throws IoError if the file or the shim cannot be found, FormatError if sentencepiece
@@ -20,11 +27,17 @@ class Tokenizer {
     Tokenizer(const Tokenizer&)            = delete;
     Tokenizer& operator=(const Tokenizer&) = delete;
 
-    std::vector<int32_t> encode(std::string_view text) const;  // no BOS, no EOS
-    std::string          decode(const std::vector<int32_t>& ids) const;
-    int                  vocab_size() const;
-    int                  bos_id() const;
-    int                  eos_id() const;
+    // No BOS, no EOS. Encodes chunks of about `chunk` bytes cut at single spaces between ASCII
+    // letters or digits when chunked() (bounded memory); the ids equal encode_ref's.
+    std::vector<int32_t> encode(std::string_view text, std::size_t chunk = kEncodeChunk) const;
+    std::vector<int32_t> encode_ref(std::string_view text) const;  // the whole text at once
+    // True when the model's pieces never span a space and it adds a dummy prefix, so that
+    // encoding text cut at spaces gives the ids of the whole.
+    bool        chunked() const;
+    std::string decode(const std::vector<int32_t>& ids) const;
+    int         vocab_size() const;
+    int         bos_id() const;
+    int         eos_id() const;
 
   private:
     struct Impl;
