@@ -3,6 +3,10 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
+#include <string_view>
+#include <vector>
+
 #include "requant/error.h"
 #include "requant/io/mmap_file.h"
 #include "requant/io/safetensors.h"
@@ -44,19 +48,32 @@ TokenData load_text_windows(const std::string& text_path, const std::string& tok
                             int64_t seq_len, int64_t max_seqs) {
     if (seq_len < 2)
         throw ConfigError("sequence length must be at least 2, got " + std::to_string(seq_len));
-    Tokenizer  tok(tokenizer_path);
-    MappedFile text(text_path);
-    const auto ids =
-        tok.encode(std::string_view(reinterpret_cast<const char*>(text.data()), text.size()));
-    const int64_t n_win = static_cast<int64_t>(ids.size()) / seq_len;
+    Tokenizer            tok(tokenizer_path);
+    MappedFile           text(text_path);
+    const int64_t        keep = max_seqs >= 0 ? max_seqs * seq_len : -1;  // ids worth keeping
+    std::vector<int32_t> ids;  // the first `keep` ids (all when keep < 0)
+    int64_t              n_ids = 0;
+    // Text pages are dropped as they are encoded, and ids past the windows asked for are only
+    // counted: the memory is that of the windows kept, whatever the file's size.
+    tok.encode_each(
+        std::string_view(reinterpret_cast<const char*>(text.data()), text.size()),
+        [&](const std::vector<int32_t>& chunk, std::size_t done) {
+            n_ids += static_cast<int64_t>(chunk.size());
+            const std::size_t room = keep < 0 ? chunk.size()
+                                              : static_cast<std::size_t>(std::max<int64_t>(
+                                                    0, keep - static_cast<int64_t>(ids.size())));
+            ids.insert(ids.end(), chunk.begin(), chunk.begin() + std::min(room, chunk.size()));
+            text.release(0, done);
+        });
+    const int64_t n_win = n_ids / seq_len;
     if (n_win == 0)
-        throw ConfigError(base_name(text_path) + ": " + std::to_string(ids.size()) +
+        throw ConfigError(base_name(text_path) + ": " + std::to_string(n_ids) +
                           " tokens, fewer than one window of " + std::to_string(seq_len));
     const int64_t n = max_seqs >= 0 ? std::min(n_win, max_seqs) : n_win;
     TokenData     d;
     d.source      = text_path;
     d.n_available = n_win;
-    d.n_tokens    = static_cast<int64_t>(ids.size());
+    d.n_tokens    = n_ids;
     d.tokens      = at::empty({n, seq_len}, at::kLong);
     auto acc      = d.tokens.accessor<int64_t, 2>();
     for (int64_t i = 0; i < n; ++i)

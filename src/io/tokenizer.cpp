@@ -47,7 +47,7 @@ std::string exe_dir() {
 }
 
 template <typename F>
-void bind(void* lib, const char* name, F& fn, const std::string& path) {
+void bind_symbol(void* lib, const char* name, F& fn, const std::string& path) {
     fn = reinterpret_cast<F>(::dlsym(lib, name));
     if (fn == nullptr) throw IoError(path + ": symbol " + name + " not found");
 }
@@ -79,15 +79,15 @@ const ShimApi& shim() {
             return;
         }
         try {
-            bind(lib, "rq_spm_load", api.load, path);
-            bind(lib, "rq_spm_free", api.free_handle, path);
-            bind(lib, "rq_spm_encode", api.encode, path);
-            bind(lib, "rq_spm_free_buffer", api.free_buffer, path);
-            bind(lib, "rq_spm_decode", api.decode, path);
-            bind(lib, "rq_spm_vocab_size", api.vocab_size, path);
-            bind(lib, "rq_spm_bos_id", api.bos_id, path);
-            bind(lib, "rq_spm_eos_id", api.eos_id, path);
-            bind(lib, "rq_spm_pieces_start_at_spaces", api.pieces_start_at_spaces, path);
+            bind_symbol(lib, "rq_spm_load", api.load, path);
+            bind_symbol(lib, "rq_spm_free", api.free_handle, path);
+            bind_symbol(lib, "rq_spm_encode", api.encode, path);
+            bind_symbol(lib, "rq_spm_free_buffer", api.free_buffer, path);
+            bind_symbol(lib, "rq_spm_decode", api.decode, path);
+            bind_symbol(lib, "rq_spm_vocab_size", api.vocab_size, path);
+            bind_symbol(lib, "rq_spm_bos_id", api.bos_id, path);
+            bind_symbol(lib, "rq_spm_eos_id", api.eos_id, path);
+            bind_symbol(lib, "rq_spm_pieces_start_at_spaces", api.pieces_start_at_spaces, path);
         } catch (const Error& e) {
             error = e.what();
         }
@@ -157,15 +157,22 @@ Tokenizer::~Tokenizer() {
 }
 
 std::vector<int32_t> Tokenizer::encode(std::string_view text, std::size_t chunk) const {
+    std::vector<int32_t> out;
+    encode_each(
+        text,
+        [&](const std::vector<int32_t>& ids, std::size_t) {
+            out.insert(out.end(), ids.begin(), ids.end());
+        },
+        chunk);
+    return out;
+}
+
+void Tokenizer::encode_each(std::string_view text, const ChunkFn& fn, std::size_t chunk) const {
     // sentencepiece holds tens of bytes per input byte while it encodes (about 1 GiB for a
     // 9 MB text); chunks at single spaces between letters or digits keep that small.
-    if (!impl_->separable) return encode_ref(text);
-    std::vector<int32_t> out;
-    for (const std::string_view chunk : space_chunks(text, chunk)) {
-        const std::vector<int32_t> ids = encode_ref(chunk);
-        out.insert(out.end(), ids.begin(), ids.end());
-    }
-    return out;
+    if (!impl_->separable) return fn(encode_ref(text), text.size());
+    for (const std::string_view piece : space_chunks(text, chunk))
+        fn(encode_ref(piece), static_cast<std::size_t>(piece.data() - text.data()) + piece.size());
 }
 
 bool Tokenizer::chunked() const {

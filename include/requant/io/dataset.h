@@ -20,7 +20,8 @@ struct TokenData {
 // Throws FormatError if `tokens` is missing, not 2-D, or not an integer dtype.
 TokenData load_token_dataset(const std::string& path, int64_t max_seqs = -1);
 
-// A text file, encoded whole with the tokenizer (no BOS), cut into non-overlapping windows of
+// A text file, encoded with the tokenizer (no BOS; the ids of the whole text, memory bounded by
+// the windows kept: see Tokenizer::encode_each), cut into non-overlapping windows of
 // seq_len tokens (ids[i*T:(i+1)*T]); the incomplete tail is dropped. Throws IoError / ConfigError
 // (fewer tokens than one window).
 TokenData load_text_windows(const std::string& text_path, const std::string& tokenizer_path,

@@ -1,6 +1,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -31,6 +32,10 @@ class Tokenizer {
     // letters or digits when chunked() (bounded memory); the ids equal encode_ref's.
     std::vector<int32_t> encode(std::string_view text, std::size_t chunk = kEncodeChunk) const;
     std::vector<int32_t> encode_ref(std::string_view text) const;  // the whole text at once
+    // encode's ids in pieces: each chunk's ids, and how many bytes of text are now encoded.
+    using ChunkFn = std::function<void(const std::vector<int32_t>& ids, std::size_t done)>;
+    void encode_each(std::string_view text, const ChunkFn& fn,
+                     std::size_t chunk = kEncodeChunk) const;
     // True when the model's pieces never span a space and it adds a dummy prefix, so that
     // encoding text cut at spaces gives the ids of the whole.
     bool        chunked() const;
