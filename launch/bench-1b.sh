@@ -87,7 +87,7 @@ print(f"\n== {out}: run {run_s} s wall (2 ranks, 1 thread each)")
 print("phases (s):", ", ".join(f"{k} {v:.0f}" for k, v in r["phases"].items()))
 plan = {}
 for line in open(f"{out}/plan.txt"):
-    m = re.match(r"\s+(\d+)\s+([0-9.]+\s+){5}([0-9.]+)\s+\d+$", line)
+    m = re.match(r"\s+(\d+)\s+([0-9.]+\s+){6}([0-9.]+)\s+\d+$", line)
     if m: plan[int(m.group(1))] = float(m.group(3))
 print("rank  start-up GiB  peak GiB  above start-up  plan GiB  measured/plan")
 for rank in sorted(plan):

@@ -139,14 +139,16 @@ int ranks_for_memory(const io::LlamaConfig& c, const io::Job& job, double gib) {
 std::string format_memory_plan(const MemoryPlan& p, const io::LlamaConfig& c) {
     std::string out = parallel::format_plan(p.pipeline);
     char        line[200];
-    std::snprintf(line, sizeof line, "%5s  %9s  %9s  %9s  %9s  %9s  %9s  %9s\n", "rank", "weights",
-                  "w_orig", "stats", "pqi", "activ.", "total GiB", "in flight");
+    std::snprintf(line, sizeof line, "%5s  %9s  %9s  %9s  %9s  %9s  %9s  %9s  %9s\n", "rank",
+                  "weights", "w_orig", "stats", "pqi", "activ.", "runtime", "total GiB",
+                  "in flight");
     out += line;
     for (std::size_t r = 0; r < p.ranks.size(); ++r) {
         const auto& m = p.ranks[r];
-        std::snprintf(line, sizeof line, "%5zu  %9.2f  %9.2f  %9.2f  %9.2f  %9.2f  %9.2f  %9lld\n",
-                      r, m.weights / kGiB, m.w_orig / kGiB, m.stats() / kGiB, m.pqi / kGiB,
-                      m.activations / kGiB, m.total() / kGiB, (long long)m.in_flight);
+        std::snprintf(
+            line, sizeof line, "%5zu  %9.3f  %9.3f  %9.3f  %9.3f  %9.3f  %9.3f  %9.3f  %9lld\n", r,
+            m.weights / kGiB, m.w_orig / kGiB, m.stats() / kGiB, m.pqi / kGiB, m.activations / kGiB,
+            m.runtime / kGiB, m.total() / kGiB, (long long)m.in_flight);
         out += line;
     }
     if (p.stats_passes > 1) {
@@ -157,8 +159,8 @@ std::string format_memory_plan(const MemoryPlan& p, const io::LlamaConfig& c) {
         out += line;
     }
     std::snprintf(line, sizeof line,
-                  "%lld layers on %zu ranks: at most %.2f GiB per rank (estimate; add ~0.3 GiB "
-                  "of libraries per process)\n",
+                  "%lld layers on %zu ranks: at most %.2f GiB per rank (estimate, above the "
+                  "~0.2 GiB of libraries a process holds at start-up)\n",
                   (long long)c.n_layer, p.ranks.size(), p.max_total() / kGiB);
     out += line;
     return out;

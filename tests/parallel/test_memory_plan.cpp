@@ -139,7 +139,8 @@ TEST(MemoryPlan, RtnWithoutRequantHasNoExtraBuffers) {
         EXPECT_EQ(p.ranks[r].stats(), 0.0) << "rank " << r;
         EXPECT_EQ(p.ranks[r].pqi, 0.0) << "rank " << r;
         EXPECT_GT(p.ranks[r].activations, 0.0) << "rank " << r;
-        EXPECT_DOUBLE_EQ(p.ranks[r].total(), p.ranks[r].weights + p.ranks[r].activations);
+        EXPECT_DOUBLE_EQ(p.ranks[r].total(),
+                         p.ranks[r].runtime + p.ranks[r].weights + p.ranks[r].activations);
     }
 }
 
@@ -351,10 +352,10 @@ TEST(MemoryPlan, FormatHasEveryRankWithItsTotal) {
         for (int k = 0; k < P; ++k) {
             ASSERT_TRUE(std::getline(in, line)) << s;
             int    r = -1;
-            double w = 0, o = 0, st = 0, q = 0, a = 0, t = 0;
-            ASSERT_EQ(std::sscanf(line.c_str(), "%d %lf %lf %lf %lf %lf %lf", &r, &w, &o, &st, &q,
-                                  &a, &t),
-                      7)
+            double w = 0, o = 0, st = 0, q = 0, a = 0, rt = 0, t = 0;
+            ASSERT_EQ(std::sscanf(line.c_str(), "%d %lf %lf %lf %lf %lf %lf %lf", &r, &w, &o, &st,
+                                  &q, &a, &rt, &t),
+                      8)
                 << "row '" << line << "'";
             ASSERT_TRUE(r >= 0 && r < P) << line;
             seen[std::size_t(r)] = true;
@@ -362,6 +363,7 @@ TEST(MemoryPlan, FormatHasEveryRankWithItsTotal) {
             EXPECT_NEAR(t, m.total() / kGiB, 0.0051) << line;
             EXPECT_NEAR(w, m.weights / kGiB, 0.0051) << line;
             EXPECT_NEAR(a, m.activations / kGiB, 0.0051) << line;
+            EXPECT_NEAR(rt, m.runtime / kGiB, 0.0051) << line;
         }
         for (int r = 0; r < P; ++r) EXPECT_TRUE(seen[std::size_t(r)]) << "rank " << r << "\n" << s;
     }

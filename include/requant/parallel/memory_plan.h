@@ -36,8 +36,16 @@
 
 namespace rq::parallel {
 
+// What a process pages in after start-up whatever the model: libtorch's backward and fp64
+// kernels' code, OpenBLAS's packing buffers, Open MPI's transfer buffers, malloc's arena slack.
+// A measured constant, not derived: on llama-7m-en's GPTQ + PQI run on 2 ranks
+// (launch/bench-1b.sh with RQ_BENCH_MODEL), each rank's peak above start-up exceeded the sum
+// of the parts below by 20 MiB (rank 1) to 42 MiB (rank 0, which also tokenizes and writes).
+inline constexpr double kRuntimeBytes = 32.0 * 1024 * 1024;
+
 struct RankMemory {
     double  weights = 0, w_orig = 0, pqi = 0, activations = 0;
+    double  runtime    = kRuntimeBytes;
     double  statistics = 0;  // besides X^T X (GPTQ's workspace, Fisher)
     double  assembly   = 0;  // rank 0, after the stage is freed: writing the checkpoint
     double  xtx_layer  = 0;  // one layer's X^T X
@@ -47,7 +55,8 @@ struct RankMemory {
     int64_t in_flight  = 0;  // microbatches in flight at once
     double  stats() const { return statistics + xtx_layer * double(xtx_layers); }
     double  total() const {
-         return std::max(weights + activations + std::max(stats(), w_orig + pqi), assembly);
+         return runtime +
+                std::max(weights + activations + std::max(stats(), w_orig + pqi), assembly);
     }
 };
 
