@@ -9,6 +9,7 @@
 //        is copied as the model's config.json)
 #include <ATen/ATen.h>
 #include <sys/stat.h>
+#include <CLI/CLI.hpp>
 
 #include <cstdio>
 #include <fstream>
@@ -20,34 +21,26 @@
 #include "requant/model/weights.h"
 
 int main(int argc, char** argv) try {
-    if (argc < 2) throw std::runtime_error("usage: make_synthetic_model OUT_DIR [--hidden C] ...");
-    const std::string   out = argv[1];
     rq::io::LlamaConfig c;
     c.n_embd = 2048, c.n_ff = 5632, c.n_layer = 12, c.n_head = 16, c.n_head_kv = 4,
     c.n_vocab = 32000;
-    std::string config_file;
-    for (int i = 2; i + 1 < argc; i += 2) {
-        const std::string k = argv[i];
-        if (k == "--config") {
-            config_file = argv[i + 1];
-            continue;
-        }
-        const int64_t v = std::stoll(argv[i + 1]);
-        if (k == "--hidden")
-            c.n_embd = v;
-        else if (k == "--ff")
-            c.n_ff = v;
-        else if (k == "--layers")
-            c.n_layer = v;
-        else if (k == "--heads")
-            c.n_head = v;
-        else if (k == "--kv")
-            c.n_head_kv = v;
-        else if (k == "--vocab")
-            c.n_vocab = v;
-        else
-            throw std::runtime_error("unknown option " + k);
-    }
+    std::string out, config_file;
+    CLI::App    app{
+        "Writes a random Llama (BF16, two shards, Hugging Face layout); default shape: "
+           "672 M parameters"};
+    app.add_option("out", out, "Output folder")->required();
+    app.add_option("--config", config_file, "A released model's config.json (its shape)")
+        ->check(CLI::ExistingFile);
+    const auto positive = CLI::PositiveNumber;
+    app.add_option("--hidden", c.n_embd, "Hidden size")->capture_default_str()->check(positive);
+    app.add_option("--ff", c.n_ff, "MLP size")->capture_default_str()->check(positive);
+    app.add_option("--layers", c.n_layer, "Decoder layers")->capture_default_str()->check(positive);
+    app.add_option("--heads", c.n_head, "Attention heads")->capture_default_str()->check(positive);
+    app.add_option("--kv", c.n_head_kv, "Key/value heads")->capture_default_str()->check(positive);
+    app.add_option("--vocab", c.n_vocab, "Vocabulary")->capture_default_str()->check(positive);
+    CLI11_PARSE(app, argc, argv);
+    if (c.n_embd % c.n_head != 0 || c.n_head % c.n_head_kv != 0)
+        throw std::runtime_error("--hidden must be a multiple of --heads, --heads of --kv");
     c.head_dim    = c.n_embd / c.n_head;
     c.n_ctx_train = 4096, c.rms_norm_eps = 1e-5, c.rope_theta = 500000,
     c.tie_word_embeddings = false;
