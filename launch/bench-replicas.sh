@@ -5,7 +5,8 @@
 # S = 1, 2 stages. Wall time on 2 cores cannot show the scaling (4 ranks share them), so the
 # table gives each rank's compute in CPU seconds per phase (results.json "load": unaffected by
 # ranks sharing cores), the busiest rank, the bytes each reduction over replicas moves, and
-# checks that the four runs agree (R fixed: the same checkpoint for every S).
+# checks that the four runs agree (R fixed: the same checkpoint for every S); across R, counts
+# the weights quantized differently (ties may fall either way).
 # Then, from those figures and the Llama-3.2-1B-shaped run of launch/bench-1b.sh (its OUT, if
 # given), the projected time of the paper's Llama-3.2-1B recipe (n = 100 x 2048 tokens, N = 32,
 # K = 2) on 16, 64 and 256 CPU ranks.
@@ -29,8 +30,12 @@ done
 cmp "$OUT/r2s1/model.requant.h5" "$OUT/r2s2/model.requant.h5" && echo "R = 2: S = 1 and S = 2 give the same checkpoint"
 cmp "$OUT/r1s1/model.requant.h5" "$OUT/r1s2/model.requant.h5" && echo "R = 1: S = 1 and S = 2 give the same checkpoint"
 
+# Across R the discontinuous choices (GPTQ rounding at ties, top-k at ties) may differ: the
+# dequantized weights of R = 1 and R = 2 (S = 1), exported in f32, compared element by element.
+for R in 1 2; do "$RQ_BIN" export "$OUT/r${R}s1" --out "$OUT/export-r$R" --dtype f32 > /dev/null; done
+
 /usr/bin/python3 - "$OUT" "$B1" <<'PY'
-import json, math, sys
+import array, glob, json, math, os, struct, sys
 out, b1 = sys.argv[1], sys.argv[2]
 runs = {rs: json.load(open(f"{out}/r{rs[0]}s{rs[1]}/results.json")) for rs in
         [(1, 1), (1, 2), (2, 1), (2, 2)]}
@@ -61,6 +66,24 @@ for (R, S), r in runs.items():
     pq = max(abs(x["pqi_sum"] - y["pqi_sum"]) / abs(x["pqi_sum"]) for x, y in
              zip(base["requant"]["detach"]["pqi"], r["requant"]["detach"]["pqi"]))
     print(f"R = {R}, S = {S} against R = 1, S = 1: perplexity within {rel:.1e}, sum PQI within {pq:.1e}")
+def tensors(d):
+    """name -> array('f') of every tensor in a folder of f32 safetensors."""
+    out = {}
+    for f in sorted(glob.glob(f"{d}/*.safetensors")):
+        raw = open(f, "rb").read()
+        n = struct.unpack("<Q", raw[:8])[0]
+        for k, v in json.loads(raw[8:8 + n]).items():
+            if k == "__metadata__": continue
+            a, b = v["data_offsets"]
+            out[k] = array.array("f", raw[8 + n + a:8 + n + b])
+    return out
+t1, t2 = tensors(f"{out}/export-r1"), tensors(f"{out}/export-r2")
+diff = {k: sum(x != y for x, y in zip(t1[k], t2[k])) for k in t1}
+total = sum(len(v) for v in t1.values())
+print(f"R = 2 against R = 1 (S = 1), dequantized weights: {sum(diff.values())} of {total} differ, "
+      f"in {sum(1 for v in diff.values() if v)} of {len(diff)} tensors")
+for k, v in sorted(diff.items(), key=lambda kv: -kv[1])[:5]:
+    if v: print(f"  {k}: {v} of {len(t1[k])}")
 if not b1:
     sys.exit(0)
 

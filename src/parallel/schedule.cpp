@@ -49,13 +49,9 @@ std::pair<int64_t, int64_t> ScheduleOptions::share(int64_t N) const {
 }
 
 PipelineRunner::PipelineRunner(model::Stage& stage, Transport& transport, ScheduleOptions opt)
-    : stage_(stage),
-      t_(transport),
-      opt_(opt),
-      microbatch_(opt.microbatch),
-      max_in_flight_(opt.max_in_flight) {
-    if (microbatch_ < 1) throw ConfigError("microbatch must be >= 1");
-    if (max_in_flight_ < 0) throw ConfigError("max_in_flight must be >= 0 (0: no cap)");
+    : stage_(stage), t_(transport), opt_(opt) {
+    if (opt_.microbatch < 1) throw ConfigError("microbatch must be >= 1");
+    if (opt_.max_in_flight < 0) throw ConfigError("max_in_flight must be >= 0 (0: no cap)");
     if (opt.replicas > 1 && (opt.across == nullptr || opt.across->size() != opt.replicas ||
                              opt.across->rank() != opt.replica))
         throw InternalError("a replicated schedule needs its replicas' transport");
@@ -67,8 +63,8 @@ PipelineRunner::PipelineRunner(model::Stage& stage, Transport& transport, Schedu
 }
 
 at::Tensor PipelineRunner::micro_tokens(const at::Tensor& tokens, int64_t m) const {
-    const int64_t N = tokens.size(0), b0 = m * microbatch_;
-    return tokens.narrow(0, b0, std::min(microbatch_, N - b0));
+    const int64_t N = tokens.size(0), b0 = m * opt_.microbatch;
+    return tokens.narrow(0, b0, std::min(opt_.microbatch, N - b0));
 }
 
 at::Tensor PipelineRunner::recv_activation(const at::Tensor& tok_m, int src, int tag) {
@@ -83,12 +79,7 @@ PipelineLoss PipelineRunner::share_loss(double sum, int64_t n) {
     // the replicas' sums are added in replica order.
     at::Tensor v = at::tensor({sum, double(n)}, at::kDouble);
     t_.broadcast(v, t_.size() - 1)->wait();
-    if (opt_.replicas > 1) {
-        const auto t0 = Clock::now();
-        opt_.across->allreduce_sum(v)->wait();
-        stats_.reduce_s += since(t0);
-        stats_.reduce_bytes += v.nbytes();
-    }
+    if (opt_.replicas > 1) opt_.across->allreduce_sum(v)->wait();
     return {v[0].item<double>(), int64_t(v[1].item<double>())};
 }
 
@@ -97,7 +88,6 @@ PipelineLoss PipelineRunner::share_loss(double sum, int64_t n) {
 // fresh gradients (forward_backward checks), so a sum never adds an earlier sum again.
 void PipelineRunner::reduce_gradients() {
     if (opt_.replicas <= 1) return;
-    const auto t0 = Clock::now();
     for (auto& lw : stage_.weights().layers)
         for (model::Linear l : model::kLinears) {
             at::Tensor& w = lw.linear(l);
@@ -105,9 +95,7 @@ void PipelineRunner::reduce_gradients() {
             at::Tensor g = w.grad().defined() ? w.grad() : at::zeros_like(w);
             opt_.across->allreduce_sum(g)->wait();
             w.mutable_grad() = g;
-            stats_.reduce_bytes += int64_t(g.nbytes());
         }
-    stats_.reduce_s += since(t0);
 }
 
 PipelineLoss PipelineRunner::forward(const at::Tensor&                   tokens,
@@ -218,7 +206,7 @@ PipelineLoss PipelineRunner::forward_backward(const at::Tensor&                 
     // Warm-up forwards: P-1-r, capped; non-increasing in r whatever the cap, so a rank never
     // waits for a forward its predecessor holds back.
     int64_t warmup = std::min<int64_t>(P - 1 - r, M);
-    if (max_in_flight_ > 0) warmup = std::min(warmup, max_in_flight_ - 1);
+    if (opt_.max_in_flight > 0) warmup = std::min(warmup, opt_.max_in_flight - 1);
     for (int64_t i = 0; i < warmup; ++i) do_forward();
     while (next_fwd < m1) {
         do_forward();

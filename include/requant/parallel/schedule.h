@@ -29,13 +29,11 @@ struct PipelineLoss {
 };
 
 struct ScheduleStats {
-    double  wall_s       = 0;  // whole schedule on this rank
-    double  busy_s       = 0;  // forward/backward compute on this rank
-    double  busy_cpu_s   = 0;  // the CPU seconds of that compute (process_cpu_s)
-    int64_t n_micro      = 0;  // microbatches this rank ran
-    double  reduce_s     = 0;  // summing over replicas (loss, gradients)
-    int64_t reduce_bytes = 0;  // bytes this rank contributed to those sums
-};
+    double  wall_s     = 0;  // whole schedule on this rank
+    double  busy_s     = 0;  // forward/backward compute on this rank
+    double  busy_cpu_s = 0;  // the CPU seconds of that compute (process_cpu_s)
+    int64_t n_micro    = 0;  // microbatches this rank ran
+};                           // sums over replicas are counted by the Transport (Transport::Traffic)
 
 // CPU seconds of every runner of this process so far in compute (ScheduleStats::busy_cpu_s
 // summed), for per-phase accounting.
@@ -98,8 +96,6 @@ class PipelineRunner {
     model::Stage&   stage_;
     Transport&      t_;
     ScheduleOptions opt_;
-    int64_t         microbatch_;
-    int64_t         max_in_flight_;
     ScheduleStats   stats_;
 };
 
