@@ -28,12 +28,13 @@ struct PipelineLoss {
     double  mean() const { return n_predicted ? loss_sum / double(n_predicted) : 0.0; }
 };
 
+// Sums over replicas are counted by the Transport (Transport::Traffic), not here.
 struct ScheduleStats {
     double  wall_s     = 0;  // whole schedule on this rank
     double  busy_s     = 0;  // forward/backward compute on this rank
     double  busy_cpu_s = 0;  // the CPU seconds of that compute (process_cpu_s)
     int64_t n_micro    = 0;  // microbatches this rank ran
-};                           // sums over replicas are counted by the Transport (Transport::Traffic)
+};
 
 // CPU seconds of every runner of this process so far in compute (ScheduleStats::busy_cpu_s
 // summed), for per-phase accounting.
