@@ -8,7 +8,9 @@
 #     once to $RQ_BENCH_TMP (default /tmp/requant-synth-1b3);
 #  4. one PQI pass on llama-7m-en (32 x 256 calibration tokens, midpoint rule, RQ_BENCH_NODES
 #     nodes, default 8) for P = 1 and 2: time, GFLOP/s against the GEMM roofline of the ranks
-#     (target >= 50%), and each rank's gradient accumulators (its own layers' linears only).
+#     (target >= 50%), and each rank's gradient accumulators (its own layers' linears only);
+#  5. tokenizers: MB/s encoding sotu-1790-1980.txt (9 MB) with the Llama 3 tokenizer.json and
+#     llama-7m-en's tokenizer.model, one thread and all cores (ids checked equal to one pass).
 # Environment: RQ_BENCH_THREADS (2), RQ_BENCH_BATCH (8), RQ_BENCH_SECONDS (3), RQ_BENCH_SYNTH (1),
 # RQ_BENCH_NODES (8).
 set -euo pipefail
@@ -61,3 +63,9 @@ echo "## 4. PQI pass, llama-7m-en, 32 sequences x 256, microbatch 4"
 BQ="$RQ_BUILD/bin/bench_pqi --model $M7 --seqs 32 --seq-len 256 --microbatch 4 --nodes ${RQ_BENCH_NODES:-8}"
 $BQ --threads 2
 mpirun -np 2 $BQ --threads 1
+
+echo "## 5. tokenizers on sotu-1790-1980.txt (target >= 5 MB/s per core)"
+for t in "$RQ_SHARED/tokenizers/llama3/tokenizer.json" "$M7/tokenizer.model"; do
+  "$RQ_BUILD/bin/bench_tokenizer" --tokenizer "$t" --text "$RQ_SHARED/data/sotu-1790-1980.txt" \
+    --threads "$(nproc)"
+done

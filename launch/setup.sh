@@ -14,6 +14,7 @@ PKGS=(
   libboost-serialization-dev libboost-mpi-dev  # control-plane messages
   nlohmann-json3-dev libtomlplusplus-dev libcli11-dev libspdlog-dev
   libsentencepiece-dev libgtest-dev
+  libpcre2-dev                                 # tokenizer.json pre-tokenizer regex (Unicode classes)
   gnuplot-nox                                  # the sensitivity report's PNG plots
   slurmctld slurmd slurm-client munge          # a real single-node Slurm for the sbatch test
 )

@@ -47,9 +47,11 @@ void add_eval(CLI::App& app, Commands& c) {
         ->required()
         ->check(CLI::ExistingDirectory);
     c.eval
-        ->add_option("--data", c.eo.data,
-                     "Text file (tokenized with the model's tokenizer.model, no BOS) or a token "
-                     "dataset (.safetensors with an integer 'tokens' tensor [n, L])")
+        ->add_option(
+            "--data", c.eo.data,
+            "Text file (UTF-8, tokenized with the model's byte-level BPE tokenizer.json or "
+            "its tokenizer.model, no BOS) or a token dataset (.safetensors with an "
+            "integer 'tokens' tensor [n, L])")
         ->required()
         ->check(CLI::ExistingFile);
     c.seq_len = c.eval->add_option("--seq-len", c.eo.seq_len, "Window length for text data")

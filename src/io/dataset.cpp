@@ -44,11 +44,10 @@ TokenData load_token_dataset(const std::string& path, int64_t max_seqs) {
     return d;
 }
 
-TokenData load_text_windows(const std::string& text_path, const std::string& tokenizer_path,
-                            int64_t seq_len, int64_t max_seqs) {
+TokenData load_text_windows(const std::string& text_path, const Tokenizer& tok, int64_t seq_len,
+                            int64_t max_seqs) {
     if (seq_len < 2)
         throw ConfigError("sequence length must be at least 2, got " + std::to_string(seq_len));
-    Tokenizer            tok(tokenizer_path);
     MappedFile           text(text_path);
     const int64_t        keep = max_seqs >= 0 ? max_seqs * seq_len : -1;  // ids worth keeping
     std::vector<int32_t> ids;  // the first `keep` ids (all when keep < 0)
@@ -82,13 +81,18 @@ TokenData load_text_windows(const std::string& text_path, const std::string& tok
     return d;
 }
 
+TokenData load_text_windows(const std::string& text_path, const std::string& tokenizer_path,
+                            int64_t seq_len, int64_t max_seqs) {
+    return load_text_windows(text_path, Tokenizer(tokenizer_path), seq_len, max_seqs);
+}
+
 TokenData load_eval_data(const std::string& path, const std::string& model_dir, int64_t seq_len,
                          int64_t max_seqs) {
     const std::string ext = ".safetensors";
     if (path.size() >= ext.size() && path.compare(path.size() - ext.size(), ext.size(), ext) == 0)
         return load_token_dataset(path, max_seqs);
     try {
-        return load_text_windows(path, model_dir + "/tokenizer.model", seq_len, max_seqs);
+        return load_text_windows(path, Tokenizer::for_model(model_dir), seq_len, max_seqs);
     } catch (const IoError& e) {
         throw IoError(std::string(e.what()) +
                       " (text data needs the model's tokenizer; without "

@@ -106,7 +106,7 @@ const SafetensorsFile& HfCheckpoint::checked(const std::string&          name,
 
 at::Tensor HfCheckpoint::load(const std::string& name, const std::vector<int64_t>& shape,
                               at::ScalarType dtype) const {
-    return checked(name, shape).load(name, dtype);
+    return checked(name, shape).load(name, dtype, Finite::require);
 }
 
 at::Tensor HfCheckpoint::view(const std::string& name, const std::vector<int64_t>& shape) const {

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -157,17 +158,85 @@ at::Tensor SafetensorsFile::load(const std::string& name) const {
     return load(name, dtype_scalar_type(t->dtype));
 }
 
-at::Tensor SafetensorsFile::load(const std::string& name, at::ScalarType dtype) const {
+namespace {
+
+// Non-zero when any element of p[0, n) has all exponent bits set (NaN or infinity).
+template <typename Bits>
+Bits exponent_all_ones(const Bits* p, std::size_t n, Bits exp_mask) {
+    Bits any = 0;
+    for (std::size_t i = 0; i < n; ++i) any |= static_cast<Bits>((p[i] & exp_mask) == exp_mask);
+    return any;
+}
+
+template <typename Bits>
+int64_t first_with_exponent(const void* data, std::size_t n, Bits exp_mask) {
+    constexpr std::size_t kBlock = 4096;  // elements tested before looking for the first
+    const auto*           p      = static_cast<const Bits*>(data);
+    for (std::size_t b = 0; b < n; b += kBlock) {
+        const std::size_t m = std::min(kBlock, n - b);
+        if (!exponent_all_ones(p + b, m, exp_mask)) continue;
+        for (std::size_t i = b; i < b + m; ++i)
+            if ((p[i] & exp_mask) == exp_mask) return static_cast<int64_t>(i);
+    }
+    return -1;
+}
+
+}  // namespace
+
+int64_t first_non_finite(const void* data, std::size_t n, DType dt) {
+    switch (dt) {
+        case DType::F64:
+            return first_with_exponent<std::uint64_t>(data, n, 0x7FF0000000000000ull);
+        case DType::F32:
+            return first_with_exponent<std::uint32_t>(data, n, 0x7F800000u);
+        case DType::F16:
+            return first_with_exponent<std::uint16_t>(data, n, 0x7C00u);
+        case DType::BF16:
+            return first_with_exponent<std::uint16_t>(data, n, 0x7F80u);
+        default:
+            return -1;
+    }
+}
+
+int64_t first_non_finite_ref(const at::Tensor& t) {
+    if (!t.is_floating_point()) return -1;
+    const at::Tensor bad = at::logical_not(at::isfinite(t)).flatten().nonzero();
+    return bad.numel() == 0 ? -1 : bad[0][0].item<int64_t>();
+}
+
+at::Tensor SafetensorsFile::load(const std::string& name, at::ScalarType dtype,
+                                 Finite finite) const {
     const TensorInfo* t = find(name);
     if (t == nullptr) throw FormatError(base_name(path()) + ": tensor '" + name + "' is missing");
     // Copy the bytes out of the mapping first: offsets need not be aligned to the element size,
-    // and the result must outlive the map.
-    const auto st  = dtype_scalar_type(t->dtype);
-    at::Tensor raw = at::empty(t->shape, at::TensorOptions().dtype(st));
-    if (t->end > t->begin) {
-        std::memcpy(raw.data_ptr(), file_.data() + data_offset_ + t->begin, t->end - t->begin);
-        file_.release(data_offset_ + t->begin, t->end - t->begin);
+    // and the result must outlive the map. With Finite::require each block is scanned right
+    // after it is copied, while it is still in cache.
+    const auto            st     = dtype_scalar_type(t->dtype);
+    at::Tensor            raw    = at::empty(t->shape, at::TensorOptions().dtype(st));
+    const std::size_t     size   = dtype_size(t->dtype);
+    constexpr std::size_t kBlock = std::size_t{1} << 20;  // bytes, a multiple of every size
+    auto* const           dst    = static_cast<std::uint8_t*>(raw.data_ptr());
+    const auto* const     src    = file_.data() + data_offset_ + t->begin;
+    for (std::uint64_t at = 0; at < t->end - t->begin; at += kBlock) {
+        const std::size_t n =
+            static_cast<std::size_t>(std::min<std::uint64_t>(kBlock, t->end - t->begin - at));
+        std::memcpy(dst + at, src + at, n);
+        if (finite == Finite::require) {
+            const int64_t bad = first_non_finite(dst + at, n / size, t->dtype);
+            if (bad >= 0) {
+                const int64_t i = static_cast<int64_t>(at / size) + bad;
+                const double  v = raw.flatten()[i].item<double>();
+                throw FormatError(path() + ": tensor '" + name + "' holds " +
+                                  (std::isnan(v) ? "NaN"
+                                   : v > 0       ? "+Inf"
+                                                 : "-Inf") +
+                                  " at element " + std::to_string(i) + " of " +
+                                  shape_string(t->shape) + " (" + dtype_name(t->dtype) +
+                                  "); a model with non-finite weights is refused");
+            }
+        }
     }
+    if (t->end > t->begin) file_.release(data_offset_ + t->begin, t->end - t->begin);
     return st == dtype ? raw : raw.to(dtype);
 }
 

@@ -1,15 +1,19 @@
-// sentencepiece tokenizer through the dlopen'ed shim (requant/io/tokenizer.h).
+// A model's tokenizer: byte-level BPE, or sentencepiece through the dlopen'ed shim
+// (requant/io/tokenizer.h).
 #include "requant/io/tokenizer.h"
 
 #include <dlfcn.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <utility>
 
 #include "requant/error.h"
+#include "requant/io/bpe_tokenizer.h"
 #include "requant/io/mmap_file.h"
 
 #ifndef RQ_SPM_SHIM_FILE
@@ -99,9 +103,11 @@ const ShimApi& shim() {
 }  // namespace
 
 struct Tokenizer::Impl {
-    std::string path;
-    void*       handle    = nullptr;
-    bool        separable = false;  // encode(a + " " + b) == encode(a) ++ encode(b), see below
+    std::string                   path;
+    std::unique_ptr<BpeTokenizer> bpe;  // a tokenizer.json; otherwise sentencepiece:
+    void*                         handle = nullptr;
+    bool separable = false;  // encode(a + " " + b) == encode(a) ++ encode(b), see below
+    int  threads   = 1;
 };
 
 namespace {
@@ -129,18 +135,68 @@ std::vector<std::string_view> space_chunks(std::string_view text, std::size_t ta
     return out;
 }
 
-Tokenizer::Tokenizer(const std::string& model_path) : impl_(std::make_unique<Impl>()) {
-    impl_->path = model_path;
+namespace {
+
+bool ends_with(const std::string& s, const std::string& tail) {
+    return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
+}
+
+nlohmann::json read_json(const std::string& path) {
+    MappedFile f(path);
+    try {
+        return nlohmann::json::parse(reinterpret_cast<const char*>(f.data()),
+                                     reinterpret_cast<const char*>(f.data()) + f.size());
+    } catch (const nlohmann::json::exception& e) {
+        throw FormatError(path + ": not JSON: " + e.what());
+    }
+}
+
+std::string folder_of(const std::string& path) {
+    const auto slash = path.find_last_of('/');
+    return slash == std::string::npos ? "." : path.substr(0, slash);
+}
+
+}  // namespace
+
+Tokenizer Tokenizer::for_model(const std::string& model_dir) {
+    const std::string json_path = model_dir + "/tokenizer.json";
+    const std::string spm_path  = model_dir + "/tokenizer.model";
+    if (exists(json_path)) {  // parsed once: a Llama 3 tokenizer.json is 9 MB of JSON
+        const nlohmann::json json = read_json(json_path);
+        if (is_byte_level_bpe(json)) return Tokenizer(json_path, json);
+    }
+    if (exists(spm_path)) return Tokenizer(spm_path);
+    throw IoError(model_dir + ": no usable tokenizer (neither a byte-level BPE tokenizer.json " +
+                  "nor a sentencepiece tokenizer.model)");
+}
+
+std::string Tokenizer::locate(const std::string& model_dir) {
+    return for_model(model_dir).path();
+}
+
+Tokenizer::Tokenizer(const std::string& json_path, const nlohmann::json& json)
+    : impl_(std::make_unique<Impl>()) {
+    const std::string config = folder_of(json_path) + "/tokenizer_config.json";
+    impl_->path              = json_path;
+    impl_->bpe               = std::make_unique<BpeTokenizer>(
+        json, exists(config) ? read_json(config) : nlohmann::json(), json_path);
+}
+
+Tokenizer::Tokenizer(const std::string& path) : impl_(std::make_unique<Impl>()) {
+    impl_->path = path;
     // Check readability ourselves: sentencepiece's own message for a missing file is terse.
     {
-        MappedFile probe(model_path);
-        if (probe.size() == 0) throw FormatError(model_path + ": tokenizer file is empty");
+        MappedFile probe(path);
+        if (probe.size() == 0) throw FormatError(path + ": tokenizer file is empty");
+    }
+    if (ends_with(path, ".json")) {
+        *this = Tokenizer(path, read_json(path));
+        return;
     }
     const ShimApi& api      = shim();
     char           err[512] = {0};
-    impl_->handle           = api.load(model_path.c_str(), err, sizeof(err));
-    if (impl_->handle == nullptr)
-        throw FormatError(model_path + ": not a sentencepiece model: " + err);
+    impl_->handle           = api.load(path.c_str(), err, sizeof(err));
+    if (impl_->handle == nullptr) throw FormatError(path + ": not a sentencepiece model: " + err);
     // Chunked encoding is exact when no piece spans an escaped space (checked on the whole
     // vocabulary) and the model adds the dummy prefix the dropped space stands for (probed).
     if (api.pieces_start_at_spaces(impl_->handle) != 1) return;
@@ -155,6 +211,18 @@ Tokenizer::Tokenizer(const std::string& model_path) : impl_(std::make_unique<Imp
 Tokenizer::~Tokenizer() {
     if (impl_ && impl_->handle) shim().free_handle(impl_->handle);
 }
+Tokenizer::Tokenizer(Tokenizer&&) noexcept            = default;
+Tokenizer& Tokenizer::operator=(Tokenizer&&) noexcept = default;
+
+const std::string& Tokenizer::path() const {
+    return impl_->path;
+}
+bool Tokenizer::byte_level() const {
+    return impl_->bpe != nullptr;
+}
+void Tokenizer::set_threads(int threads) {
+    impl_->threads = std::max(1, threads);
+}
 
 std::vector<int32_t> Tokenizer::encode(std::string_view text, std::size_t chunk) const {
     std::vector<int32_t> out;
@@ -168,6 +236,7 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text, std::size_t chunk)
 }
 
 void Tokenizer::encode_each(std::string_view text, const ChunkFn& fn, std::size_t chunk) const {
+    if (impl_->bpe) return impl_->bpe->encode_each(text, fn, chunk, impl_->threads);
     // sentencepiece holds tens of bytes per input byte while it encodes (about 1 GiB for a
     // 9 MB text); chunks at single spaces between letters or digits keep that small.
     if (!impl_->separable) return fn(encode_ref(text), text.size());
@@ -176,10 +245,11 @@ void Tokenizer::encode_each(std::string_view text, const ChunkFn& fn, std::size_
 }
 
 bool Tokenizer::chunked() const {
-    return impl_->separable;
+    return impl_->bpe ? impl_->bpe->chunked() : impl_->separable;
 }
 
 std::vector<int32_t> Tokenizer::encode_ref(std::string_view text) const {
+    if (impl_->bpe) return impl_->bpe->encode_ref(text);
     int*        ids      = nullptr;
     std::size_t n        = 0;
     char        err[512] = {0};
@@ -191,6 +261,7 @@ std::vector<int32_t> Tokenizer::encode_ref(std::string_view text) const {
 }
 
 std::string Tokenizer::decode(const std::vector<int32_t>& ids) const {
+    if (impl_->bpe) return impl_->bpe->decode(ids);
     char*       text     = nullptr;
     std::size_t len      = 0;
     char        err[512] = {0};
@@ -202,12 +273,15 @@ std::string Tokenizer::decode(const std::vector<int32_t>& ids) const {
 }
 
 int Tokenizer::vocab_size() const {
+    if (impl_->bpe) return impl_->bpe->vocab_size();
     return shim().vocab_size(impl_->handle);
 }
 int Tokenizer::bos_id() const {
+    if (impl_->bpe) return impl_->bpe->bos_id();
     return shim().bos_id(impl_->handle);
 }
 int Tokenizer::eos_id() const {
+    if (impl_->bpe) return impl_->bpe->eos_id();
     return shim().eos_id(impl_->handle);
 }
 

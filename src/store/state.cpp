@@ -81,6 +81,13 @@ Fingerprint fingerprint(const io::Job& job, const std::string& model_dir) {
     io::Sha256 d;
     d.add(io::base_name(job.data.calibration)).add_file(job.data.calibration);
     for (const auto& e : job.data.eval) d.add(io::base_name(e)).add_file(e);
+    // Text is read through the model folder's tokenizer: its files shape the data too.
+    bool text = false;
+    for (const auto& e : job.data.eval) text = text || fs::path(e).extension() != ".safetensors";
+    text = text || fs::path(job.data.calibration).extension() != ".safetensors";
+    if (text)
+        for (const char* name : {"tokenizer.json", "tokenizer.model"})
+            if (fs::exists(j(model_dir, name))) d.add(name).add_file(j(model_dir, name));
     fp.data = d.hex();
 
     io::Job k    = job;  // what shapes the result, not where things live

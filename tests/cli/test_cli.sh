@@ -44,6 +44,31 @@ sed 's/"hidden_size": 64/"hidden_size": 96/' "$M/stories260k/config.json" > "$tm
 cp "$M/stories260k/model.safetensors" "$tmp/bad/"
 expect_error "config disagrees with weights" "wrong shape" --model "$tmp/bad" --data "$M/stories260k/eval-tokens.safetensors"
 expect_error "token ids beyond vocab" "outside the model's vocabulary" --model "$M/stories260k" --data "$M/llama-7m-en/reference.safetensors"
+# Non-finite weights: a NaN (F32), an Inf (F32) and a BF16 NaN, each refused at load with the
+# file and tensor named.
+poison() {  # poison SRC DST TENSOR VALUE_BYTES_HEX ELEMENT: one element overwritten
+  /usr/bin/python3 - "$@" <<'PY'
+import json, shutil, struct, sys
+src, dst, name, value, elem = sys.argv[1], sys.argv[2], sys.argv[3], bytes.fromhex(sys.argv[4]), int(sys.argv[5])
+shutil.copyfile(src, dst)
+with open(dst, "r+b") as f:
+    n = struct.unpack("<Q", f.read(8))[0]; h = json.loads(f.read(n))
+    f.seek(8 + n + h[name]["data_offsets"][0] + elem * len(value)); f.write(value)
+PY
+}
+mkdir -p "$tmp/nan"; cp "$M/stories260k/config.json" "$tmp/nan/"
+poison "$M/stories260k/model.safetensors" "$tmp/nan/model.safetensors" model.layers.3.mlp.down_proj.weight 0000c07f 77
+expect_error "NaN weight" "model.safetensors: tensor 'model.layers.3.mlp.down_proj.weight' holds NaN at element 77" \
+  --model "$tmp/nan" --data "$M/stories260k/eval-tokens.safetensors"
+poison "$M/stories260k/model.safetensors" "$tmp/nan/model.safetensors" model.embed_tokens.weight 0000807f 3
+expect_error "Inf weight" "tensor 'model.embed_tokens.weight' holds +Inf at element 3" \
+  --model "$tmp/nan" --data "$M/stories260k/eval-tokens.safetensors"
+mkdir -p "$tmp/bf"; cp "$M/llama-7m-en/config.json" "$M/llama-7m-en/tokenizer.model" "$tmp/bf/"
+poison "$M/llama-7m-en/model.safetensors" "$tmp/bf/model.safetensors" model.layers.2.self_attn.q_proj.weight c1ff 1000
+expect_error "BF16 NaN weight" "model.safetensors: tensor 'model.layers.2.self_attn.q_proj.weight'" \
+  --model "$tmp/bf" --data "$M/llama-7m-en/reference.safetensors"
+grep -q "holds NaN at element 1000 of \[.*\] (BF16)" "$tmp/err" && ok "BF16 NaN: $(grep -o 'holds NaN.*(BF16)' "$tmp/err")" \
+  || fail "BF16 NaN message: $(cat "$tmp/err")"
 expect_error "missing model folder" "model" --model "$tmp/nope" --data "$M/stories260k/eval-tokens.safetensors"
 
 [ $fails -eq 0 ] && echo "all CLI checks passed" || echo "$fails CLI checks failed"

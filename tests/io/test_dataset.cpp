@@ -180,7 +180,8 @@ TEST(EvalData, DispatchesOnExtension) {
 
 TEST(EvalDataErrors, TextWithAModelThatHasNoTokenizer) {
     expect_error<rq::IoError>([] { load_eval_data(sotu(), model_dir("stories260k"), 256); },
-                              {"stories260k/tokenizer.model"});
+                              {"stories260k: no usable tokenizer", "tokenizer.json",
+                               "tokenizer.model", "pass a token dataset"});
 }
 
 }  // namespace

@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <map>
 #include <string>
 #include <vector>
@@ -254,3 +255,56 @@ TEST(SafetensorsErrors, MissingTensorOnLoad) {
 }
 
 }  // namespace
+
+namespace {
+
+// A random tensor of `st` with NaN / +Inf / -Inf placed at `bad` (flat indices).
+at::Tensor with_non_finite(at::ScalarType st, int64_t n, const std::vector<int64_t>& bad,
+                           double value) {
+    at::Tensor t = at::randn({n}, at::kDouble).mul_(1e3).to(st);
+    for (const int64_t i : bad) t[i] = value;
+    return t;
+}
+
+}  // namespace
+
+TEST(SafetensorsFinite, ScanMatchesIsFiniteForEveryFloatDtype) {
+    at::manual_seed(7);
+    const std::pair<at::ScalarType, DType> types[]  = {{at::kDouble, DType::F64},
+                                                       {at::kFloat, DType::F32},
+                                                       {at::kHalf, DType::F16},
+                                                       {at::kBFloat16, DType::BF16}};
+    const double                           values[] = {std::nan(""), INFINITY, -INFINITY};
+    for (const auto& [st, dt] : types)
+        for (const double v : values)
+            for (const std::vector<int64_t>& bad :
+                 {std::vector<int64_t>{}, {0}, {4095}, {4096}, {9999, 5000}, {10000 - 1}}) {
+                const at::Tensor t = with_non_finite(st, 10000, bad, v);
+                EXPECT_EQ(rq::io::first_non_finite(t.data_ptr(), 10000, dt),
+                          rq::io::first_non_finite_ref(t))
+                    << rq::io::dtype_name(dt) << " value " << v << " bad " << bad.size();
+            }
+    // Large finite values (the F16 maximum, BF16 near its maximum) are not flagged.
+    const at::Tensor big = at::full({100}, 65504.0, at::kHalf);
+    EXPECT_EQ(rq::io::first_non_finite(big.data_ptr(), 100, DType::F16), -1);
+    const at::Tensor bbig = at::full({100}, 3.0e38, at::kBFloat16);
+    EXPECT_EQ(rq::io::first_non_finite(bbig.data_ptr(), 100, DType::BF16), -1);
+}
+
+TEST(SafetensorsFinite, LoadRequiringFiniteNamesFileTensorAndElement) {
+    TempDir d;
+    // More than one 1 MiB copy block, the NaN in the second block; an Inf; a clean tensor.
+    const int64_t n = 300000;  // x 4 bytes
+    write_safetensors(d.file("m.safetensors"),
+                      {{"a.nan", with_non_finite(at::kFloat, n, {270000}, std::nan(""))},
+                       {"b.inf", with_non_finite(at::kBFloat16, 64, {5}, -INFINITY)},
+                       {"c.ok", at::ones({8}, at::kHalf)}});
+    SafetensorsFile f(d.file("m.safetensors"));
+    expect_error<rq::FormatError>(
+        [&] { f.load("a.nan", at::kFloat, rq::io::Finite::require); },
+        {d.file("m.safetensors"), "tensor 'a.nan' holds NaN at element 270000 of [300000] (F32)"});
+    expect_error<rq::FormatError>([&] { f.load("b.inf", at::kFloat, rq::io::Finite::require); },
+                                  {"tensor 'b.inf' holds -Inf at element 5 of [64] (BF16)"});
+    EXPECT_TRUE(f.load("c.ok", at::kFloat, rq::io::Finite::require).equal(at::ones({8})));
+    EXPECT_EQ(f.load("a.nan", at::kFloat).isnan().sum().item<int64_t>(), 1);  // Finite::any
+}

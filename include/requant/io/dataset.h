@@ -9,6 +9,8 @@
 
 namespace rq::io {
 
+class Tokenizer;
+
 struct TokenData {
     at::Tensor  tokens;           // int64 [N, T]
     int64_t     n_available = 0;  // windows/rows in the source before max_seqs was applied
@@ -24,11 +26,14 @@ TokenData load_token_dataset(const std::string& path, int64_t max_seqs = -1);
 // the windows kept: see Tokenizer::encode_each), cut into non-overlapping windows of
 // seq_len tokens (ids[i*T:(i+1)*T]); the incomplete tail is dropped. Throws IoError / ConfigError
 // (fewer tokens than one window).
+TokenData load_text_windows(const std::string& text_path, const Tokenizer& tok, int64_t seq_len,
+                            int64_t max_seqs = -1);
 TokenData load_text_windows(const std::string& text_path, const std::string& tokenizer_path,
                             int64_t seq_len, int64_t max_seqs = -1);
 
 // Either of the above, by extension: *.safetensors is a token dataset, anything else is text
-// tokenized with <model_dir>/tokenizer.model.
+// tokenized with the model folder's tokenizer (Tokenizer::for_model: a byte-level BPE
+// tokenizer.json, else tokenizer.model).
 TokenData load_eval_data(const std::string& path, const std::string& model_dir, int64_t seq_len,
                          int64_t max_seqs = -1);
 

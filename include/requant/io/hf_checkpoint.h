@@ -28,7 +28,8 @@ class HfCheckpoint {
     std::vector<std::string> tensor_names() const;  // every tensor of every shard
 
     // The tensor `name`, checked against `shape`, converted to `dtype`. Throws FormatError if it
-    // is missing and ShapeError if its shape differs, naming the shard file and the tensor.
+    // is missing or holds a NaN or infinity, ShapeError if its shape differs, naming the shard
+    // file and the tensor.
     at::Tensor load(const std::string& name, const std::vector<int64_t>& shape,
                     at::ScalarType dtype) const;
 

@@ -31,6 +31,16 @@ std::size_t    dtype_size(DType dt);                             // bytes per el
 at::ScalarType dtype_scalar_type(DType dt);                      // at::kBFloat16, ...
 std::string    shape_string(const std::vector<int64_t>& shape);  // "[256, 4096]"
 
+// The index of the first NaN or infinity among n stored elements of a floating dtype (-1 if
+// none; integer dtypes: -1). Tests the exponent bits, in blocks, so the scan runs over bytes
+// just copied and still in cache. first_non_finite_ref: the same through at::isfinite.
+int64_t first_non_finite(const void* data, std::size_t n, DType dt);
+int64_t first_non_finite_ref(const at::Tensor& t);
+
+// Whether load() refuses a tensor holding a NaN or infinity (FormatError naming file, tensor,
+// the value's kind and its flat index).
+enum class Finite { any, require };
+
 class SafetensorsFile {
   public:
     // Maps the file and validates the header: throws IoError (open/map) or FormatError naming
@@ -44,8 +54,10 @@ class SafetensorsFile {
     const TensorInfo*                         find(const std::string& name) const;
 
     // A fresh, owning CPU tensor with the stored values converted to `dtype`. Throws
-    // FormatError if the tensor is missing.
-    at::Tensor load(const std::string& name, at::ScalarType dtype) const;
+    // FormatError if the tensor is missing, or with Finite::require if it holds a non-finite
+    // value (scanned block by block as it is copied out of the mapping: no extra pass).
+    at::Tensor load(const std::string& name, at::ScalarType dtype,
+                    Finite finite = Finite::any) const;
     // As load(), keeping the stored dtype.
     at::Tensor load(const std::string& name) const;
     // The stored tensor without a copy: a view of the mapping (read-only memory: writing to it
