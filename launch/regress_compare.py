@@ -3,8 +3,10 @@
 
 For each cell: model.requant.h5 (every dataset's dtype, shape and bytes, every attribute, except
 the root attribute `run`, the job fingerprint), results.json (every value except phase times,
-version and paths), and for sensitivity runs pqi.h5 and the report CSVs. Prints one line per
-cell ("same" or where it differs) and exits 1 if any cell differs or is missing.
+version and paths), and for sensitivity runs pqi.h5 and the report CSVs. Outputs that only NEW
+has (a dataset, attribute or key a feature added) are listed, prefixed "+", and do not count as
+a difference; anything changed or missing in NEW does. Prints one line per cell ("same" or where
+it differs) and exits 1 if any cell differs or is missing.
 Usage: regress_compare.py BASE NEW CELL...
 """
 import json
@@ -54,7 +56,7 @@ def diff_h5(base, new):
         if k not in no:
             out.append(f"{k}: missing in new")
         elif k not in bo:
-            out.append(f"{k}: new object")
+            out.append(f"+ {k}: new object")
         elif bo[k][:3] != no[k][:3]:
             out.append(f"{k}: dtype/shape {bo[k][1:3]} -> {no[k][1:3]}")
         elif bo[k] != no[k]:
@@ -65,7 +67,7 @@ def diff_h5(base, new):
         if k[1] in IGNORED_ATTRS.get(k[0], set()):
             continue
         if k not in na or k not in ba:
-            out.append(f"{k[0]}@{k[1]}: {'missing in new' if k not in na else 'new attribute'}")
+            out.append(f"{k[0]}@{k[1]}: missing in new" if k not in na else f"+ {k[0]}@{k[1]}: new attribute")
         elif not same_value(ba[k], na[k]):
             out.append(f"{k[0]}@{k[1]}: {str(ba[k])[:60]} -> {str(na[k])[:60]}")
     return out
@@ -80,7 +82,7 @@ def diff_json(a, b, dirs, where=""):
             if k in IGNORED_KEYS:
                 continue
             if k not in a or k not in b:
-                out.append(f"{where}/{k}: {'missing in new' if k not in b else 'new key'}")
+                out.append(f"{where}/{k}: missing in new" if k not in b else f"+ {where}/{k}: new key")
             else:
                 out += diff_json(a[k], b[k], dirs, f"{where}/{k}")
         return out
@@ -108,12 +110,13 @@ def diff_cell(base, new):
             if not (os.path.exists(b) and os.path.exists(n)):
                 out.append(f"{name}: present in only one")
             else:
-                out += [f"{name} {d}" for d in diff_h5(b, n)]
+                out += [f"+ {name} {d[2:]}" if d.startswith("+ ") else f"{name} {d}"
+                        for d in diff_h5(b, n)]
     b, n = os.path.join(base, "results.json"), os.path.join(new, "results.json")
     if not (os.path.exists(b) and os.path.exists(n)):
         out.append("results.json: missing")
     else:
-        out += [f"results.json {d}"
+        out += [f"+ results.json {d[2:]}" if d.startswith("+ ") else f"results.json {d}"
                 for d in diff_json(json.load(open(b)), json.load(open(n)), (base, new))]
     rb, rn = os.path.join(base, "report"), os.path.join(new, "report")
     if os.path.isdir(rb):
@@ -129,7 +132,12 @@ def main():
     base, new, cells = sys.argv[1], sys.argv[2], sys.argv[3:]
     n_diff = 0
     for c in cells:
-        d = diff_cell(os.path.join(base, c), os.path.join(new, c))
+        all_lines = diff_cell(os.path.join(base, c), os.path.join(new, c))
+        d = [x for x in all_lines if not x.startswith("+ ")]
+        added = [x for x in all_lines if x.startswith("+ ")]
+        if added:
+            print(f"added   {c}: " + "; ".join(x[2:] for x in added[:4])
+                  + (f"; ... ({len(added)} in all)" if len(added) > 4 else ""))
         if d:
             n_diff += 1
             print(f"DIFFERS {c}:")

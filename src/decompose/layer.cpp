@@ -14,11 +14,54 @@ namespace {
 // The linears (indices into kLinears) that read each model::LinearInput, in that order.
 const std::array<std::vector<std::size_t>, 4> kInputGroups = {{{0, 1, 2}, {3}, {4, 5}, {6}}};
 
+std::size_t input_group_of(std::size_t linear) {
+    for (std::size_t k = 0; k < kInputGroups.size(); ++k)
+        for (std::size_t i : kInputGroups[k])
+            if (i == linear) return k;
+    throw InternalError("linear " + std::to_string(linear) + " reads no input");
+}
+
+bool sparse_empty(const quant::LinearQuant& q) {
+    return q.outliers.nnz() == 0 && q.significant.nnz() == 0;
+}
+
 std::string group_names(const std::vector<std::size_t>& g) {
     std::string s;
     for (std::size_t i : g)
         s += (s.empty() ? "" : "/") + std::string(model::linear_name(model::kLinears[i]));
     return s;
+}
+
+// |A X|^2 summed over the calibration rows, from H = X^T X (float [I, I]) or the rows X itself.
+double output_energy(const at::Tensor& a, const at::Tensor& h, const at::Tensor& rows) {
+    if (h.defined()) return (a.matmul(h) * a).sum().item<double>();  // tr(A H A^T)
+    return rows.matmul(a.t()).square().sum().item<double>();
+}
+
+LinearErrors linear_errors(const quant::Quantizer& m, const at::Tensor& w,
+                           const at::Tensor& w_dense, const at::Tensor& w_hat, bool has_sparse,
+                           const quant::InputStats& in, const at::Tensor& h,
+                           const at::Tensor& fisher) {
+    LinearErrors     e;
+    const at::Tensor wf = w.to(at::kFloat), dd = wf - w_dense, df = wf - w_hat;
+    const double     ww = wf.square().sum().item<double>();
+    e.weight_dense      = dd.square().sum().item<double>() / ww;
+    e.weight            = has_sparse ? df.square().sum().item<double>() / ww : e.weight_dense;
+    double num_dense = NAN, num = NAN;
+    if (h.defined() || in.samples.defined()) {
+        const double wx = output_energy(wf, h, in.samples);
+        num_dense       = output_energy(dd, h, in.samples);
+        num             = has_sparse ? output_energy(df, h, in.samples) : num_dense;
+        e.proxy_dense   = num_dense / wx;
+        e.proxy         = num / wx;
+    }
+    // GPTQ's objective tr(dW H dW^T) is the numerator just computed: no second pass.
+    const bool from_proxy = m.method == io::QuantMethod::Gptq && h.defined();
+    e.objective_dense     = from_proxy ? num_dense : m.objective(wf, w_dense, in, fisher);
+    e.objective           = !has_sparse  ? e.objective_dense
+                            : from_proxy ? num
+                                         : m.objective(wf, w_hat, in, fisher);
+    return e;
 }
 
 }  // namespace
@@ -36,7 +79,7 @@ LayerStats layer_stats(const sensitivity::StatsCollector* stats, int64_t layer,
 LayerQuant quantize_weights(const model::LayerTensors& w, int64_t layer, const LayerStats& stats,
                             const model::LayerTensors* outlier_masks,
                             const model::LayerTensors* significant_masks, const io::JobQuant& p,
-                            model::LayerTensors& w_hat_out) {
+                            model::LayerTensors& w_hat_out, LayerErrors* errors) {
     const quant::Quantizer& method = quant::quantizer(p.method);
     // What the dense part is fitted on: sparse weights zeroed (they are stored apart).
     model::LayerTensors w0, sparse;
@@ -67,24 +110,37 @@ LayerQuant quantize_weights(const model::LayerTensors& w, int64_t layer, const L
             throw;
         }
     }
+    std::array<at::Tensor, 4> h;  // X^T X in float per input, for the errors
+    for (std::size_t k = 0; errors && k < h.size(); ++k)
+        if (stats.inputs[k].xtx.defined()) h[k] = stats.inputs[k].xtx.to(at::kFloat);
     for (std::size_t i = 0; i < model::kNumLinears; ++i) {
-        const at::Tensor residual = w0[i].to(at::kFloat) - quant::dequantize(out[i].dense);
+        const at::Tensor w_dense  = quant::dequantize(out[i].dense);
+        const at::Tensor residual = w0[i].to(at::kFloat) - w_dense;
         if (outlier_masks && (*outlier_masks)[i].defined())
             out[i].outliers = quant::csr_from_mask(residual, (*outlier_masks)[i]);
         if (significant_masks && (*significant_masks)[i].defined())
             out[i].significant = quant::csr_from_mask(residual, (*significant_masks)[i]);
-        w_hat_out[i] = quant::reconstruct(out[i]).to(w0[i].scalar_type());
+        const at::Tensor w_hat = quant::reconstruct(out[i]);
+        if (errors) {
+            const std::size_t k = input_group_of(i);
+            const at::Tensor  f = stats.fisher ? (*stats.fisher)[i] : at::Tensor();
+            (*errors)[i] = linear_errors(method, w0[i], w_dense, w_hat, !sparse_empty(out[i]),
+                                         stats.inputs[k], h[k], f);
+        }
+        w_hat_out[i] = w_hat.to(w0[i].scalar_type());
     }
     return out;
 }
 
 LayerQuant quantize_layer(model::Stage& stage, int64_t layer, const LayerStats& stats,
                           const model::LayerTensors* outlier_masks,
-                          const model::LayerTensors* significant_masks, const io::JobQuant& p) {
+                          const model::LayerTensors* significant_masks, const io::JobQuant& p,
+                          LayerErrors* errors) {
     auto& lw = stage.weights().layers.at(std::size_t(layer - stage.range().layer_begin));
     model::LayerTensors w, w_hat;
     for (std::size_t i = 0; i < model::kNumLinears; ++i) w[i] = lw.linear(model::kLinears[i]);
-    LayerQuant q = quantize_weights(w, layer, stats, outlier_masks, significant_masks, p, w_hat);
+    LayerQuant q =
+        quantize_weights(w, layer, stats, outlier_masks, significant_masks, p, w_hat, errors);
     for (std::size_t i = 0; i < model::kNumLinears; ++i) lw.linear(model::kLinears[i]) = w_hat[i];
     return q;
 }

@@ -3,9 +3,12 @@
 
 #include <cstdio>
 #include <fstream>
+#include <map>
+#include <utility>
 
 #include "requant/error.h"
 #include "requant/phases/phases.h"
+#include "requant/report/run_report.h"
 #include "requant/store/checkpoint.h"
 #include "requant/units.h"
 
@@ -36,6 +39,21 @@ nlohmann::json loads_json(const RunContext& ctx) {
                                   {"reduced_bytes", l.reduced_bytes},
                                   {"sent_bytes", l.sent_bytes}});
     return out;
+}
+
+// Alg. 1 scored the base method alone (its r = 0 candidate) on every linear: the error before
+// any sparse part, which the run does not otherwise compute.
+void add_base_objectives(const nlohmann::json& requant, nlohmann::json& linears) {
+    if (!requant.contains("outlier_selection")) return;
+    std::map<std::pair<int64_t, std::string>, double> base;
+    for (const auto& x : requant["outlier_selection"]["per_linear"])
+        base[{x["layer"].get<int64_t>(), x["linear"].get<std::string>()}] =
+            x["objective_dense"].get<double>();
+    for (auto& lin : linears) {
+        const auto it = base.find({lin["layer"].get<int64_t>(), lin["name"].get<std::string>()});
+        if (it != base.end() && lin.contains("errors"))
+            lin["errors"]["objective_base"] = it->second;
+    }
 }
 
 }  // namespace
@@ -118,6 +136,17 @@ void write_results(RunContext& ctx, const quant::StorageBits& all, const nlohman
     r["load"]            = loads_json(ctx);
     r["checkpoint"]      = store::final_checkpoint_path(ctx.out);
     if (study) r["sensitivity"] = *study;
+    // Per linear: quantize-time errors, bits of each part, sparse counts (from the checkpoint).
+    r["linears"]                 = nlohmann::json::array();
+    const nlohmann::json summary = store::inspect_checkpoint(store::final_checkpoint_path(ctx.out));
+    for (const auto& layer : summary["layers"])
+        for (auto lin : layer["linears"]) {
+            lin["layer"] = layer["layer"];
+            r["linears"].push_back(lin);
+        }
+    add_base_objectives(ctx.st.requant, r["linears"]);
+    const std::string report_dir = ctx.out + "/report";
+    r["report"] = {{"dir", report_dir}, {"plots", report::write_run_report(r, report_dir)}};
     const std::string path = ctx.out + "/results.json";
     std::ofstream     o(path);
     if (!o) throw IoError(path + ": cannot write: " + errno_string());
@@ -127,8 +156,8 @@ void write_results(RunContext& ctx, const quant::StorageBits& all, const nlohman
                 job.quant.bits, (long long)job.quant.group_size, all.bits_per_weight(), memory);
     for (const auto& [name, v] : *ctx.st.ppl_q)
         std::printf("  %s ppl %.4f (fp %.4f)", name.c_str(), v, ctx.st.ppl_fp->at(name));
-    std::printf("\nresults: %s\ncheckpoint: %s\n", path.c_str(),
-                store::final_checkpoint_path(ctx.out).c_str());
+    std::printf("\nresults: %s\ncheckpoint: %s\nreport: %s/summary.md\n", path.c_str(),
+                store::final_checkpoint_path(ctx.out).c_str(), report_dir.c_str());
 }
 
 }  // namespace rq::phases

@@ -42,8 +42,12 @@ void detach(RunContext& ctx, const model::StageTensors& w_orig,
     };
     decompose::detach_significant(*ctx.stage, ctx.t, w_orig, q, ctx.calib, ctx.schedule,
                                   ctx.job.requant, ctx.job.sensitivity, ctx.st.requant, hooks);
-    for (std::size_t il = 0; ctx.writes() && il < q.size(); ++il)
-        store::write_layer_state(ctx.out, l0 + int64_t(il), q[il], ctx.fp);
+    for (std::size_t il = 0; ctx.writes() && il < q.size(); ++il) {
+        // The quantize-time errors stay with the layer (the statistics are gone by now).
+        const auto errors = store::read_layer_errors(ctx.out, l0 + int64_t(il), ctx.fp);
+        store::write_layer_state(ctx.out, l0 + int64_t(il), q[il], ctx.fp,
+                                 errors ? &*errors : nullptr);
+    }
     ctx.mark("detach", since(t0));
 }
 

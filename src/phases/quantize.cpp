@@ -229,14 +229,15 @@ void LayerLoop::layer(int64_t l, std::optional<decompose::LayerQuant> done) {
             model::LayerTensors full;  // deferred: the originals, put back after quantize_layer
             for (std::size_t j = 0; defer && j < model::kNumLinears; ++j)
                 full[j] = lw.linear(model::kLinears[j]);
+            decompose::LayerErrors errors;  // for the report, while the statistics are here
             out[std::size_t(i)] = decompose::quantize_layer(
                 *ctx.stage, l, decompose::layer_stats(st, l, f), masks_of(sel.outliers, i),
-                masks_of(sel.significant, i), ctx.job.quant);
+                masks_of(sel.significant, i), ctx.job.quant, &errors);
             for (std::size_t j = 0; defer && j < model::kNumLinears; ++j)
                 lw.linear(model::kLinears[j]) = full[j];
             quantize_s += since(t0);
             quantize_cpu_s += process_cpu_s() - c0;
-            store::write_layer_state(ctx.out, l, out[std::size_t(i)], ctx.fp);
+            store::write_layer_state(ctx.out, l, out[std::size_t(i)], ctx.fp, &errors);
             ctx.log->info("layer {}: quantized and saved ({}/{} of this rank)", l, i + 1,
                           ctx.range().layer_end - ctx.range().layer_begin);
         }

@@ -13,6 +13,7 @@
 
 #include "requant/error.h"
 #include "requant/model/weights.h"
+#include "requant/report/gnuplot.h"
 
 namespace rq::report {
 namespace {
@@ -40,9 +41,7 @@ std::string short_sci(const std::string& s) {  // 3 significant digits for Markd
 }
 
 void write_file(const fs::path& p, const std::string& text) {
-    std::ofstream f(p);
-    f << text;
-    if (!f) throw IoError(p.string() + ": cannot write: " + errno_string());
+    write_text(p.string(), text);
 }
 
 std::string csv(const Table& t) {
@@ -148,10 +147,7 @@ std::vector<Table> tables(const StudyTables& s) {
 std::vector<std::pair<std::string, std::string>> plots(const StudyTables& s) {
     // Every plot: CSV input, a 900x600 PNG named after it, the run on the title's first line.
     auto start = [&s](std::ostringstream& os, const char* name, const char* what, bool keyed) {
-        os << "set datafile separator ','\nset terminal pngcairo size 900,600 noenhanced\n"
-           << (keyed ? "set key autotitle columnhead\n" : "") << "set output '" << name
-           << ".png'\nset title \"" << s.title << "\\n"
-           << what << "\"\n";
+        os << gnuplot_head(name, s.title, what, keyed);
     };
     std::vector<std::pair<std::string, std::string>> p;
     std::ostringstream                               conv;
@@ -218,25 +214,7 @@ std::vector<std::string> write_study_report(const StudyTables& s, const std::str
     }
     write_file(fs::path(dir) / "heatmap.dat", heat.str());
 
-    std::vector<std::string> drawn;
-    if (std::system("command -v gnuplot >/dev/null 2>&1") != 0) {
-        spdlog::warn(
-            "report: gnuplot not found (apt-get install gnuplot-nox): the PNG plots are "
-            "not drawn; their scripts are in {}",
-            dir);
-    }
-    for (const auto& [name, script] : plots(s)) {
-        write_file(fs::path(dir) / (name + ".gp"), script);
-        const std::string cmd =
-            "cd '" + dir + "' && gnuplot '" + name + ".gp' 2>'" + name + ".log'";
-        if (std::system(cmd.c_str()) == 0 && fs::exists(fs::path(dir) / (name + ".png"))) {
-            drawn.push_back((fs::path(dir) / (name + ".png")).string());
-            fs::remove(fs::path(dir) / (name + ".log"), ec);
-        } else {
-            spdlog::warn("report: gnuplot could not draw {}.png (see {}/{}.log)", name, dir, name);
-        }
-    }
-    return drawn;
+    return draw_plots(dir, plots(s));
 }
 
 }  // namespace rq::report

@@ -5,10 +5,12 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <sstream>
 
 #include "requant/error.h"
@@ -85,6 +87,8 @@ void write_final_checkpoint(const std::string& out, int64_t n_layer, const io::H
         auto q = read_layer_state(out, l, run_fp);
         if (!q) throw StateError(layer_state_path(out, l) + ": missing or damaged at assembly");
         write_layer_quant(f, layer_group(l), *q);
+        if (auto e = read_layer_errors(out, l, run_fp))
+            f.write(layer_group(l) + "/errors", errors_tensor(*e));
     }
     for (const auto& name : src.tensor_names()) {
         if (is_linear(name, n_layer)) continue;
@@ -102,6 +106,13 @@ void write_final_checkpoint(const std::string& out, int64_t n_layer, const io::H
     f.commit();
 }
 
+nlohmann::json errors_json(const decompose::LinearErrors& e) {
+    auto num = [](double v) { return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(); };
+    return {{"objective_dense", num(e.objective_dense)}, {"objective", num(e.objective)},
+            {"proxy_dense", num(e.proxy_dense)},         {"proxy", num(e.proxy)},
+            {"weight_dense", num(e.weight_dense)},       {"weight", num(e.weight)}};
+}
+
 nlohmann::json inspect_checkpoint(const std::string& path) {
     const io::H5File f = open_checkpoint(path);
     nlohmann::json   s;
@@ -115,17 +126,23 @@ nlohmann::json inspect_checkpoint(const std::string& path) {
     for (int64_t l = 0; l < f.attr_int("/", "n_layer"); ++l) {
         const decompose::LayerQuant q = read_layer_quant(f, layer_group(l));
         nlohmann::json              layer{{"layer", l}, {"linears", nlohmann::json::array()}};
+        const std::string           eg = layer_group(l) + "/errors";
+        std::optional<decompose::LayerErrors> errors;
+        if (f.exists(eg)) errors = errors_from_tensor(f.read(eg));
         for (std::size_t i = 0; i < model::kNumLinears; ++i) {
             const quant::StorageBits b = quant::storage_bits(q[i]);
-            layer["linears"].push_back(
-                {{"name", model::linear_name(model::kLinears[i])},
-                 {"shape", {q[i].dense.out_features(), q[i].dense.in_features()}},
-                 {"bits", q[i].dense.bits},
-                 {"group_size", q[i].dense.group_size},
-                 {"lut", q[i].dense.is_lut()},
-                 {"bits_per_weight", b.bits_per_weight()},
-                 {"outliers", b.outliers},
-                 {"significant", b.significant}});
+            nlohmann::json           lin{{"name", model::linear_name(model::kLinears[i])},
+                               {"shape", {q[i].dense.out_features(), q[i].dense.in_features()}},
+                               {"bits", q[i].dense.bits},
+                               {"group_size", q[i].dense.group_size},
+                               {"lut", q[i].dense.is_lut()},
+                               {"bits_per_weight", b.bits_per_weight()},
+                               {"dense_bits", b.dense},
+                               {"sparse_bits", b.sparse},
+                               {"outliers", b.outliers},
+                               {"significant", b.significant}};
+            if (errors) lin["errors"] = errors_json((*errors)[i]);
+            layer["linears"].push_back(lin);
         }
         const quant::StorageBits b = storage_bits(q);
         layer.update({{"bits_per_weight", b.bits_per_weight()},
@@ -150,19 +167,44 @@ nlohmann::json inspect_checkpoint(const std::string& path) {
     return s;
 }
 
+namespace {
+
+// "proxy 1.2e-02 -> 3.4e-03" (or "weight ..." where no proxy was computed); "-" without errors.
+std::string mean_errors(const nlohmann::json& linears) {
+    for (const char* kind : {"proxy", "weight"}) {
+        double      dense = 0, final = 0;
+        int         n = 0;
+        std::string d = std::string(kind) + "_dense";
+        for (const auto& lin : linears)
+            if (lin.contains("errors") && lin["errors"][kind].is_number()) {
+                dense += lin["errors"][d].get<double>();
+                final += lin["errors"][kind].get<double>();
+                ++n;
+            }
+        if (n == 0) continue;
+        char b[96];
+        std::snprintf(b, sizeof b, "%s %.2e -> %.2e", kind, dense / n, final / n);
+        return b;
+    }
+    return "-";
+}
+
+}  // namespace
+
 std::string format_inspection(const nlohmann::json& s) {
     std::ostringstream o;
     char               line[256];
     o << s["file"].get<std::string>() << ": " << s["method"].get<std::string>() << " "
       << s["bits"].get<int64_t>() << "-bit, " << s["n_layer"].get<int64_t>() << " layers, model "
       << s["model"].get<std::string>() << "\n";
-    o << "layer  bits/w  bits/w(paper)       KiB  outliers  significant\n";
+    o << "layer  bits/w  bits/w(paper)       KiB  outliers  significant  "
+         "error (mean over linears: dense alone -> with sparse; proxy where X was kept)\n";
     for (const auto& l : s["layers"]) {
-        std::snprintf(line, sizeof line, "%5lld  %6.3f  %13.3f  %8.1f  %8.0f  %11.0f\n",
+        std::snprintf(line, sizeof line, "%5lld  %6.3f  %13.3f  %8.1f  %8.0f  %11.0f  ",
                       (long long)l["layer"].get<int64_t>(), l["bits_per_weight"].get<double>(),
                       l["bits_per_weight_paper"].get<double>(), l["bytes"].get<double>() / 1024,
                       l["outliers"].get<double>(), l["significant"].get<double>());
-        o << line;
+        o << line << mean_errors(l["linears"]) << "\n";
     }
     std::snprintf(line, sizeof line,
                   "total: %.0f linear weights at %.3f bits/weight (paper accounting %.3f), "

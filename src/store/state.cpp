@@ -283,11 +283,44 @@ io::H5File create_state(const std::string& p, const std::string& fp) {
 }  // namespace
 
 void write_layer_state(const std::string& out, int64_t layer, const decompose::LayerQuant& q,
-                       const std::string& fp) {
+                       const std::string& fp, const decompose::LayerErrors* errors) {
     io::H5File f = create_state(layer_state_path(out, layer), fp);
     f.set_attr("/", "layer", layer);
     write_layer_quant(f, "/linears", q);
+    if (errors) f.write("/errors", errors_tensor(*errors));
     f.commit();
+}
+
+at::Tensor errors_tensor(const decompose::LayerErrors& e) {
+    at::Tensor t = at::empty({int64_t(model::kNumLinears), 6}, at::kDouble);
+    auto       a = t.accessor<double, 2>();
+    for (std::size_t i = 0; i < model::kNumLinears; ++i) {
+        const auto&  x    = e[i];
+        const double v[6] = {x.objective_dense, x.objective,    x.proxy_dense,
+                             x.proxy,           x.weight_dense, x.weight};
+        for (int64_t c = 0; c < 6; ++c) a[int64_t(i)][c] = v[c];
+    }
+    return t;
+}
+
+decompose::LayerErrors errors_from_tensor(const at::Tensor& t) {
+    if (t.dim() != 2 || t.size(0) != int64_t(model::kNumLinears) || t.size(1) != 6)
+        throw FormatError("layer errors: expected [7, 6], got " + std::to_string(t.dim()) + "-d");
+    const at::Tensor       d = t.to(at::kDouble).contiguous();
+    auto                   a = d.accessor<double, 2>();
+    decompose::LayerErrors e;
+    for (std::size_t i = 0; i < model::kNumLinears; ++i) {
+        const int64_t r = int64_t(i);
+        e[i]            = {a[r][0], a[r][1], a[r][2], a[r][3], a[r][4], a[r][5]};
+    }
+    return e;
+}
+
+std::optional<decompose::LayerErrors> read_layer_errors(const std::string& out, int64_t layer,
+                                                        const std::string& fp) {
+    auto f = open_state(layer_state_path(out, layer), fp);
+    if (!f || !f->exists("/errors")) return std::nullopt;
+    return errors_from_tensor(f->read("/errors"));
 }
 
 std::optional<decompose::LayerQuant> read_layer_state(const std::string& out, int64_t layer,

@@ -2,7 +2,8 @@
 # ReQuant end to end on stories260k: SqueezeLLM + self-adaptive outliers (Alg. 1) + step-wise
 # PQI detach (Alg. 2) gives the same numbers on 1, 2 and 3 ranks, meets its budgets exactly,
 # beats dense-only SqueezeLLM; AWQ, GPTQ (sequential) and RTN take adaptive outliers; random
-# selection and one-step detach run; bad ReQuant keys are refused.
+# selection and one-step detach run; bad ReQuant keys are refused; the run report and the
+# per-linear errors in results.json and inspect.
 # Usage: test_requant.sh PATH/TO/requant-dist REPO_ROOT PATH/TO/mpiexec
 set -uo pipefail
 bin=$1; root=$2; mpiexec=$3; job=$root/jobs/stories260k-gptq.toml
@@ -32,6 +33,27 @@ awk -v s="$s" -v n="$n" 'BEGIN{w=2*int(0.00025*n+0.5); exit !(s == w)}' \
   && ok "significant weights $s = 2 rounds of 0.025% of $n" || fail "significant $s of $n"
 grep -q '"rounds": 2' "$tmp/r1/results.json" && grep -q '"per_linear"' "$tmp/r1/results.json" \
   && ok "results.json: detach rounds and per-linear outlier ratios" || fail "results.json lacks the ReQuant report"
+# The run report: summary.md and the plots; per linear in results.json the errors before and
+# after the sparse parts (Alg. 1's base-alone objective among them), bits and counts; inspect
+# shows them from the checkpoint alone.
+for f in summary.md errors.png sparse.png detach.png perplexity.png linears.csv; do
+  [ -s "$tmp/r2/report/$f" ] || fail "report: $f missing"
+done
+/usr/bin/python3 - "$tmp/r2/results.json" <<'PY' && ok "results.json linears: 35 records, errors drop with the sparse parts" || fail "results.json linears"
+import json, sys
+r = json.load(open(sys.argv[1])); lin = r["linears"]
+assert len(lin) == 35, len(lin)  # 5 layers x 7 linears
+for l in lin:
+    e = l["errors"]
+    assert e["objective"] <= e["objective_dense"] and e["objective_base"] > 0, l
+    assert l["dense_bits"] > 0 and l["outliers"] >= 0 and l["significant"] >= 0, l
+assert sum(l["outliers"] for l in lin) == r["requant"]["outliers"]
+assert sum(l["significant"] for l in lin) == r["requant"]["significant"]
+PY
+"$bin" inspect "$tmp/r2/model.requant.h5" > "$tmp/insp" 2>&1 && grep -qE "^ +0 .* weight [0-9.e+-]+ -> [0-9.e+-]+$" "$tmp/insp" \
+  && ok "inspect: per-layer errors from the checkpoint ($(grep -oE 'weight [0-9.e+-]+ -> [0-9.e+-]+$' "$tmp/insp" | head -1))" \
+  || fail "inspect errors: $(head -4 "$tmp/insp")"
+
 "$bin" run "$job" --out "$tmp/dense" "${base[@]}" --set quant.method=squeezellm > /dev/null 2>&1
 d=$(val "$tmp/dense/results.json" $key)
 awk -v a="$p1" -v d="$d" 'BEGIN{exit !(a < d)}' && ok "ReQuant perplexity $p1 < dense-only $d" || fail "ReQuant $p1 not below dense-only $d"

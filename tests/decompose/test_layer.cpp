@@ -220,6 +220,62 @@ TEST(QuantizeWeights, OutliersAndSignificantWeightsEachInTheirOwnCsr) {
     }
 }
 
+// The errors of each linear against direct computation from the input rows X (the proxy
+// |(W - W_hat) X|^2 / |W X|^2 from X^T X) and against the method's own objective.
+TEST(QuantizeWeights, ErrorsMatchTheirDefinitionsOnTheInputRows) {
+    const model::LayerTensors w     = random_layer(11);
+    const model::LayerTensors masks = topk_masks(w, kOutliersPerLinear);
+    auto                      gen   = at::detail::createCPUGenerator(5);
+    // Rows of each input (model::LinearInput order: attn in, attn out, mlp in, mlp out).
+    const std::array<int64_t, 4> in_dims = {64, 64, 64, 172};
+    std::array<at::Tensor, 4>    x;
+    LayerStats                   stats;
+    for (std::size_t k = 0; k < 4; ++k) {
+        x[k]                = at::randn({300, in_dims[k]}, gen, at::kDouble);
+        stats.inputs[k].xtx = x[k].t().matmul(x[k]);
+    }
+    io::JobQuant p = rtn3();
+    p.method       = io::QuantMethod::Gptq;
+    model::LayerTensors w_hat;
+    LayerErrors         e;
+    const LayerQuant    q = quantize_weights(w, 0, stats, &masks, nullptr, p, w_hat, &e);
+    const std::array<std::size_t, model::kNumLinears> input_of = {0, 0, 0, 1, 2, 2, 3};
+    for (std::size_t i = 0; i < model::kNumLinears; ++i) {
+        const at::Tensor wd         = w[i].to(at::kDouble);
+        const at::Tensor dense      = quant::dequantize(q[i].dense).to(at::kDouble);
+        const at::Tensor full       = quant::reconstruct(q[i]).to(at::kDouble);
+        const at::Tensor X          = x[input_of[i]];
+        auto             out_energy = [&](const at::Tensor& a) {
+            return X.matmul(a.t()).square().sum().item<double>();
+        };
+        const double wx = out_energy(wd);
+        EXPECT_NEAR(e[i].proxy_dense, out_energy(wd - dense) / wx, 1e-4 * e[i].proxy_dense)
+            << lname(i);
+        EXPECT_NEAR(e[i].proxy, out_energy(wd - full) / wx, 1e-4 * e[i].proxy) << lname(i);
+        EXPECT_LT(e[i].proxy, e[i].proxy_dense) << lname(i) << ": the outliers repair the fit";
+        EXPECT_NEAR(e[i].objective, out_energy(wd - full), 1e-4 * e[i].objective) << lname(i);
+        const double ww = wd.square().sum().item<double>();
+        EXPECT_NEAR(e[i].weight, (wd - full).square().sum().item<double>() / ww,
+                    1e-5 * e[i].weight);
+        EXPECT_NEAR(e[i].weight_dense, (wd - dense).square().sum().item<double>() / ww,
+                    1e-5 * e[i].weight_dense);
+    }
+    // RTN keeps no inputs: no proxy; its objective is sum dW^2.
+    model::LayerTensors w_hat2;
+    LayerErrors         r;
+    const LayerQuant    q2 =
+        quantize_weights(w, 0, LayerStats{}, nullptr, nullptr, rtn3(), w_hat2, &r);
+    for (std::size_t i = 0; i < model::kNumLinears; ++i) {
+        EXPECT_TRUE(std::isnan(r[i].proxy) && std::isnan(r[i].proxy_dense)) << lname(i);
+        const double d = (w[i].to(at::kDouble) - quant::reconstruct(q2[i]).to(at::kDouble))
+                             .square()
+                             .sum()
+                             .item<double>();
+        EXPECT_NEAR(r[i].objective, d, 1e-5 * d) << lname(i);
+        EXPECT_EQ(r[i].objective, r[i].objective_dense) << lname(i) << ": no sparse part";
+    }
+}
+
 TEST(QuantizeWeights, MethodErrorNamesTheLayerAndTheLinears) {
     const model::LayerTensors w = random_layer(7);
     model::LayerTensors       w_hat;

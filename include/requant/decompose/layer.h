@@ -1,5 +1,6 @@
 #pragma once
 #include <array>
+#include <cmath>
 #include <cstdint>
 
 #include <ATen/core/Tensor.h>
@@ -29,19 +30,34 @@ struct LayerStats {
 LayerStats layer_stats(const sensitivity::StatsCollector* stats, int64_t layer,
                        const model::LayerTensors* fisher);
 
+// How far one linear's W_hat is from W, before the sparse parts (dense alone) and after (dense +
+// outliers + significant), on the quantize-time statistics. NaN where not computable.
+//   objective: the method's own (quant::Quantizer::objective: what Alg. 1 scores);
+//   proxy: |(W - W_hat) X|^2 / |W X|^2 on the calibration inputs X, from X^T X when collected
+//          (GPTQ), else from AWQ's sampled input rows; NaN for RTN and SqueezeLLM (no X kept);
+//   weight: |W - W_hat|^2 / |W|^2.
+struct LinearErrors {
+    double objective_dense = NAN, objective = NAN;
+    double proxy_dense = NAN, proxy = NAN;
+    double weight_dense = NAN, weight = NAN;
+};
+using LayerErrors = std::array<LinearErrors, model::kNumLinears>;  // kLinears order
+
 // Quantizes the layer's linears `w` with the job's method; masked weights (either mask may be
 // null, or undefined per linear) go to the sparse parts. The dequantized
 // W_hat = dense + outliers + significant goes to w_hat (fp32 -> w's dtype). Errors name the
 // layer and the linears.
+// `errors` (optional) receives each linear's LinearErrors.
 LayerQuant quantize_weights(const model::LayerTensors& w, int64_t layer, const LayerStats& stats,
                             const model::LayerTensors* outlier_masks,
                             const model::LayerTensors* significant_masks, const io::JobQuant& p,
-                            model::LayerTensors& w_hat);
+                            model::LayerTensors& w_hat, LayerErrors* errors = nullptr);
 
 // The same on the stage's layer `layer` (absolute index), whose linears become W_hat.
 LayerQuant quantize_layer(model::Stage& stage, int64_t layer, const LayerStats& stats,
                           const model::LayerTensors* outlier_masks,
-                          const model::LayerTensors* significant_masks, const io::JobQuant& p);
+                          const model::LayerTensors* significant_masks, const io::JobQuant& p,
+                          LayerErrors* errors = nullptr);
 
 // Puts W_hat = reconstruct(q) of every linear of stage layer `il` (0-based in the stage).
 void set_layer_weights(model::Stage& stage, std::size_t il, const LayerQuant& q);

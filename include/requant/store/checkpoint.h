@@ -14,6 +14,7 @@
 //                     bits_per_weight_paper, memory_gib, linear_weights, outliers, significant,
 //                     source_model, run (fingerprint), config_json (the model's config.json)
 //   /layers/NNN/<linear>/...   one decoder layer as in the layer state (pipeline/state.h)
+//   /layers/NNN/errors         double [7, 6]: each linear's quantize-time errors (state.h)
 //   /tensors/<HF name>         every other tensor (embeddings, norms, head): float32 when the
 //                              model stores bf16 (exact), else as stored
 //   /tokenizer/<file name>     the model folder's tokenizer files, byte for byte (uint8)
@@ -31,8 +32,12 @@ std::string final_checkpoint_path(const std::string& out);  // OUT/model.requant
 void write_final_checkpoint(const std::string& out, int64_t n_layer, const io::HfCheckpoint& src,
                             const std::string& run_fp, const nlohmann::json& root);
 
-// `requant-dist inspect`: the root attributes and per layer and linear the bits, memory and
-// sparse counts. Throws FormatError for a file that is not a requant-dist checkpoint.
+// A linear's quantize-time errors as JSON (null where not computable).
+nlohmann::json errors_json(const decompose::LinearErrors& e);
+
+// `requant-dist inspect`: the root attributes and per layer and linear the bits (dense and
+// sparse), memory, sparse counts and, when the checkpoint holds them, the quantize-time errors.
+// Throws FormatError for a file that is not a requant-dist checkpoint.
 nlohmann::json inspect_checkpoint(const std::string& path);
 std::string    format_inspection(const nlohmann::json& summary);
 

@@ -81,9 +81,17 @@ decompose::LayerQuant read_layer_quant(const io::H5File& f, const std::string& p
 
 std::string layer_state_path(const std::string& out, int64_t layer);
 std::string detach_state_path(const std::string& out, int64_t layer, int round);
-// Writes layer `layer`'s decomposition (stage "quantized").
+// Writes layer `layer`'s decomposition (stage "quantized") and, when given, its quantize-time
+// errors as /errors.
 void write_layer_state(const std::string& out, int64_t layer, const decompose::LayerQuant& q,
-                       const std::string& fp);
+                       const std::string& fp, const decompose::LayerErrors* errors = nullptr);
+// A layer's errors as stored: double [kNumLinears, 6], columns objective_dense, objective,
+// proxy_dense, proxy, weight_dense, weight (NaN where not computable); and back.
+at::Tensor             errors_tensor(const decompose::LayerErrors& e);
+decompose::LayerErrors errors_from_tensor(const at::Tensor& t);
+// The errors in a layer file of this run; nullopt when absent (a file of an older version).
+std::optional<decompose::LayerErrors> read_layer_errors(const std::string& out, int64_t layer,
+                                                        const std::string& fp);
 // The layer's decomposition if a sound file of this run is there; otherwise nullopt (a
 // damaged or foreign file is reported and ignored).
 std::optional<decompose::LayerQuant> read_layer_state(const std::string& out, int64_t layer,
