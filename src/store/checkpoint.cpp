@@ -131,16 +131,19 @@ nlohmann::json inspect_checkpoint(const std::string& path) {
         if (f.exists(eg)) errors = errors_from_tensor(f.read(eg));
         for (std::size_t i = 0; i < model::kNumLinears; ++i) {
             const quant::StorageBits b = quant::storage_bits(q[i]);
-            nlohmann::json           lin{{"name", model::linear_name(model::kLinears[i])},
-                               {"shape", {q[i].dense.out_features(), q[i].dense.in_features()}},
-                               {"bits", q[i].dense.bits},
-                               {"group_size", q[i].dense.group_size},
-                               {"lut", q[i].dense.is_lut()},
-                               {"bits_per_weight", b.bits_per_weight()},
-                               {"dense_bits", b.dense},
-                               {"sparse_bits", b.sparse},
-                               {"outliers", b.outliers},
-                               {"significant", b.significant}};
+            nlohmann::json           lin{
+                {"name", model::linear_name(model::kLinears[i])},
+                {"shape", {q[i].dense.out_features(), q[i].dense.in_features()}},
+                {"bits", q[i].dense.bits},
+                {"group_size", q[i].dense.group_size},
+                {"lut", q[i].dense.is_lut()},
+                {"bits_per_weight", b.bits_per_weight()},
+                {"dense_bits", b.dense},
+                {"sparse_bits", b.sparse},
+                {"outlier_bits", double(quant::csr_storage_bits(q[i].outliers))},
+                {"significant_bits", double(quant::csr_storage_bits(q[i].significant))},
+                {"outliers", b.outliers},
+                {"significant", b.significant}};
             if (errors) lin["errors"] = errors_json((*errors)[i]);
             layer["linears"].push_back(lin);
         }

@@ -47,6 +47,7 @@ for l in lin:
     e = l["errors"]
     assert e["objective"] <= e["objective_dense"] and e["objective_base"] > 0, l
     assert l["dense_bits"] > 0 and l["outliers"] >= 0 and l["significant"] >= 0, l
+    assert l["sparse_bits"] == l["outlier_bits"] + l["significant_bits"], l
 assert sum(l["outliers"] for l in lin) == r["requant"]["outliers"]
 assert sum(l["significant"] for l in lin) == r["requant"]["significant"]
 PY
