@@ -52,7 +52,8 @@ int run_eval(const EvalOptions& o) {
         spdlog::info("model {}: {} layers, hidden {}, {} heads ({} kv), vocab {}, {:.2f} M params",
                      o.model, cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.n_head_kv, cfg.n_vocab,
                      io::n_params(cfg) / 1e6);
-        io::TokenData data = io::load_eval_data(o.data, ckpt.dir(), o.seq_len, o.max_seqs);
+        io::TokenData data =
+            io::load_eval_data(o.data, ckpt.dir(), o.seq_len, o.max_seqs, o.threads);
         model::check_token_ids(data.tokens, cfg.n_vocab, io::base_name(o.data));
         tokens      = data.tokens;
         n_available = data.n_available;

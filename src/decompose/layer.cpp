@@ -14,13 +14,6 @@ namespace {
 // The linears (indices into kLinears) that read each model::LinearInput, in that order.
 const std::array<std::vector<std::size_t>, 4> kInputGroups = {{{0, 1, 2}, {3}, {4, 5}, {6}}};
 
-std::size_t input_group_of(std::size_t linear) {
-    for (std::size_t k = 0; k < kInputGroups.size(); ++k)
-        for (std::size_t i : kInputGroups[k])
-            if (i == linear) return k;
-    throw InternalError("linear " + std::to_string(linear) + " reads no input");
-}
-
 bool sparse_empty(const quant::LinearQuant& q) {
     return q.outliers.nnz() == 0 && q.significant.nnz() == 0;
 }
@@ -110,24 +103,26 @@ LayerQuant quantize_weights(const model::LayerTensors& w, int64_t layer, const L
             throw;
         }
     }
-    std::array<at::Tensor, 4> h;  // X^T X in float per input, for the errors
-    for (std::size_t k = 0; errors && k < h.size(); ++k)
-        if (stats.inputs[k].xtx.defined()) h[k] = stats.inputs[k].xtx.to(at::kFloat);
+    model::LayerTensors w_dense;  // dequant(dense), kept for the errors
     for (std::size_t i = 0; i < model::kNumLinears; ++i) {
-        const at::Tensor w_dense  = quant::dequantize(out[i].dense);
-        const at::Tensor residual = w0[i].to(at::kFloat) - w_dense;
+        w_dense[i]                = quant::dequantize(out[i].dense);
+        const at::Tensor residual = w0[i].to(at::kFloat) - w_dense[i];
         if (outlier_masks && (*outlier_masks)[i].defined())
             out[i].outliers = quant::csr_from_mask(residual, (*outlier_masks)[i]);
         if (significant_masks && (*significant_masks)[i].defined())
             out[i].significant = quant::csr_from_mask(residual, (*significant_masks)[i]);
-        const at::Tensor w_hat = quant::reconstruct(out[i]);
-        if (errors) {
-            const std::size_t k = input_group_of(i);
-            const at::Tensor  f = stats.fisher ? (*stats.fisher)[i] : at::Tensor();
-            (*errors)[i] = linear_errors(method, w0[i], w_dense, w_hat, !sparse_empty(out[i]),
-                                         stats.inputs[k], h[k], f);
+        w_hat_out[i] = quant::reconstruct(out[i]).to(w0[i].scalar_type());
+        if (!errors) w_dense[i] = at::Tensor();
+    }
+    // X^T X in float, one input at a time (the largest is [F, F]), for the errors.
+    for (std::size_t k = 0; errors && k < kInputGroups.size(); ++k) {
+        const quant::InputStats& in = stats.inputs[k];
+        const at::Tensor         h  = in.xtx.defined() ? in.xtx.to(at::kFloat) : at::Tensor();
+        for (std::size_t i : kInputGroups[k]) {
+            const at::Tensor f = stats.fisher ? (*stats.fisher)[i] : at::Tensor();
+            (*errors)[i] = linear_errors(method, w0[i], w_dense[i], w_hat_out[i].to(at::kFloat),
+                                         !sparse_empty(out[i]), in, h, f);
         }
-        w_hat_out[i] = w_hat.to(w0[i].scalar_type());
     }
     return out;
 }

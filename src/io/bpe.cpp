@@ -105,8 +105,9 @@ BpeModel::BpeModel(const std::vector<std::pair<std::string, int32_t>>&     vocab
         if (ia == ids_.end() || ib == ids_.end() || im == ids_.end())
             throw FormatError(origin + ": " + what +
                               " names or makes a token not in the vocabulary");
-        // The first rank of a pair wins, as in Hugging Face tokenizers.
-        merges_.emplace(key(ia->second, ib->second), Merge{static_cast<int32_t>(r), im->second});
+        // A pair listed twice takes its last rank, as Hugging Face's map built from the list.
+        merges_.insert_or_assign(key(ia->second, ib->second),
+                                 Merge{static_cast<int32_t>(r), im->second});
     }
 }
 

@@ -134,6 +134,11 @@ void BpeTokenizer::Impl::read_pre_tokenizer(const json& p) {
                               "Regex split");
         pattern = s["pattern"]["Regex"].get<std::string>();
         byte_level(p["pretokenizers"][1], false);
+        // There HF prefixes a space to every regex piece, not to the text: not implemented.
+        if (prefix_space)
+            throw FormatError(path +
+                              ": pre_tokenizer ByteLevel with add_prefix_space after a "
+                              "Split is not supported");
     } else {
         throw FormatError(path + ": pre_tokenizer " + p.dump().substr(0, 120) +
                           " is not supported (ByteLevel, or Split(Regex) then ByteLevel)");
@@ -269,12 +274,16 @@ struct Job {  // a chunk of plain text, or one added token
 
 // The ids of a run of plain text (or a chunk of it): regex pieces, and the gaps between them,
 // each encoded by the BPE model. `cache` null: encode_piece_ref, nothing cached.
+// `offset`: where the text starts in the input (error messages).
 void encode_plain(const BpeModel& model, const Regex& split, bool prefix_space,
-                  std::string_view text, Cache* cache, std::vector<int32_t>& out) {
+                  std::string_view text, std::size_t offset, Cache* cache,
+                  std::vector<int32_t>& out) {
     std::string prefixed;
+    long long   at = static_cast<long long>(offset);
     if (prefix_space && !text.empty() && text[0] != ' ') {
         prefixed = " " + std::string(text);
         text     = prefixed;
+        at -= 1;
     }
     auto piece = [&](std::string_view p) {
         if (cache == nullptr) return model.encode_piece_ref(p, out);
@@ -289,7 +298,7 @@ void encode_plain(const BpeModel& model, const Regex& split, bool prefix_space,
         }
         out.insert(out.end(), it->second.begin(), it->second.end());
     };
-    Regex::Matcher m(split, text);
+    Regex::Matcher m(split, text, at);
     std::size_t    pos = 0, b = 0, e = 0;
     while (m.next(b, e)) {
         if (b > pos) piece(text.substr(pos, b - pos));  // Isolated: a gap is a piece too
@@ -327,7 +336,8 @@ void BpeTokenizer::encode_each(std::string_view text, const ChunkFn& fn, std::si
     std::vector<Job>   jobs;
     auto               run = [&](const Job& j, Cache& cache, std::vector<int32_t>& ids) {
         if (j.added >= 0) return ids.push_back(j.added);
-        encode_plain(*t.model, *t.split, t.prefix_space && j.first, j.text, &cache, ids);
+        encode_plain(*t.model, *t.split, t.prefix_space && j.first, j.text, j.end - j.text.size(),
+                                   &cache, ids);
     };
     auto flush = [&] {
         std::vector<std::vector<int32_t>> ids(jobs.size());
@@ -336,15 +346,20 @@ void BpeTokenizer::encode_each(std::string_view text, const ChunkFn& fn, std::si
         } else {
             std::vector<std::exception_ptr> errors(n);
             std::vector<std::thread>        pool;
-            for (std::size_t w = 0; w < n; ++w)
-                pool.emplace_back([&, w] {
-                    try {
-                        for (std::size_t k = w; k < jobs.size(); k += n)
-                            run(jobs[k], caches[w], ids[k]);
-                    } catch (...) {
-                        errors[w] = std::current_exception();
-                    }
-                });
+            try {
+                for (std::size_t w = 0; w < n; ++w)
+                    pool.emplace_back([&, w] {
+                        try {
+                            for (std::size_t k = w; k < jobs.size(); k += n)
+                                run(jobs[k], caches[w], ids[k]);
+                        } catch (...) {
+                            errors[w] = std::current_exception();
+                        }
+                    });
+            } catch (...) {  // a thread could not start: the started ones still finish
+                for (auto& th : pool) th.join();
+                throw;
+            }
             for (auto& th : pool) th.join();
             for (const auto& e : errors)
                 if (e) std::rethrow_exception(e);
@@ -371,7 +386,8 @@ std::vector<int32_t> BpeTokenizer::encode_ref(std::string_view text) const {
         if (s.added >= 0)
             out.push_back(s.added);
         else
-            encode_plain(*impl_->model, *impl_->split, impl_->prefix_space, s.text, nullptr, out);
+            encode_plain(*impl_->model, *impl_->split, impl_->prefix_space, s.text,
+                         s.end - s.text.size(), nullptr, out);
     }
     return out;
 }

@@ -87,12 +87,14 @@ TokenData load_text_windows(const std::string& text_path, const std::string& tok
 }
 
 TokenData load_eval_data(const std::string& path, const std::string& model_dir, int64_t seq_len,
-                         int64_t max_seqs) {
+                         int64_t max_seqs, int threads) {
     const std::string ext = ".safetensors";
     if (path.size() >= ext.size() && path.compare(path.size() - ext.size(), ext.size(), ext) == 0)
         return load_token_dataset(path, max_seqs);
     try {
-        return load_text_windows(path, Tokenizer::for_model(model_dir), seq_len, max_seqs);
+        Tokenizer tok = Tokenizer::for_model(model_dir);
+        tok.set_threads(threads);
+        return load_text_windows(path, tok, seq_len, max_seqs);
     } catch (const IoError& e) {
         throw IoError(std::string(e.what()) +
                       " (text data needs the model's tokenizer; without "

@@ -33,10 +33,11 @@ Regex::~Regex() {
     pcre2_code_free(static_cast<pcre2_code*>(code_));
 }
 
-Regex::Matcher::Matcher(const Regex& re, std::string_view text)
+Regex::Matcher::Matcher(const Regex& re, std::string_view text, long long offset)
     : re_(re),
       text_(text),
-      data_(pcre2_match_data_create_from_pattern(static_cast<pcre2_code*>(re.code_), nullptr)) {
+      data_(pcre2_match_data_create_from_pattern(static_cast<pcre2_code*>(re.code_), nullptr)),
+      offset_(offset) {
     if (data_ == nullptr) throw InternalError("pcre2_match_data_create_from_pattern failed");
 }
 
@@ -61,8 +62,10 @@ bool Regex::Matcher::next(std::size_t& begin, std::size_t& end) {
         return false;
     }
     if (rc <= PCRE2_ERROR_UTF8_ERR1 && rc >= PCRE2_ERROR_UTF8_ERR21)
-        throw FormatError(re_.origin_ + ": the text is not valid UTF-8 at byte " +
-                          std::to_string(pcre2_get_startchar(md)) + " (" + pcre2_message(rc) + ")");
+        throw FormatError(
+            re_.origin_ + ": the text is not valid UTF-8 at byte " +
+            std::to_string(offset_ + static_cast<long long>(pcre2_get_startchar(md))) + " (" +
+            pcre2_message(rc) + ")");
     if (rc < 0) throw FormatError(re_.origin_ + ": regex match failed: " + pcre2_message(rc));
     const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(md);
     begin                = ov[0];

@@ -108,6 +108,9 @@ struct Tokenizer::Impl {
     void*                         handle = nullptr;
     bool separable = false;  // encode(a + " " + b) == encode(a) ++ encode(b), see below
     int  threads   = 1;
+    ~Impl() {
+        if (handle) shim().free_handle(handle);
+    }
 };
 
 namespace {
@@ -208,9 +211,7 @@ Tokenizer::Tokenizer(const std::string& path) : impl_(std::make_unique<Impl>()) 
     impl_->separable = true;
 }
 
-Tokenizer::~Tokenizer() {
-    if (impl_ && impl_->handle) shim().free_handle(impl_->handle);
-}
+Tokenizer::~Tokenizer() = default;  // Impl frees the sentencepiece handle (moves too)
 Tokenizer::Tokenizer(Tokenizer&&) noexcept            = default;
 Tokenizer& Tokenizer::operator=(Tokenizer&&) noexcept = default;
 

@@ -1,6 +1,8 @@
 // Phase assemble, the storage accounting and results.json (requant/phases/phases.h).
 #include <ATen/ATen.h>
+#include <spdlog/spdlog.h>
 
+#include <cmath>
 #include <cstdio>
 #include <fstream>
 #include <map>
@@ -47,8 +49,9 @@ void add_base_objectives(const nlohmann::json& requant, nlohmann::json& linears)
     if (!requant.contains("outlier_selection")) return;
     std::map<std::pair<int64_t, std::string>, double> base;
     for (const auto& x : requant["outlier_selection"]["per_linear"])
-        base[{x["layer"].get<int64_t>(), x["linear"].get<std::string>()}] =
-            x["objective_dense"].get<double>();
+        if (x["objective_dense"].is_number())  // null: NaN, as the run log stores it
+            base[{x["layer"].get<int64_t>(), x["linear"].get<std::string>()}] =
+                x["objective_dense"].get<double>();
     for (auto& lin : linears) {
         const auto it = base.find({lin["layer"].get<int64_t>(), lin["name"].get<std::string>()});
         if (it != base.end() && lin.contains("errors"))
@@ -75,6 +78,72 @@ quant::StorageBits total_storage(RunContext& ctx, const std::vector<decompose::L
     return all;
 }
 
+nlohmann::json linear_table(RunContext& ctx, const std::vector<decompose::LayerQuant>& q) {
+    // One row per linear of the model; this rank fills its own layers, the sum fills them all
+    // (a value not computed is NaN, and NaN + 0 stays NaN).
+    constexpr int64_t kCols = 17;
+    const int64_t     L = ctx.ckpt.config().n_layer, l0 = ctx.range().layer_begin;
+    const auto        n_lin = int64_t(model::kNumLinears);
+    at::Tensor        t     = at::zeros({L, n_lin, kCols}, at::kDouble);
+    auto              a     = t.accessor<double, 3>();
+    for (std::size_t il = 0; il < q.size(); ++il) {
+        const int64_t l = l0 + int64_t(il);
+        const auto    e = store::read_layer_errors(ctx.out, l, ctx.fp);
+        for (std::size_t i = 0; i < model::kNumLinears; ++i) {
+            const quant::LinearQuant&     x        = q[il][i];
+            const quant::StorageBits      b        = quant::storage_bits(x);
+            const decompose::LinearErrors err      = e ? (*e)[i] : decompose::LinearErrors{};
+            const double                  v[kCols] = {double(x.dense.out_features()),
+                                                      double(x.dense.in_features()),
+                                                      double(x.dense.bits),
+                                                      double(x.dense.group_size),
+                                     x.dense.is_lut() ? 1.0 : 0.0,
+                                                      b.dense,
+                                                      double(quant::csr_storage_bits(x.outliers)),
+                                                      double(quant::csr_storage_bits(x.significant)),
+                                                      b.outliers,
+                                                      b.significant,
+                                                      err.objective_dense,
+                                                      err.objective,
+                                                      err.proxy_dense,
+                                                      err.proxy,
+                                                      err.weight_dense,
+                                                      err.weight,
+                                                      b.weights};
+            for (int64_t c = 0; c < kCols; ++c) a[l][int64_t(i)][c] = v[c];
+        }
+    }
+    ctx.t.allreduce_sum(t)->wait();
+    nlohmann::json out = nlohmann::json::array();
+    auto num = [](double v) { return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(); };
+    for (int64_t l = 0; l < L; ++l)
+        for (int64_t i = 0; i < n_lin; ++i) {
+            auto         r      = [&](int64_t c) { return a[l][i][c]; };
+            const double sparse = r(6) + r(7);
+            out.push_back({{"layer", l},
+                           {"name", model::linear_name(model::kLinears[std::size_t(i)])},
+                           {"shape", {int64_t(r(0)), int64_t(r(1))}},
+                           {"bits", int64_t(r(2))},
+                           {"group_size", int64_t(r(3))},
+                           {"lut", r(4) > 0},
+                           {"bits_per_weight", (r(5) + sparse) / r(16)},
+                           {"dense_bits", r(5)},
+                           {"sparse_bits", sparse},
+                           {"outlier_bits", r(6)},
+                           {"significant_bits", r(7)},
+                           {"outliers", r(8)},
+                           {"significant", r(9)},
+                           {"errors",
+                            {{"objective_dense", num(r(10))},
+                             {"objective", num(r(11))},
+                             {"proxy_dense", num(r(12))},
+                             {"proxy", num(r(13))},
+                             {"weight_dense", num(r(14))},
+                             {"weight", num(r(15))}}}});
+        }
+    return out;
+}
+
 void assemble(RunContext& ctx, const quant::StorageBits& all) {
     if (ctx.st.done("assemble")) return;
     const auto     t0  = Clock::now();
@@ -93,7 +162,8 @@ void assemble(RunContext& ctx, const quant::StorageBits& all) {
     ctx.mark("assemble", since(t0));
 }
 
-void write_results(RunContext& ctx, const quant::StorageBits& all, const nlohmann::json* study) {
+void write_results(RunContext& ctx, const quant::StorageBits& all, const nlohmann::json* study,
+                   const nlohmann::json& linears) {
     if (!ctx.lead()) return;
     const io::Job& job    = ctx.job;
     auto           phases = ctx.seconds;  // measured now, else as recorded by the run that did them
@@ -136,17 +206,14 @@ void write_results(RunContext& ctx, const quant::StorageBits& all, const nlohman
     r["load"]            = loads_json(ctx);
     r["checkpoint"]      = store::final_checkpoint_path(ctx.out);
     if (study) r["sensitivity"] = *study;
-    // Per linear: quantize-time errors, bits of each part, sparse counts (from the checkpoint).
-    r["linears"]                 = nlohmann::json::array();
-    const nlohmann::json summary = store::inspect_checkpoint(store::final_checkpoint_path(ctx.out));
-    for (const auto& layer : summary["layers"])
-        for (auto lin : layer["linears"]) {
-            lin["layer"] = layer["layer"];
-            r["linears"].push_back(lin);
-        }
+    r["linears"] = linears;
     add_base_objectives(ctx.st.requant, r["linears"]);
     const std::string report_dir = ctx.out + "/report";
-    r["report"] = {{"dir", report_dir}, {"plots", report::write_run_report(r, report_dir)}};
+    try {
+        r["report"] = {{"dir", report_dir}, {"plots", report::write_run_report(r, report_dir)}};
+    } catch (const std::exception& e) {
+        ctx.log->warn("report: not written ({}); results.json is", e.what());
+    }
     const std::string path = ctx.out + "/results.json";
     std::ofstream     o(path);
     if (!o) throw IoError(path + ": cannot write: " + errno_string());

@@ -50,7 +50,8 @@ std::shared_ptr<spdlog::logger> open_rank_log(const std::string& out, int rank, 
 }
 
 io::TokenData load_tokens(const std::string& path, const RunContext& ctx, int64_t max_seqs) {
-    io::TokenData d = io::load_eval_data(path, ctx.ckpt.dir(), ctx.job.data.seq_len, max_seqs);
+    io::TokenData d = io::load_eval_data(path, ctx.ckpt.dir(), ctx.job.data.seq_len, max_seqs,
+                                         ctx.job.run.threads);
     model::check_token_ids(d.tokens, ctx.ckpt.config().n_vocab, io::base_name(path));
     return d;
 }

@@ -37,12 +37,13 @@ int run_job(const io::Job& job, bool with_study, bool restart) {
         decompose::set_stage_linears(*ctx.stage, w_orig);
         study = sensitivity_study(*ctx.stage, ctx.t, wq, ctx.calib, job, ctx.schedule, ctx.seconds);
     }
-    const quant::StorageBits all = total_storage(ctx, *q);
+    const quant::StorageBits all     = total_storage(ctx, *q);
+    const nlohmann::json     linears = linear_table(ctx, *q);
     // The stage is done with: rank 0 assembles the checkpoint in the memory it held.
     ctx.runner.reset();
     ctx.stage.reset();
     assemble(ctx, all);
-    write_results(ctx, all, with_study ? &study : nullptr);
+    write_results(ctx, all, with_study ? &study : nullptr, linears);
     return 0;
 }
 

@@ -100,12 +100,12 @@ std::string error_plot(const std::string& name, const std::string& title, const 
                        std::size_t                                     n_layers) {
     std::ostringstream os;
     os << gnuplot_head(name, title, what, true)
-       << "set logscale y\nset format y '%.0e'\nset xlabel 'layer (7 linears each: q k v o "
-          "gate up down)'\nset ylabel 'error'\nset key below\nset grid ytics\n"
-       << "set xtics 7\nset xrange [-0.5:" << 7 * n_layers - 0.5 << "]\nplot ";
+       << "set logscale y\nset format y '%.0e'\nset xlabel 'layer (its linears q k v o gate "
+          "up down at layer + 0/7 ... 6/7)'\nset ylabel 'error'\nset key below\nset grid ytics\n"
+       << "set xtics 1\nset xrange [-0.5:" << n_layers - 0.5 << "]\nplot ";
     const int points[] = {9, 7, 6};
     for (std::size_t k = 0; k < series.size(); ++k)
-        os << (k ? ", " : "") << "'linears.csv' using 1:" << series[k].first
+        os << (k ? ", " : "") << "'linears.csv' using ($1/7.0):" << series[k].first
            << " with points pointtype " << points[k % 3] << " title '" << series[k].second << "'";
     os << "\n";
     return os.str();
@@ -119,10 +119,11 @@ std::vector<std::pair<std::string, std::string>> plots(const json& r, std::size_
         obj.emplace_back(15, "base method alone (Alg. 1, no sparse part)");
     obj.emplace_back(4, "dense part alone (sparse positions empty)");
     obj.emplace_back(5, "dense + sparse parts");
-    p.emplace_back("errors", error_plot("errors", t,
-                                        "the base method's own objective per linear (what "
-                                        "Alg. 1 scores), at quantize time",
-                                        obj, n_layers));
+    if (any_number(r["linears"], "objective"))  // layer files of older versions hold none
+        p.emplace_back("errors", error_plot("errors", t,
+                                            "the base method's own objective per linear (what "
+                                            "Alg. 1 scores), at quantize time",
+                                            obj, n_layers));
     if (any_number(r["linears"], "proxy"))
         p.emplace_back(
             "proxy", error_plot("proxy", t,

@@ -73,8 +73,9 @@ awk -F, 'NR==2 {a=$5; p=$2+$4; d=(a-p)/a; if(d<0)d=-d; exit !(d < 0.01)}' "$rep/
 
 # study = false: PQI and its self-test only.
 "$bin" sensitivity "$job" --out "$tmp/q" "${SE[@]}" --set sensitivity.study=false > "$tmp/log" 2>&1 || fail "study=false: $(tail -3 "$tmp/log")"
-[ -f "$tmp/q/pqi.h5" ] && [ ! -d "$tmp/q/report" ] && ! grep -q '"second_order"' "$tmp/q/results.json" \
-  && ok "study = false: pqi.h5, no report, no Taylor terms" || fail "study = false output"
+[ -f "$tmp/q/pqi.h5" ] && [ ! -f "$tmp/q/report/report.md" ] && [ -f "$tmp/q/report/summary.md" ] \
+  && ! grep -q '"second_order"' "$tmp/q/results.json" \
+  && ok "study = false: pqi.h5, the run report only (no study tables), no Taylor terms" || fail "study = false output"
 "$bin" sensitivity "$job" --out "$tmp/bad" --set sensitivity.rule=simpson > "$tmp/log" 2>&1; rc=$?
 [ $rc -ne 0 ] && grep -q "allowed: left, right, midpoint, trapezoid" "$tmp/log" && ok "bad rule refused: $(grep error "$tmp/log")" || fail "bad rule: rc $rc"
 [ $fails -eq 0 ] && echo "all sensitivity checks passed" || echo "$fails sensitivity checks failed"

@@ -173,6 +173,11 @@ TEST(Bpe, LocatePrefersByteLevelJsonThenSentencepiece) {
 TEST(Bpe, RefusesInvalidUtf8WithItsOffset) {
     expect_error<rq::FormatError>([&] { llama3().encode("valid text \xff\xfe then"); },
                                   {"tokenizer.json", "not valid UTF-8 at byte 11"});
+    // Past the first chunks the offset is still the input's.
+    std::string long_text;
+    while (long_text.size() < 200000) long_text += "plain words ";
+    expect_error<rq::FormatError>([&] { llama3().encode(long_text + "\xc3(", 4096); },
+                                  {"not valid UTF-8 at byte " + std::to_string(long_text.size())});
 }
 
 TEST(Bpe, RefusesWhatItDoesNotImplement) {

@@ -36,6 +36,8 @@ LayerStats layer_stats(const sensitivity::StatsCollector* stats, int64_t layer,
 //   proxy: |(W - W_hat) X|^2 / |W X|^2 on the calibration inputs X, from X^T X when collected
 //          (GPTQ), else from AWQ's sampled input rows; NaN for RTN and SqueezeLLM (no X kept);
 //   weight: |W - W_hat|^2 / |W|^2.
+// Computed in fp32 (X^T X converted one input at a time), so GPTQ's objective here may differ
+// from Alg. 1's fp64 score of the same W_hat in the 7th digit.
 struct LinearErrors {
     double objective_dense = NAN, objective = NAN;
     double proxy_dense = NAN, proxy = NAN;

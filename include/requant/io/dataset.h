@@ -34,7 +34,8 @@ TokenData load_text_windows(const std::string& text_path, const std::string& tok
 // Either of the above, by extension: *.safetensors is a token dataset, anything else is text
 // tokenized with the model folder's tokenizer (Tokenizer::for_model: a byte-level BPE
 // tokenizer.json, else tokenizer.model).
+// `threads`: encoding threads (byte-level BPE; the ids do not depend on it).
 TokenData load_eval_data(const std::string& path, const std::string& model_dir, int64_t seq_len,
-                         int64_t max_seqs = -1);
+                         int64_t max_seqs = -1, int threads = 1);
 
 }  // namespace rq::io

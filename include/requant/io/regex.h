@@ -17,10 +17,11 @@ class Regex {
     Regex(const Regex&)            = delete;
     Regex& operator=(const Regex&) = delete;
 
-    // One text's matches, left to right. The text must outlive the matcher.
+    // One text's matches, left to right. The text must outlive the matcher. `offset`: where
+    // the text starts in the input it was cut from, for the position in error messages.
     class Matcher {
       public:
-        Matcher(const Regex& re, std::string_view text);
+        Matcher(const Regex& re, std::string_view text, long long offset = 0);
         ~Matcher();
         Matcher(const Matcher&)            = delete;
         Matcher& operator=(const Matcher&) = delete;
@@ -33,6 +34,7 @@ class Regex {
         const Regex&     re_;
         std::string_view text_;
         void*            data_;  // pcre2_match_data_8
+        long long        offset_;
         std::size_t      pos_     = 0;
         bool             checked_ = false;
     };

@@ -64,7 +64,14 @@ quant::StorageBits total_storage(RunContext& ctx, const std::vector<decompose::L
 // assemble: the final checkpoint from the layer files (rank 0).
 void assemble(RunContext& ctx, const quant::StorageBits& all);
 
-// results.json and job.toml (rank 0), and the summary line.
-void write_results(RunContext& ctx, const quant::StorageBits& all, const nlohmann::json* study);
+// Per linear of the model, in layer then kLinears order: shape, bits of each part, sparse
+// counts and the quantize-time errors (from the layer files), gathered from the ranks that own
+// the layers (collective; every rank gets the array). No checkpoint is read back.
+nlohmann::json linear_table(RunContext& ctx, const std::vector<decompose::LayerQuant>& q);
+
+// results.json (with `linears`, the table above), job.toml and OUT/report/ (rank 0), and the
+// summary line. A report that cannot be drawn is a warning, never a lost results.json.
+void write_results(RunContext& ctx, const quant::StorageBits& all, const nlohmann::json* study,
+                   const nlohmann::json& linears);
 
 }  // namespace rq::phases
