@@ -93,12 +93,14 @@ BitshiftTrellis::BitshiftTrellis(int K, TrellisCode code, const at::Tensor& hyb)
 namespace {
 
 // One Viterbi step on all 2^L states (the hot loop): best predecessor per group g (min over
-// the C arrays cost[c G + g], the first on ties), then cost[g C + c] = err[g C + c] + best[g].
-// Elementwise IEEE operations only, so every vector width gives the same bits; built for AVX2
-// and for the baseline, chosen at load time.
+// the C arrays cost[c G + g], the first on ties), then for s = g C + c the new cost
+// err(s) + best[g], err(s) = sum over v of (value(s, v) - x_v)^2 computed in place (the same
+// operations, in the same order, as viterbi_ref). Elementwise IEEE operations only, so every
+// vector width gives the same bits; built for AVX2 and for the baseline, chosen at load time.
 __attribute__((target_clones("avx2", "default"))) void viterbi_step(
-    float* __restrict cost, const float* __restrict err, float* __restrict best,
-    uint32_t* __restrict arg, uint8_t* __restrict from, uint32_t G, uint32_t C) {
+    float* __restrict cost, const float* __restrict v0, const float* __restrict v1, int V, float x0,
+    float    x1, float* __restrict best, uint32_t* __restrict arg, uint8_t* __restrict from,
+    uint32_t G, uint32_t C) {
     for (uint32_t g = 0; g < G; ++g) best[g] = cost[g], arg[g] = 0;
     for (uint32_t c = 1; c < C; ++c) {
         const float* __restrict cc = cost + std::size_t(c) * G;
@@ -111,10 +113,22 @@ __attribute__((target_clones("avx2", "default"))) void viterbi_step(
     }
     for (uint32_t g = 0; g < G; ++g) from[g] = uint8_t(arg[g]);
     for (uint32_t g = 0; g < G; ++g) {
-        const float b             = best[g];
-        float* __restrict o       = cost + std::size_t(g) * C;
-        const float* __restrict e = err + std::size_t(g) * C;
-        for (uint32_t c = 0; c < C; ++c) o[c] = e[c] + b;
+        const float       b        = best[g];
+        const std::size_t s0       = std::size_t(g) * C;
+        float* __restrict o        = cost + s0;
+        const float* __restrict a0 = v0 + s0;
+        if (V == 1) {
+            for (uint32_t c = 0; c < C; ++c) {
+                const float d = a0[c] - x0;
+                o[c]          = d * d + b;
+            }
+        } else {
+            const float* __restrict a1 = v1 + s0;
+            for (uint32_t c = 0; c < C; ++c) {
+                const float d0 = a0[c] - x0, d1 = a1[c] - x1;
+                o[c] = (d0 * d0 + d1 * d1) + b;
+            }
+        }
     }
 }
 
@@ -155,12 +169,9 @@ void BitshiftTrellis::viterbi(const float* x, int T, int overlap, uint16_t* stat
     step_err(0);
     for (uint32_t s = 0; s < kStates; ++s)
         cost[s] = overlap >= 0 && (s >> kv) != uint32_t(overlap) ? kInf : err[s];
-    for (int t = 1; t < S; ++t) {
-        // The predecessors of the states s = g << KV | c are p = x << (L - KV) | g.
-        step_err(t);
-        viterbi_step(cost.data(), err.data(), best.data(), arg.data(),
-                     from.data() + std::size_t(t) * G, G, C);
-    }
+    for (int t = 1; t < S; ++t)  // predecessors of s = g << KV | c: p = x << (L - KV) | g
+        viterbi_step(cost.data(), v0, v1, V_, x[t * V_], V_ == 2 ? x[t * V_ + 1] : 0.0f,
+                     best.data(), arg.data(), from.data() + std::size_t(t) * G, G, C);
     uint32_t s     = 0;
     float    b     = kInf;
     bool     found = false;  // the first allowed state, then strictly better ones
