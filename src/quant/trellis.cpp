@@ -150,6 +150,26 @@ __attribute__((target_clones("avx2", "default"))) void state_errors(float* __res
     }
 }
 
+// The end of the path: the cheapest final state (the first on ties; under `overlap`, among
+// those whose low L - KV bits are it), then back through the chosen predecessors.
+void backtrack(const float* cost, const uint8_t* from, int S, int kv, int overlap,
+               uint16_t* states) {
+    const uint32_t n = uint32_t{1} << kTrellisL, G = n >> kv;
+    uint32_t       s     = 0;
+    float          b     = kInf;
+    bool           found = false;
+    for (uint32_t q = 0; q < n; ++q) {
+        if (overlap >= 0 && (q & (G - 1)) != uint32_t(overlap)) continue;
+        if (!found || cost[q] < b) b = cost[q], s = q, found = true;
+    }
+    states[S - 1] = uint16_t(s);
+    for (int t = S - 1; t > 0; --t) {
+        const uint32_t g = s >> kv;
+        s                = (uint32_t(from[std::size_t(t) * G + g]) << (kTrellisL - kv)) | g;
+        states[t - 1]    = uint16_t(s);
+    }
+}
+
 }  // namespace
 
 void BitshiftTrellis::viterbi(const float* x, int T, int overlap, uint16_t* states) const {
@@ -172,19 +192,7 @@ void BitshiftTrellis::viterbi(const float* x, int T, int overlap, uint16_t* stat
     for (int t = 1; t < S; ++t)  // predecessors of s = g << KV | c: p = x << (L - KV) | g
         viterbi_step(cost.data(), v0, v1, V_, x[t * V_], V_ == 2 ? x[t * V_ + 1] : 0.0f,
                      best.data(), arg.data(), from.data() + std::size_t(t) * G, G, C);
-    uint32_t s     = 0;
-    float    b     = kInf;
-    bool     found = false;  // the first allowed state, then strictly better ones
-    for (uint32_t q = 0; q < kStates; ++q) {
-        if (overlap >= 0 && (q & (G - 1)) != uint32_t(overlap)) continue;
-        if (!found || cost[q] < b) b = cost[q], s = q, found = true;
-    }
-    states[S - 1] = uint16_t(s);
-    for (int t = S - 1; t > 0; --t) {
-        const uint32_t g = s >> kv;
-        s                = (uint32_t(from[std::size_t(t) * G + g]) << (kTrellisL - kv)) | g;
-        states[t - 1]    = uint16_t(s);
-    }
+    backtrack(cost.data(), from.data(), S, kv, overlap, states);
 }
 
 void BitshiftTrellis::viterbi_ref(const float* x, int T, int overlap, uint16_t* states) const {
@@ -216,19 +224,7 @@ void BitshiftTrellis::viterbi_ref(const float* x, int T, int overlap, uint16_t* 
         }
         cost.swap(next);
     }
-    uint32_t s     = 0;
-    float    b     = kInf;
-    bool     found = false;
-    for (uint32_t q = 0; q < kStates; ++q) {
-        if (overlap >= 0 && (q & (G - 1)) != uint32_t(overlap)) continue;
-        if (!found || cost[q] < b) b = cost[q], s = q, found = true;
-    }
-    states[S - 1] = uint16_t(s);
-    for (int t = S - 1; t > 0; --t) {
-        const uint32_t g = s >> kv;
-        s                = (uint32_t(from[std::size_t(t) * G + g]) << (kTrellisL - kv)) | g;
-        states[t - 1]    = uint16_t(s);
-    }
+    backtrack(cost.data(), from.data(), S, kv, overlap, states);
 }
 
 std::vector<uint16_t> BitshiftTrellis::quantize_tile(const float* x, int T) const {

@@ -111,6 +111,16 @@ std::string error_plot(const std::string& name, const std::string& title, const 
     return os.str();
 }
 
+// Columns 2 and 3 of `csv` as clustered bars, column 1 the labels.
+std::string histogram_plot(const std::string& name, const std::string& title,
+                           const std::string& subtitle, const std::string& csv,
+                           const std::string& axes) {
+    return gnuplot_head(name, title, subtitle, true) +
+           "set style data histograms\nset style histogram clustered\nset style fill solid "
+           "0.6\n" +
+           axes + "set key top left\nplot '" + csv + "' using 2:xtic(1), '' using 3\n";
+}
+
 std::vector<std::pair<std::string, std::string>> plots(const json& r, std::size_t n_layers) {
     const std::string                                t = title_of(r);
     std::vector<std::pair<std::string, std::string>> p;
@@ -130,12 +140,8 @@ std::vector<std::pair<std::string, std::string>> plots(const json& r, std::size_
                                 "output proxy |(W - W_hat) X|^2 / |W X|^2 on the "
                                 "calibration inputs, at quantize time",
                                 {{6, "dense part alone"}, {7, "dense + sparse parts"}}, n_layers));
-    std::ostringstream sp;
-    sp << gnuplot_head("sparse", t, "sparse weights per layer", true)
-       << "set style data histograms\nset style histogram clustered\nset style fill solid 0.6\n"
-          "set xlabel 'layer'\nset ylabel 'weights'\nset key top left\n"
-          "plot 'layers.csv' using 2:xtic(1), '' using 3\n";
-    p.emplace_back("sparse", sp.str());
+    p.emplace_back("sparse", histogram_plot("sparse", t, "sparse weights per layer", "layers.csv",
+                                            "set xlabel 'layer'\nset ylabel 'weights'\n"));
     if (r["requant"].contains("detach") && !r["requant"]["detach"]["pqi"].empty()) {
         std::ostringstream d;
         d << gnuplot_head("detach", t, "PQI detach rounds: actual dF against sum of PQI", true)
@@ -144,12 +150,9 @@ std::vector<std::pair<std::string, std::string>> plots(const json& r, std::size_
              "using 1:3 with linespoints\n";
         p.emplace_back("detach", d.str());
     }
-    std::ostringstream pp;
-    pp << gnuplot_head("perplexity", t, "perplexity before and after quantization", true)
-       << "set style data histograms\nset style histogram clustered\nset style fill solid 0.6\n"
-          "set ylabel 'perplexity'\nset yrange [0:*]\nset key top left\n"
-          "plot 'perplexity.csv' using 2:xtic(1), '' using 3\n";
-    p.emplace_back("perplexity", pp.str());
+    p.emplace_back("perplexity",
+                   histogram_plot("perplexity", t, "perplexity before and after quantization",
+                                  "perplexity.csv", "set ylabel 'perplexity'\nset yrange [0:*]\n"));
     return p;
 }
 

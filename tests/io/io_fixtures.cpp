@@ -33,6 +33,10 @@ std::string data_path(const std::string& name) {
     return shared_dir() + "/data/" + name;
 }
 
+std::string tokenizer_dir(const std::string& name) {
+    return shared_dir() + "/tokenizers/" + name;
+}
+
 TempDir::TempDir() {
     char tmpl[] = "/tmp/rq-io-test-XXXXXX";
     if (::mkdtemp(tmpl) == nullptr) throw std::runtime_error("mkdtemp failed");

@@ -16,8 +16,9 @@ namespace rq::io_test {
 
 // RQ_SHARED_DIR, or a std::runtime_error saying it is missing (tests never skip).
 std::string shared_dir();
-std::string model_dir(const std::string& name);  // <shared>/models/<name>
-std::string data_path(const std::string& name);  // <shared>/data/<name>
+std::string model_dir(const std::string& name);      // <shared>/models/<name>
+std::string data_path(const std::string& name);      // <shared>/data/<name>
+std::string tokenizer_dir(const std::string& name);  // <shared>/tokenizers/<name>
 
 // A fresh folder under /tmp (mkdtemp), removed with its contents on destruction.
 class TempDir {

@@ -29,7 +29,7 @@ using rq::io_test::TempDir;
 using rq::io_test::write_file;
 
 std::string llama3_dir() {
-    return rq::io_test::shared_dir() + "/tokenizers/llama3";
+    return rq::io_test::tokenizer_dir("llama3");
 }
 
 const Tokenizer& llama3() {
