@@ -6,7 +6,8 @@ the root attribute `run`, the job fingerprint), results.json (every value except
 version and paths), and for sensitivity runs pqi.h5 and the report CSVs. Outputs that only NEW
 has (a dataset, attribute or key a feature added) are listed, prefixed "+", and do not count as
 a difference; anything changed or missing in NEW does. Prints one line per cell ("same" or where
-it differs) and exits 1 if any cell differs or is missing.
+it differs) and exits 1 if any cell differs or is missing; a cell only NEW has (a job added
+since the baseline) is listed as "new" and does not count.
 Usage: regress_compare.py BASE NEW CELL...
 """
 import json
@@ -130,8 +131,12 @@ def diff_cell(base, new):
 
 def main():
     base, new, cells = sys.argv[1], sys.argv[2], sys.argv[3:]
-    n_diff = 0
+    n_diff = n_new = 0
     for c in cells:
+        if not os.path.isdir(os.path.join(base, c)) and os.path.isdir(os.path.join(new, c)):
+            n_new += 1  # a job added since the baseline: nothing to compare it with
+            print(f"new     {c}: not in the baseline")
+            continue
         all_lines = diff_cell(os.path.join(base, c), os.path.join(new, c))
         d = [x for x in all_lines if not x.startswith("+ ")]
         added = [x for x in all_lines if x.startswith("+ ")]
@@ -147,7 +152,8 @@ def main():
                 print(f"    ... and {len(d) - 12} more")
         else:
             print(f"same    {c}")
-    print(f"regress: {len(cells) - n_diff} of {len(cells)} runs the same as {base}")
+    print(f"regress: {len(cells) - n_diff - n_new} of {len(cells) - n_new} runs the same as {base}"
+          + (f" ({n_new} new)" if n_new else ""))
     sys.exit(1 if n_diff else 0)
 
 

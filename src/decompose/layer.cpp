@@ -48,8 +48,8 @@ LinearErrors linear_errors(const quant::Quantizer& m, const at::Tensor& w,
         e.proxy_dense   = num_dense / wx;
         e.proxy         = num / wx;
     }
-    // GPTQ's objective tr(dW H dW^T) is the numerator just computed: no second pass.
-    const bool from_proxy = m.method == io::QuantMethod::Gptq && h.defined();
+    // GPTQ's and QTIP's objective tr(dW H dW^T) is the numerator just computed: no second pass.
+    const bool from_proxy = m.objective_is_proxy && h.defined();
     e.objective_dense     = from_proxy ? num_dense : m.objective(wf, w_dense, in, fisher);
     e.objective           = !has_sparse  ? e.objective_dense
                             : from_proxy ? num
@@ -89,7 +89,8 @@ LayerQuant quantize_weights(const model::LayerTensors& w, int64_t layer, const L
         g.in = stats.inputs[k];
         for (std::size_t i : idx) {
             g.w.push_back(sparse[i].defined() ? w0[i].masked_fill(sparse[i], 0.0) : w0[i]);
-            g.clip.push_back(i >= 2);                              // AWQ: q and k are not clipped
+            g.clip.push_back(i >= 2);  // AWQ: q and k are not clipped
+            g.ids.push_back(uint64_t(layer) * model::kNumLinears + i);
             if (method.needs.fisher && stats.fisher != nullptr) {  // missing: the method says so
                 const at::Tensor& f = (*stats.fisher)[i];
                 g.fisher.push_back(sparse[i].defined() ? f.masked_fill(sparse[i], 0.0) : f);

@@ -28,7 +28,7 @@ const std::vector<std::pair<std::string, std::vector<std::string>>> kSchema = {
     {"data", {"calibration", "calibration_seqs", "seq_len", "eval", "eval_max_seqs"}},
     {"quant",
      {"method", "bits", "group_size", "sequential", "damp", "act_order", "block_size", "awq_grid",
-      "awq_samples", "kmeans_iters"}},
+      "awq_samples", "kmeans_iters", "qtip_code", "qtip_seed"}},
     {"requant",
      {"outlier_ratio", "outlier_select", "outlier_candidates", "significant_ratio", "step_ratio",
       "scope", "significant_select", "signed_ranking"}},
@@ -255,7 +255,7 @@ auto fields(const JobData& d) {
 }
 auto fields(const JobQuant& q) {
     return std::tie(q.method, q.bits, q.group_size, q.sequential, q.damp, q.act_order, q.block_size,
-                    q.awq_grid, q.awq_samples, q.kmeans_iters);
+                    q.awq_grid, q.awq_samples, q.kmeans_iters, q.qtip_code, q.qtip_seed);
 }
 auto fields(const JobRequant& q) {
     return std::tie(q.outlier_ratio, q.outlier_select, q.outlier_candidates, q.significant_ratio,
@@ -279,7 +279,10 @@ const char* name_of(E v, const char* const (&names)[N]) {
 }  // namespace
 
 const char* name(QuantMethod v) {
-    return name_of(v, {"rtn", "gptq", "awq", "squeezellm"});
+    return name_of(v, {"rtn", "gptq", "awq", "squeezellm", "qtip"});
+}
+const char* name(QtipCode v) {
+    return name_of(v, {"hyb", "1mad", "3inst"});
 }
 const char* name(OutlierSelect v) {
     return name_of(v, {"none", "fixed", "adaptive", "random"});
@@ -337,16 +340,31 @@ void read_data(const Reader& r, JobData& d) {
 
 void read_quant(const Reader& r, JobQuant& q) {
     read_enum(r, "quant", "method", q.method,
-              {QuantMethod::Rtn, QuantMethod::Gptq, QuantMethod::Awq, QuantMethod::SqueezeLlm});
+              {QuantMethod::Rtn, QuantMethod::Gptq, QuantMethod::Awq, QuantMethod::SqueezeLlm,
+               QuantMethod::Qtip});
+    const bool qtip = q.method == QuantMethod::Qtip;
     r.read("quant", "bits", q.bits);
-    in_range(r, "quant.bits", q.bits, 2, 8);
+    if (qtip)
+        in_range(r, "quant.bits", q.bits, 2, 4);  // K of the trellis
+    else
+        in_range(r, "quant.bits", q.bits, 2, 8);
+    if (qtip) q.group_size = 0;  // tiles and one scale per matrix: no groups
     r.read("quant", "group_size", q.group_size);
+    if (qtip && q.group_size != 0)
+        r.fail("quant.group_size",
+               "does not apply to qtip (one scale per matrix); leave it "
+               "out or set 0, got " +
+                   std::to_string(q.group_size));
     if (q.group_size < 0 || q.group_size == 1)
         r.fail("quant.group_size",
                "must be 0 (per output channel) or >= 2, got " + std::to_string(q.group_size));
     const bool sequential_set = r.read("quant", "sequential", q.sequential);
     if (!sequential_set)
         q.sequential = (q.method == QuantMethod::Gptq);  // as the reference codes do
+    if (qtip && q.sequential)
+        r.fail("quant.sequential",
+               "must be false for qtip: its Hessian comes from the "
+               "full-precision model (PAPER.md §9.3)");
     r.read("quant", "damp", q.damp);
     fraction(r, "quant.damp", q.damp);
     r.read("quant", "act_order", q.act_order);
@@ -358,6 +376,10 @@ void read_quant(const Reader& r, JobQuant& q) {
     at_least(r, "quant.awq_samples", q.awq_samples, 1);
     r.read("quant", "kmeans_iters", q.kmeans_iters);
     at_least(r, "quant.kmeans_iters", q.kmeans_iters, 1);
+    read_enum(r, "quant", "qtip_code", q.qtip_code,
+              {QtipCode::Hyb, QtipCode::OneMad, QtipCode::ThreeInst});
+    r.read("quant", "qtip_seed", q.qtip_seed);
+    at_least(r, "quant.qtip_seed", q.qtip_seed, 0);
 }
 
 void read_requant(const Reader& r, JobRequant& rq) {
@@ -493,6 +515,8 @@ std::string job_to_toml(const Job& j) {
     put("awq_grid", num(j.quant.awq_grid));
     put("awq_samples", num(j.quant.awq_samples));
     put("kmeans_iters", num(j.quant.kmeans_iters));
+    put("qtip_code", str(name(j.quant.qtip_code)));
+    put("qtip_seed", num(j.quant.qtip_seed));
     os << "\n[requant]\n";
     put("outlier_ratio", format_double(j.requant.outlier_ratio));
     put("outlier_select", str(name(j.requant.outlier_select)));

@@ -47,7 +47,8 @@ MemoryPlan plan_memory(const io::LlamaConfig& c, const io::Job& job, int n_ranks
     const bool   detach = job.requant.detaches();
     const bool   fisher = job.quant.method == io::QuantMethod::SqueezeLlm ||
                         job.requant.significant() == io::SignificantSelect::Fisher;
-    const bool   xtx    = job.quant.method == io::QuantMethod::Gptq;
+    const bool   qtip   = job.quant.method == io::QuantMethod::Qtip;
+    const bool   xtx    = job.quant.method == io::QuantMethod::Gptq || qtip;
     const double stored = c.torch_dtype == "float32" ? 4 : c.torch_dtype == "float64" ? 8 : 2;
     for (int r = 0; r < n_ranks; ++r) {
         const auto&  s    = p.pipeline.stages[std::size_t(r)];
@@ -57,13 +58,14 @@ MemoryPlan plan_memory(const io::LlamaConfig& c, const io::Job& job, int n_ranks
         m.weights = 4.0 * double(s.params);
         if (fisher) m.statistics += (4 + 4) * lin * L;  // diagonal + gradients
         if (xtx) {
-            // X^T X per linear input (q/k/v share one, gate/up another), and GPTQ's workspace
-            // on the widest linear: two [I, I] fp64 matrices at a time (the Cholesky steps)
-            // and W, Q in fp64.
+            // X^T X per linear input (q/k/v share one, gate/up another), and the workspace
+            // on the widest linear, fp64: GPTQ two [I, I] matrices at a time (the Cholesky
+            // steps) and W, Q; QTIP six [I, I] (H and H_r, the Cholesky factor and block LDL)
+            // and four [O, I] (W, W_r, the target and its trellis values).
             m.xtx_layer    = 8 * (2 * C * C + HD * HD + F * F);
             m.xtx_layers   = job.quant.sequential ? 1 : int64_t(L);
             const double I = std::max({C, HD, F});
-            m.statistics += 8 * (2 * I * I + 2 * C * F);
+            m.statistics += qtip ? 8 * (6 * I * I + 4 * C * F) : 8 * (2 * I * I + 2 * C * F);
         }
         if (detach) m.w_orig = stored * lin * L;
         if (detach) m.pqi = (4 + 4) * lin * L;  // gradients, accumulators (fp32)
@@ -105,8 +107,9 @@ int64_t in_flight_cap(const MemoryPlan& p, double budget) {
 }
 
 bool stats_in_passes(const io::Job& job) {
-    return job.quant.method == io::QuantMethod::Gptq && !job.quant.sequential &&
-           job.requant.outliers() != io::OutlierSelect::Adaptive;
+    const bool xtx =
+        job.quant.method == io::QuantMethod::Gptq || job.quant.method == io::QuantMethod::Qtip;
+    return xtx && !job.quant.sequential && job.requant.outliers() != io::OutlierSelect::Adaptive;
 }
 
 int64_t layers_per_pass(const model::StageRange& range, int64_t passes) {

@@ -75,6 +75,7 @@ quant::StorageBits total_storage(RunContext& ctx, const std::vector<decompose::L
     all.sparse_paper = acc[3].item<double>();
     all.outliers     = acc[4].item<double>();
     all.significant  = acc[5].item<double>();
+    if (!q.empty()) all.dense += store::shared_storage_bits(q.front());  // once per model
     return all;
 }
 

@@ -3,6 +3,8 @@
 
 #include <ATen/ATen.h>
 
+#include <vector>
+
 #include "requant/error.h"
 
 namespace rq::quant {
@@ -74,6 +76,51 @@ at::Tensor unpack_codes(const at::Tensor& packed, int bits, int64_t in_features)
         }
     }
     return out;
+}
+
+at::Tensor pack_flags(const at::Tensor& flags) {
+    const at::Tensor f   = flags.to(at::kBool).contiguous().view({-1});
+    const int64_t    n   = f.numel();
+    at::Tensor       out = at::zeros({(n + 7) / 8}, at::kByte);
+    const bool*      src = f.data_ptr<bool>();
+    uint8_t*         dst = out.data_ptr<uint8_t>();
+    for (int64_t i = 0; i < n; ++i)
+        if (src[i]) dst[i / 8] |= uint8_t(0x80u >> (i % 8));
+    return out;
+}
+
+at::Tensor unpack_flags(const at::Tensor& bytes, int64_t n) {
+    if (bytes.scalar_type() != at::kByte || bytes.numel() != (n + 7) / 8)
+        throw ShapeError("unpack_flags: " + std::to_string(n) + " flags need " +
+                         std::to_string((n + 7) / 8) + " uint8 bytes, got " +
+                         std::to_string(bytes.numel()));
+    const at::Tensor b   = bytes.contiguous();
+    at::Tensor       out = at::empty({n}, at::kBool);
+    const uint8_t*   src = b.data_ptr<uint8_t>();
+    bool*            dst = out.data_ptr<bool>();
+    for (int64_t i = 0; i < n; ++i) dst[i] = (src[i / 8] >> (7 - i % 8)) & 1u;
+    return out;
+}
+
+at::Tensor words_to_bytes(const at::Tensor& words) {
+    const at::Tensor     w  = words.contiguous();
+    const at::Tensor     hi = w.bitwise_right_shift(8).bitwise_and(0xFF).to(at::kByte);
+    const at::Tensor     lo = w.bitwise_and(0xFF).to(at::kByte);
+    std::vector<int64_t> shape(w.sizes().begin(), w.sizes().end());
+    shape.back() *= 2;
+    return at::stack({hi, lo}, -1).reshape(shape);
+}
+
+at::Tensor bytes_to_words(const at::Tensor& bytes) {
+    if (bytes.scalar_type() != at::kByte || bytes.dim() < 1 || bytes.size(-1) % 2 != 0)
+        throw ShapeError("bytes_to_words: expected uint8 [..., 2 W]");
+    std::vector<int64_t> shape(bytes.sizes().begin(), bytes.sizes().end());
+    shape.back() /= 2;
+    std::vector<int64_t> pairs = shape;
+    pairs.push_back(2);
+    const at::Tensor b = bytes.contiguous().view(pairs).to(at::kInt);
+    const at::Tensor v = b.select(-1, 0).bitwise_left_shift(8).bitwise_or(b.select(-1, 1));
+    return v.to(at::kShort);  // 0..65535 wraps to the int16 of the same bits
 }
 
 }  // namespace rq::quant

@@ -21,7 +21,7 @@ StorageBits& StorageBits::operator+=(const StorageBits& o) {
 StorageBits storage_bits(const LinearQuant& q) {
     StorageBits b;
     b.dense        = double(dense_storage_bits(q.dense));
-    b.weights      = double(q.dense.codes.numel());
+    b.weights      = double(q.dense.out_features() * q.dense.in_features());
     b.sparse       = double(csr_storage_bits(q.outliers) + csr_storage_bits(q.significant));
     b.sparse_paper = double(csr_paper_bits(q.outliers) + csr_paper_bits(q.significant));
     b.outliers     = double(q.outliers.nnz());

@@ -3,10 +3,13 @@
 #include "requant/quant/hadamard.h"
 
 #include <ATen/ATen.h>
-#include <ATen/CPUGeneratorImpl.h>
 
 #include <cmath>
+#include <map>
+#include <mutex>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "requant/error.h"
 
@@ -15,6 +18,48 @@ namespace {
 
 bool power_of_two(int64_t n) {
     return n > 0 && (n & (n - 1)) == 0;
+}
+
+struct SplitMix64 {  // a small counter-based generator: the same stream everywhere
+    uint64_t state;
+    uint64_t next() {
+        uint64_t z = (state += 0x9E3779B97F4A7C15ull);
+        z          = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+        z          = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+        return z ^ (z >> 31);
+    }
+    double uniform() { return double(next() >> 11) * 0x1.0p-53; }  // [0, 1), exact
+};
+
+// Q, float64 [m, m]: columns of a seeded matrix of near-Gaussian entries (the sum of 12
+// uniforms less 6), orthonormalised by modified Gram-Schmidt (twice, for orthogonality to
+// rounding), in plain loops: + - * / and sqrt only, so the bits do not depend on a BLAS.
+at::Tensor gram_schmidt(int64_t m, uint64_t seed) {
+    SplitMix64          rng{seed ^ 0x51A7E5EEDull};
+    std::vector<double> a(std::size_t(m * m));  // column j at a[j m ..]
+    for (double& x : a) {
+        double s = -6.0;
+        for (int k = 0; k < 12; ++k) s += rng.uniform();
+        x = s;
+    }
+    auto col = [&](int64_t j) { return a.data() + j * m; };
+    for (int64_t j = 0; j < m; ++j)
+        for (int pass = 0; pass < 2; ++pass) {
+            for (int64_t k = 0; k < j; ++k) {
+                double d = 0;
+                for (int64_t i = 0; i < m; ++i) d += col(k)[i] * col(j)[i];
+                for (int64_t i = 0; i < m; ++i) col(j)[i] -= d * col(k)[i];
+            }
+            double nn = 0;
+            for (int64_t i = 0; i < m; ++i) nn += col(j)[i] * col(j)[i];
+            const double inv = 1.0 / std::sqrt(nn);
+            for (int64_t i = 0; i < m; ++i) col(j)[i] *= inv;
+        }
+    at::Tensor q   = at::empty({m, m}, at::kDouble);
+    auto       acc = q.accessor<double, 2>();
+    for (int64_t i = 0; i < m; ++i)
+        for (int64_t j = 0; j < m; ++j) acc[i][j] = col(j)[i];
+    return q;
 }
 
 }  // namespace
@@ -43,16 +88,31 @@ at::Tensor hadamard_matrix(int64_t n) {
     return h / std::sqrt(double(n));
 }
 
-Incoherence::Incoherence(int64_t n, uint64_t seed) : n_(n), m_(n), p2_(1) {
+at::Tensor random_signs(int64_t n, uint64_t seed) {
     if (n <= 0) throw ShapeError("incoherence: dimension " + std::to_string(n));
+    SplitMix64 rng{seed};
+    at::Tensor s = at::empty({n}, at::kDouble);
+    double*    p = s.data_ptr<double>();
+    for (int64_t i = 0; i < n; ++i) p[i] = (rng.next() >> 63) ? -1.0 : 1.0;
+    return s;
+}
+
+const at::Tensor& kron_factor(int64_t m, uint64_t seed) {
+    static std::mutex                                         mu;
+    static std::map<std::pair<int64_t, uint64_t>, at::Tensor> cache;
+    std::lock_guard<std::mutex>                               lock(mu);
+    at::Tensor&                                               q = cache[{m, seed}];
+    if (!q.defined()) q = gram_schmidt(m, seed);
+    return q;
+}
+
+Incoherence::Incoherence(int64_t n, uint64_t seed) : Incoherence(random_signs(n, seed), seed) {}
+
+Incoherence::Incoherence(const at::Tensor& signs, uint64_t factor_seed)
+    : n_(signs.numel()), m_(signs.numel()), p2_(1), signs_(signs.to(at::kDouble).contiguous()) {
+    if (n_ <= 0) throw ShapeError("incoherence: dimension " + std::to_string(n_));
     while (m_ % 2 == 0) m_ /= 2, p2_ *= 2;
-    auto gen = at::detail::createCPUGenerator(seed);
-    signs_   = at::randint(0, 2, {n}, gen, at::kDouble).mul_(2).sub_(1);
-    if (m_ > 1) {  // QR of a Gaussian, R's diagonal made positive: Haar-distributed Q
-        const at::Tensor g = at::randn({m_, m_}, gen, at::kDouble);
-        auto [q, r]        = at::linalg_qr(g);
-        q_                 = q * r.diagonal().sign().unsqueeze(0);
-    }
+    if (m_ > 1) q_ = kron_factor(m_, factor_seed);
 }
 
 at::Tensor Incoherence::apply(const at::Tensor& x) const {
@@ -82,7 +142,7 @@ at::Tensor Incoherence::undo(const at::Tensor& y) const {
 
 at::Tensor Incoherence::matrix_ref() const {
     const at::Tensor h = hadamard_matrix(p2_);
-    const at::Tensor u = m_ > 1 ? at::kron(q_.t(), h) : h;
+    const at::Tensor u = m_ > 1 ? at::kron(q_.t().contiguous(), h) : h;
     return signs_.unsqueeze(1) * u;
 }
 

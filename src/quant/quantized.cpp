@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 
 #include "requant/quant/bitpack.h"
+#include "requant/quant/qtip.h"
 
 namespace rq::quant {
 
@@ -23,11 +24,16 @@ static at::Tensor dequantize_codes(const QuantizedLinear& q) {
 }
 
 at::Tensor dequantize(const QuantizedLinear& q) {
+    if (q.is_trellis()) return qtip_dequantize(q);
     at::Tensor w = dequantize_codes(q);
     return q.in_scale.defined() ? w / q.in_scale.to(at::kFloat) : w;
 }
 
 int64_t dense_storage_bits(const QuantizedLinear& q) {
+    if (q.is_trellis()) {
+        const TrellisDense& t = q.trellis;
+        return t.words.numel() * 16 + t.signs_rows.numel() + t.signs_cols.numel() + 32;
+    }
     const int64_t O = q.out_features(), I = q.in_features();
     int64_t       bits = O * packed_words(I, q.bits) * 32;
     if (q.is_lut())

@@ -7,6 +7,7 @@
 #include "requant/error.h"
 #include "requant/quant/awq.h"
 #include "requant/quant/gptq.h"
+#include "requant/quant/qtip.h"
 #include "requant/quant/rtn.h"
 #include "requant/quant/squeezellm.h"
 
@@ -76,6 +77,32 @@ double squeezellm_objective(const at::Tensor& w, const at::Tensor& w_hat, const 
     return (fisher.to(at::kDouble) * diff(w, w_hat).square()).sum().item<double>();
 }
 
+// QTIP: trellis-coded tiles of the incoherent weight, BlockLDLQ on H = X^T X; scored like
+// GPTQ. Each linear's signs are seeded by the job's seed and the linear's place in the model.
+TrellisCode trellis_code(io::QtipCode c) {
+    switch (c) {
+        case io::QtipCode::Hyb:
+            return TrellisCode::Hyb;
+        case io::QtipCode::OneMad:
+            return TrellisCode::OneMad;
+        case io::QtipCode::ThreeInst:
+            return TrellisCode::ThreeInst;
+    }
+    throw InternalError("qtip: unknown code");
+}
+std::vector<QuantizedLinear> qtip(const InputGroup& g, const io::JobQuant& p) {
+    if (!g.in.xtx.defined()) throw InternalError("qtip: X^T X was not collected");
+    return each(g, [&](std::size_t k) {
+        QtipParams q;
+        q.code            = trellis_code(p.qtip_code);
+        q.damp            = p.damp;
+        q.factor_seed     = uint64_t(p.qtip_seed);
+        const uint64_t id = k < g.ids.size() ? g.ids[k] : k;
+        q.sign_seed       = (uint64_t(p.qtip_seed) << 40) ^ id;
+        return qtip_quantize(g.w[k], g.in.xtx, p.bits, q);
+    });
+}
+
 }  // namespace
 
 const std::vector<Quantizer>& quantizers() {
@@ -83,13 +110,15 @@ const std::vector<Quantizer>& quantizers() {
     static const std::vector<Quantizer> table = {
         // method                      needs: xtx, abs_mean, samples, fisher
         {io::QuantMethod::Rtn,        {false, false, false, false}, rtn,        rtn_ref,
-         rtn_objective,        "sum dW^2"},
+         rtn_objective,        "sum dW^2", false},
         {io::QuantMethod::Gptq,       {true,  false, false, false}, gptq,       nullptr,
-         gptq_objective,       "tr(dW H dW^T), H = X^T X"},
+         gptq_objective,       "tr(dW H dW^T), H = X^T X", true},
         {io::QuantMethod::Awq,        {false, true,  true,  false}, awq,        nullptr,
-         awq_objective,        "|dW X^T|^2 on the sampled input rows"},
+         awq_objective,        "|dW X^T|^2 on the sampled input rows", false},
         {io::QuantMethod::SqueezeLlm, {false, false, false, true},  squeezellm, nullptr,
-         squeezellm_objective, "sum F dW^2, F the Fisher diagonal"},
+         squeezellm_objective, "sum F dW^2, F the Fisher diagonal", false},
+        {io::QuantMethod::Qtip,       {true,  false, false, false}, qtip,       nullptr,
+         gptq_objective,       "tr(dW H dW^T), H = X^T X", true},
     };
     // clang-format on
     return table;

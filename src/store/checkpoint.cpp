@@ -17,6 +17,7 @@
 #include "requant/io/h5.h"
 #include "requant/io/safetensors.h"
 #include "requant/model/weights.h"
+#include "requant/quant/qtip.h"
 #include "requant/quant/quantized.h"
 #include "requant/quant/sparse.h"
 #include "requant/store/state.h"
@@ -58,12 +59,55 @@ io::H5File open_checkpoint(const std::string& path) {
     return f;
 }
 
+// QTIP's model-wide parts, from one layer's linears (all layers have the same shapes).
+struct QtipShared {
+    const quant::TrellisDense* first = nullptr;  // null: not a QTIP model
+    int                        K     = 0;
+    std::vector<int64_t>       odd;  // odd parts of the padded dimensions (Kronecker factors)
+};
+QtipShared qtip_shared(const decompose::LayerQuant& q) {
+    QtipShared           s;
+    std::vector<int64_t> dims;
+    for (const auto& l : q)
+        if (l.dense.is_trellis()) {
+            if (!s.first) s.first = &l.dense.trellis, s.K = l.dense.bits;
+            dims.push_back(l.dense.trellis.words.size(0) * quant::kQtipTile);
+            dims.push_back(l.dense.trellis.words.size(1) * quant::kQtipTile);
+        }
+    s.odd = quant::qtip_odd_parts(dims);
+    return s;
+}
+
+// What every QTIP linear of the model shares, for readers of the file (requant-dist itself
+// rebuilds it from the code and factor_seed): root attributes qtip_*, /qtip/lut, /qtip/factors.
+void write_qtip_shared(io::H5File& f, const QtipShared& s) {
+    f.set_attr("/", "qtip_code", std::string(quant::name(s.first->code)));
+    f.set_attr("/", "qtip_K", int64_t(s.K));
+    f.set_attr("/", "qtip_L", int64_t(quant::kTrellisL));
+    f.set_attr("/", "qtip_V", int64_t(s.first->code == quant::TrellisCode::Hyb ? 2 : 1));
+    f.set_attr("/", "qtip_tile", int64_t(quant::kQtipTile));
+    f.set_attr("/", "qtip_factor_seed", int64_t(s.first->factor_seed));
+    f.set_attr(
+        "/", "qtip_weight",
+        std::string("W = (diag(S_rows) U_rows (wscale X) U_cols^T diag(S_cols))[:rows, "
+                    ":cols]; U_n = kron(Q_m^T, H_{n/m}) for n = m 2^p, H the normalised "
+                    "Sylvester Hadamard matrix, Q_m = /qtip/factors/m (identity for m = 1)"));
+    if (s.first->code == quant::TrellisCode::Hyb) f.write("/qtip/lut", quant::qtip_hyb_lut());
+    for (int64_t m : s.odd)
+        f.write("/qtip/factors/" + std::to_string(m), quant::kron_factor(m, s.first->factor_seed));
+}
+
 }  // namespace
 
 quant::StorageBits storage_bits(const decompose::LayerQuant& q) {
     quant::StorageBits b;
     for (const auto& l : q) b += quant::storage_bits(l);
     return b;
+}
+
+double shared_storage_bits(const decompose::LayerQuant& q) {
+    const QtipShared s = qtip_shared(q);
+    return s.first ? quant::qtip_shared_bits(s.first->code, s.odd) : 0.0;
 }
 
 std::string final_checkpoint_path(const std::string& out) {
@@ -86,6 +130,8 @@ void write_final_checkpoint(const std::string& out, int64_t n_layer, const io::H
     for (int64_t l = 0; l < n_layer; ++l) {
         auto q = read_layer_state(out, l, run_fp);
         if (!q) throw StateError(layer_state_path(out, l) + ": missing or damaged at assembly");
+        if (l == 0)
+            if (const QtipShared s = qtip_shared(*q); s.first) write_qtip_shared(f, s);
         write_layer_quant(f, layer_group(l), *q);
         if (auto e = read_layer_errors(out, l, run_fp))
             f.write(layer_group(l) + "/errors", errors_tensor(*e));
@@ -122,11 +168,13 @@ nlohmann::json inspect_checkpoint(const std::string& path) {
     s["bits"]    = f.attr_int("/", "bits");
     s["n_layer"] = f.attr_int("/", "n_layer");
     quant::StorageBits total;
-    s["layers"] = nlohmann::json::array();
+    s["layers"]      = nlohmann::json::array();
+    s["shared_bits"] = 0.0;
     for (int64_t l = 0; l < f.attr_int("/", "n_layer"); ++l) {
         const decompose::LayerQuant q = read_layer_quant(f, layer_group(l));
-        nlohmann::json              layer{{"layer", l}, {"linears", nlohmann::json::array()}};
-        const std::string           eg = layer_group(l) + "/errors";
+        if (l == 0) s["shared_bits"] = shared_storage_bits(q);
+        nlohmann::json    layer{{"layer", l}, {"linears", nlohmann::json::array()}};
+        const std::string eg = layer_group(l) + "/errors";
         std::optional<decompose::LayerErrors> errors;
         if (f.exists(eg)) errors = errors_from_tensor(f.read(eg));
         for (std::size_t i = 0; i < model::kNumLinears; ++i) {
@@ -156,6 +204,7 @@ nlohmann::json inspect_checkpoint(const std::string& path) {
         s["layers"].push_back(layer);
         total += b;
     }
+    total.dense += s["shared_bits"].get<double>();  // once per model
     double other = 0;
     for (const auto& name : f.children("/tensors"))
         other += double(f.read("/tensors/" + name).numel());

@@ -97,7 +97,8 @@ Fingerprint fingerprint(const io::Job& job, const std::string& model_dir) {
     for (auto& e : k.data.eval) e = io::base_name(e);
     // run.mem_gib shapes the schedule, never a result: its line is left out, so that a run
     // resumes under another budget and fingerprints of versions before the key stay valid.
-    // run.replicas = 1 is left out too (the fingerprints of versions before the key).
+    // run.replicas = 1 is left out too (the fingerprints of versions before the key), and the
+    // qtip keys for other methods (they shape nothing there).
     std::string toml = io::job_to_toml(k);
     auto        drop = [&toml](const std::string& line_start) {
         const auto at = toml.find("\n" + line_start);
@@ -105,6 +106,7 @@ Fingerprint fingerprint(const io::Job& job, const std::string& model_dir) {
     };
     drop("mem_gib ");
     if (k.run.replicas == 1) drop("replicas ");
+    if (k.quant.method != io::QuantMethod::Qtip) drop("qtip_code "), drop("qtip_seed ");
     fp.job = io::Sha256().add(toml).hex();
     return fp;
 }
@@ -202,18 +204,54 @@ void write_run_state(const std::string& out, const RunState& s) {
     f.commit();
 }
 
+namespace {
+
+void write_trellis(io::H5File& f, const std::string& g, const quant::TrellisDense& t) {
+    f.write(j(g, "trellis"), quant::words_to_bytes(t.words));
+    f.write(j(g, "signs_rows"), quant::pack_flags(t.signs_rows));
+    f.write(j(g, "signs_cols"), quant::pack_flags(t.signs_cols));
+    f.set_attr(g, "code", std::string(quant::name(t.code)));
+    f.set_attr(g, "wscale", double(t.wscale));
+    f.set_attr(g, "factor_seed", int64_t(t.factor_seed));
+}
+
+quant::TrellisDense read_trellis(const io::H5File& f, const std::string& g) {
+    quant::TrellisDense t;
+    const std::string   code  = f.attr_string(g, "code");
+    bool                known = false;
+    for (quant::TrellisCode c : quant::kTrellisCodes)
+        if (code == quant::name(c)) t.code = c, known = true;
+    if (!known) throw FormatError(f.path() + ": " + g + ": unknown trellis code '" + code + "'");
+    t.rows        = f.attr_int(g, "rows");
+    t.cols        = f.attr_int(g, "cols");
+    t.wscale      = float(f.attr_double(g, "wscale"));
+    t.factor_seed = uint64_t(f.attr_int(g, "factor_seed"));
+    t.words       = quant::bytes_to_words(f.read(j(g, "trellis")));
+    if (t.words.dim() != 3 || t.words.size(0) * 16 < t.rows || t.words.size(1) * 16 < t.cols)
+        throw FormatError(f.path() + ": " + g + "/trellis: its tiles do not cover " +
+                          std::to_string(t.rows) + "x" + std::to_string(t.cols));
+    t.signs_rows = quant::unpack_flags(f.read(j(g, "signs_rows")), t.words.size(0) * 16);
+    t.signs_cols = quant::unpack_flags(f.read(j(g, "signs_cols")), t.words.size(1) * 16);
+    return t;
+}
+
+}  // namespace
+
 void write_layer_quant(io::H5File& f, const std::string& prefix, const decompose::LayerQuant& q) {
     for (std::size_t i = 0; i < model::kNumLinears; ++i) {
         const std::string g = j(prefix, model::linear_name(model::kLinears[i]));
         const auto&       d = q[i].dense;
-        f.write(j(g, "codes"), quant::pack_codes(d.codes, d.bits));
+        if (d.is_trellis())  // datasets first: they make the group
+            write_trellis(f, g, d.trellis);
+        else
+            f.write(j(g, "codes"), quant::pack_codes(d.codes, d.bits));
         f.set_attr(g, "bits", int64_t(d.bits));
         f.set_attr(g, "group_size", d.group_size);
         f.set_attr(g, "rows", d.out_features());
         f.set_attr(g, "cols", d.in_features());
         if (d.is_lut()) {
             f.write(j(g, "lut"), d.lut);
-        } else {
+        } else if (!d.is_trellis()) {
             f.write(j(g, "scales"), d.scales);
             f.write(j(g, "zeros"), d.zeros);
         }
@@ -231,10 +269,13 @@ decompose::LayerQuant read_layer_quant(const io::H5File& f, const std::string& p
         auto&             d = q[i].dense;
         d.bits              = int(f.attr_int(g, "bits"));
         d.group_size        = f.attr_int(g, "group_size");
-        d.codes = quant::unpack_codes(f.read(j(g, "codes")), d.bits, f.attr_int(g, "cols"));
-        if (f.exists(j(g, "lut"))) {
-            d.lut = f.read(j(g, "lut"));
+        if (f.exists(j(g, "trellis"))) {
+            d.trellis = read_trellis(f, g);
+        } else if (f.exists(j(g, "lut"))) {
+            d.codes = quant::unpack_codes(f.read(j(g, "codes")), d.bits, f.attr_int(g, "cols"));
+            d.lut   = f.read(j(g, "lut"));
         } else {
+            d.codes  = quant::unpack_codes(f.read(j(g, "codes")), d.bits, f.attr_int(g, "cols"));
             d.scales = f.read(j(g, "scales"));
             d.zeros  = f.read(j(g, "zeros"));
         }

@@ -76,8 +76,7 @@ int main(int argc, char** argv) try {
     }
     std::printf("%s: X^T X from %lld x %lld tokens of %s\n", dir.c_str(),
                 (long long)d.tokens.size(0), (long long)d.tokens.size(1), text.c_str());
-    const at::Tensor             tab = quant::hyb_table(1);
-    const quant::BitshiftTrellis code(bits, quant::TrellisCode::Hyb, tab);
+    quant::qtip_code(bits, quant::TrellisCode::Hyb);  // HYB's table, once, before the clock
 
     struct Row {
         int64_t     layer;
@@ -99,8 +98,10 @@ int main(int argc, char** argv) try {
             gp.bits       = bits;
             gp.group_size = a.integer("group", 128);
             r.gptq = proxy(w, quant::dequantize(quant::gptq_quantize(w, h, gp)), h);
-            const auto t0 = Clock::now();
-            r.qtip    = proxy(w, quant::qtip_quantize(w, h, code, {}).w_hat, h);
+            const auto        t0 = Clock::now();
+            quant::QtipParams qp;
+            qp.sign_seed = k;
+            r.qtip = proxy(w, quant::dequantize(quant::qtip_quantize(w, h, bits, qp)), h);
             r.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
         }
     };

@@ -30,6 +30,7 @@ using rq::io::name;
 using rq::io::OutlierSelect;
 using rq::io::parse_job;
 using rq::io::PqiRule;
+using rq::io::QtipCode;
 using rq::io::QuantMethod;
 using rq::io::SelectScope;
 using rq::io::SignificantSelect;
@@ -283,9 +284,35 @@ TEST(Job, AwqSamplesIsAJobKey) {
     expect_config_error(kMinimal, {"'quant.awq_samples' must be >= 1"}, {"quant.awq_samples=0"});
 }
 
+TEST(Job, QtipKeys) {
+    const Job j = parse(kMinimal, {"quant.method=qtip", "quant.bits=2"});
+    EXPECT_EQ(j.quant.method, QuantMethod::Qtip);
+    EXPECT_EQ(j.quant.group_size, 0);  // its default: no groups
+    EXPECT_FALSE(j.quant.sequential);
+    EXPECT_EQ(j.quant.qtip_code, QtipCode::Hyb);
+    EXPECT_EQ(j.quant.qtip_seed, 0);
+    for (QtipCode c : {QtipCode::Hyb, QtipCode::OneMad, QtipCode::ThreeInst})
+        EXPECT_EQ(parse(kMinimal, {"quant.method=qtip", std::string("quant.qtip_code=") + name(c)})
+                      .quant.qtip_code,
+                  c);
+    EXPECT_EQ(parse(kMinimal, {"quant.method=qtip", "quant.qtip_seed=7"}).quant.qtip_seed, 7);
+    EXPECT_NE(job_to_toml(parse(kMinimal, {"quant.method=qtip", "quant.qtip_seed=7"})),
+              job_to_toml(j));
+    expect_config_error(kMinimal, {"'quant.bits' must be in 2..4"},
+                        {"quant.method=qtip", "quant.bits=5"});
+    expect_config_error(kMinimal, {"'quant.group_size' does not apply to qtip"},
+                        {"quant.method=qtip", "quant.group_size=128"});
+    expect_config_error(kMinimal, {"'quant.sequential' must be false for qtip"},
+                        {"quant.method=qtip", "quant.sequential=true"});
+    expect_config_error(kMinimal, {"'quant.qtip_code'", "hyb, 1mad, 3inst"},
+                        {"quant.method=qtip", "quant.qtip_code=2mad"});
+    expect_config_error(kMinimal, {"'quant.qtip_seed' must be >= 0"},
+                        {"quant.method=qtip", "quant.qtip_seed=-1"});
+}
+
 TEST(Job, EveryEnumValueRoundTripsByName) {
-    for (QuantMethod m :
-         {QuantMethod::Rtn, QuantMethod::Gptq, QuantMethod::Awq, QuantMethod::SqueezeLlm})
+    for (QuantMethod m : {QuantMethod::Rtn, QuantMethod::Gptq, QuantMethod::Awq,
+                          QuantMethod::SqueezeLlm, QuantMethod::Qtip})
         EXPECT_EQ(parse(kMinimal, {std::string("quant.method=") + name(m)}).quant.method, m);
     for (PqiRule r : kPqiRules)
         EXPECT_EQ(parse(kMinimal, {std::string("sensitivity.rule=") + name(r)}).sensitivity.rule,

@@ -156,5 +156,27 @@ TEST(Bitpack, BadInputsAreShapeErrors) {
     EXPECT_THROW(unpack_codes(packed, 9, 10), ShapeError);
 }
 
+// QTIP's sign vectors and tile words as stored: flags in numpy.packbits order, words as their
+// big-endian bytes, both round trips exact.
+TEST(Bitpack, FlagsAndWordsAsBytes) {
+    const at::Tensor flags = at::tensor({1, 0, 1, 1, 0, 0, 0, 0, 1, 1}, at::kInt).to(at::kBool);
+    const at::Tensor bytes = pack_flags(flags);
+    ASSERT_EQ(bytes.numel(), 2);
+    EXPECT_EQ(bytes[0].item<int64_t>(), 0xB0);  // 1011 0000
+    EXPECT_EQ(bytes[1].item<int64_t>(), 0xC0);  // 11 then padding
+    EXPECT_TRUE(at::equal(unpack_flags(bytes, 10), flags));
+    EXPECT_THROW(unpack_flags(bytes, 17), ShapeError);
+
+    auto             gen   = at::detail::createCPUGenerator(5);
+    const at::Tensor words = at::randint(-32768, 32768, {3, 2, 8}, gen, at::kShort);
+    const at::Tensor b     = words_to_bytes(words);
+    ASSERT_EQ(b.sizes(), (at::IntArrayRef{3, 2, 16}));
+    const auto w0 = uint16_t(words[1][1][3].item<int64_t>());
+    EXPECT_EQ(b[1][1][6].item<int64_t>(), w0 >> 8);
+    EXPECT_EQ(b[1][1][7].item<int64_t>(), w0 & 0xFF);
+    EXPECT_TRUE(at::equal(bytes_to_words(b), words));
+    EXPECT_THROW(bytes_to_words(b.narrow(2, 0, 15)), ShapeError);
+}
+
 }  // namespace
 }  // namespace rq::quant

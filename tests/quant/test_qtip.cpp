@@ -15,11 +15,6 @@
 namespace rq::quant {
 namespace {
 
-const at::Tensor& table() {
-    static const at::Tensor t = hyb_table(1, int64_t{1} << 16, 12);
-    return t;
-}
-
 // Correlated inputs: X = Z M with a random mixing M, so H = X^T X is far from diagonal.
 at::Tensor hessian(uint64_t seed, int64_t n) {
     auto             gen = at::detail::createCPUGenerator(seed);
@@ -60,29 +55,57 @@ TEST(Qtip, TwoBitsBeatGptqTwoBitsOnTheOutputProxy) {
     auto                  gen = at::detail::createCPUGenerator(2);
     const at::Tensor      w   = at::randn({64, 128}, gen, at::kFloat) * 0.02;
     const at::Tensor      h   = hessian(3, 128);
-    const BitshiftTrellis code(2, TrellisCode::Hyb, table());
-    const QtipLinear      q = qtip_quantize(w, h, code, {});
-    EXPECT_EQ(q.words.sizes(), (at::IntArrayRef{4, 8, 32}));  // 16 x 2 bits x 256 / 16 words
+    const QuantizedLinear q   = qtip_quantize(w, h, 2, {});
+    EXPECT_EQ(q.trellis.words.sizes(), (at::IntArrayRef{4, 8, 32}));  // 2 bits x 256 / 16 words
+    EXPECT_EQ(dense_storage_bits(q), 64 * 128 * 2 + 64 + 128 + 32);   // + signs + Wscale
     GptqParams gp;
     gp.bits             = 2;
     gp.group_size       = 64;
     const at::Tensor g  = dequantize(gptq_quantize(w, h, gp));
-    const double     eq = proxy(w, q.w_hat, h), eg = proxy(w, g, h);
+    const double     eq = proxy(w, dequantize(q), h), eg = proxy(w, g, h);
     std::printf("output proxy at 2 bits: QTIP %.4f, GPTQ g64 %.4f\n", eq, eg);
     EXPECT_LT(eq, eg) << "QTIP 2-bit proxy " << eq << ", GPTQ 2-bit g64 " << eg;
     EXPECT_LT(eq, 0.2);
 }
 
 TEST(Qtip, DimensionsNotMultiplesOf16ArePadded) {
-    auto                  gen = at::detail::createCPUGenerator(4);
-    const at::Tensor      w   = at::randn({20, 36}, gen, at::kFloat);
-    const at::Tensor      h   = hessian(5, 36);
-    const BitshiftTrellis code(3, TrellisCode::OneMad);
-    const QtipLinear      q = qtip_quantize(w, h, code, {});
-    EXPECT_EQ(q.rows_padded, 32);
-    EXPECT_EQ(q.cols_padded, 48);
-    EXPECT_EQ(q.w_hat.sizes(), w.sizes());
-    EXPECT_LT(proxy(w, q.w_hat, h), 0.1);  // 3 bits
+    auto             gen = at::detail::createCPUGenerator(4);
+    const at::Tensor w   = at::randn({20, 36}, gen, at::kFloat);
+    const at::Tensor h   = hessian(5, 36);
+    QtipParams       p;
+    p.code                  = TrellisCode::OneMad;
+    const QuantizedLinear q = qtip_quantize(w, h, 3, p);
+    EXPECT_EQ(q.trellis.words.sizes(), (at::IntArrayRef{2, 3, 48}));  // 32 x 48 padded
+    EXPECT_EQ(q.trellis.signs_rows.numel(), 32);
+    EXPECT_EQ(q.trellis.signs_cols.numel(), 48);
+    EXPECT_EQ(q.out_features(), 20);
+    EXPECT_EQ(q.in_features(), 36);
+    EXPECT_EQ(dense_storage_bits(q), 32 * 48 * 3 + 32 + 48 + 32);  // the padding is counted
+    EXPECT_EQ(dequantize(q).sizes(), w.sizes());
+    EXPECT_LT(proxy(w, dequantize(q), h), 0.1);  // 3 bits
+}
+
+// The seeds shape the result: another sign seed gives other signs and another (equally good)
+// weight; the same seed the same bits; the Kronecker factor is shared through factor_seed.
+TEST(Qtip, SeedsAreDeterministicAndShapeTheSigns) {
+    auto             gen = at::detail::createCPUGenerator(6);
+    const at::Tensor w   = at::randn({48, 176}, gen, at::kFloat);  // 176 = 11 x 16
+    const at::Tensor h   = hessian(7, 176);
+    QtipParams       p;
+    p.code                  = TrellisCode::ThreeInst;
+    p.sign_seed             = 3;
+    p.factor_seed           = 9;
+    const QuantizedLinear a = qtip_quantize(w, h, 2, p), b = qtip_quantize(w, h, 2, p);
+    EXPECT_TRUE(at::equal(a.trellis.words, b.trellis.words));
+    EXPECT_TRUE(at::equal(dequantize(a), dequantize(b)));
+    p.sign_seed             = 4;
+    const QuantizedLinear c = qtip_quantize(w, h, 2, p);
+    EXPECT_FALSE(at::equal(a.trellis.signs_cols, c.trellis.signs_cols));
+    EXPECT_FALSE(at::equal(dequantize(a), dequantize(c)));
+    EXPECT_NEAR(proxy(w, dequantize(a), h), proxy(w, dequantize(c), h), 0.05);
+    EXPECT_EQ(qtip_odd_parts({48, 176, 688, 256}), (std::vector<int64_t>{3, 11, 43}));
+    EXPECT_EQ(qtip_shared_bits(TrellisCode::Hyb, {11}), 512 * 2 * 16 + 11 * 11 * 64);
+    EXPECT_EQ(qtip_shared_bits(TrellisCode::OneMad, {}), 0.0);
 }
 
 }  // namespace

@@ -64,6 +64,7 @@ TEST_P(Registered, ShapesRefTwinAndObjective) {
     EXPECT_EQ(q.method, GetParam());
     const InputGroup g = make_group(7);
     // SqueezeLLM fits one LUT per row: RTN with one group per row has as many levels.
+    // QTIP has no groups; RTN per group of 32 has more levels per row than it.
     const int64_t                G = GetParam() == io::QuantMethod::SqueezeLlm ? 0 : 32;
     const io::JobQuant           p = params(GetParam(), G);
     std::vector<QuantizedLinear> d = q.quantize(g, p);
@@ -90,18 +91,20 @@ TEST_P(Registered, ShapesRefTwinAndObjective) {
 
 INSTANTIATE_TEST_SUITE_P(Methods, Registered,
                          ::testing::Values(io::QuantMethod::Rtn, io::QuantMethod::Gptq,
-                                           io::QuantMethod::Awq, io::QuantMethod::SqueezeLlm),
+                                           io::QuantMethod::Awq, io::QuantMethod::SqueezeLlm,
+                                           io::QuantMethod::Qtip),
                          [](const auto& info) { return std::string(io::name(info.param)); });
 
 TEST(Registry, OneRowPerMethodInEnumOrder) {
     const auto& all = quantizers();
-    ASSERT_EQ(all.size(), 4u);
+    ASSERT_EQ(all.size(), 5u);
     for (std::size_t i = 0; i < all.size(); ++i) {
         EXPECT_EQ(int(all[i].method), int(i));
         EXPECT_NE(all[i].quantize, nullptr);
         EXPECT_NE(all[i].objective, nullptr);
     }
     EXPECT_TRUE(quantizer(io::QuantMethod::Gptq).needs.xtx);
+    EXPECT_TRUE(quantizer(io::QuantMethod::Qtip).needs.xtx);
     EXPECT_TRUE(quantizer(io::QuantMethod::Awq).needs.samples);
     EXPECT_TRUE(quantizer(io::QuantMethod::SqueezeLlm).needs.fisher);
     EXPECT_FALSE(quantizer(io::QuantMethod::Rtn).needs.forward());
@@ -111,8 +114,8 @@ TEST(Registry, MissingStatisticsAreAnInternalError) {
     InputGroup g = make_group(3);
     g.in         = {};
     g.fisher.clear();
-    for (io::QuantMethod m :
-         {io::QuantMethod::Gptq, io::QuantMethod::Awq, io::QuantMethod::SqueezeLlm})
+    for (io::QuantMethod m : {io::QuantMethod::Gptq, io::QuantMethod::Awq,
+                              io::QuantMethod::SqueezeLlm, io::QuantMethod::Qtip})
         EXPECT_THROW(quantizer(m).quantize(g, params(m, 32)), InternalError) << io::name(m);
 }
 

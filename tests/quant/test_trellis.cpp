@@ -47,6 +47,14 @@ bool valid_path(const BitshiftTrellis& tr, const std::vector<uint16_t>& st) {
     return true;
 }
 
+// HYB's table: the pruned nearest-centre search picks the same centres as trying every one, so
+// the tables are equal bitwise; and the table has its documented spread.
+TEST(Trellis, HybTableMatchesItsReference) {
+    const at::Tensor fast = hyb_table(3, 20000, 6), ref = hyb_table_ref(3, 20000, 6);
+    EXPECT_TRUE(at::equal(fast, ref));
+    EXPECT_NEAR(fast.std(/*unbiased=*/false).item<double>(), 0.9682458, 1e-6);
+}
+
 TEST(Trellis, CodesHaveTheirDocumentedScale) {
     const BitshiftTrellis mad(2, TrellisCode::OneMad), inst(2, TrellisCode::ThreeInst);
     double                m = 0, m2 = 0;

@@ -39,6 +39,7 @@
 #include "requant/model/weights.h"
 #include "requant/quant/bitpack.h"
 #include "requant/quant/decomposed.h"
+#include "requant/quant/qtip.h"
 #include "requant/quant/rtn.h"
 #include "requant/quant/sparse.h"
 #include "requant/quant/squeezellm.h"
@@ -298,20 +299,56 @@ TEST(StoreLayerState, RtnRoundTripIsBitExact) {
     }
 }
 
-TEST(StoreLayerState, LutRoundTripIsBitExact) {
-    const LayerQuant q = lut_layer();
-    TempDir          d;
+// Writes q as layer kLayer's state and reads it back, expecting every field equal; an empty
+// layer (and a failure) when it does not read back.
+LayerQuant round_trip(const LayerQuant& q) {
+    TempDir d;
     write_layer_state(d.str(), kLayer, q, kFp);
     const auto back = read_layer_state(d.str(), kLayer, kFp);
-    ASSERT_TRUE(back.has_value());
+    EXPECT_TRUE(back.has_value());
+    if (!back) return {};
     expect_same_layer(q, *back);
+    return *back;
+}
+
+TEST(StoreLayerState, LutRoundTripIsBitExact) {
+    const LayerQuant back = round_trip(lut_layer());
     for (std::size_t i = 0; i < kNumLinears; ++i) {
-        EXPECT_TRUE((*back)[i].dense.is_lut()) << i;
-        EXPECT_FALSE((*back)[i].significant.indptr.defined()) << "absent parts stay absent";
+        EXPECT_TRUE(back[i].dense.is_lut()) << i;
+        EXPECT_FALSE(back[i].significant.indptr.defined()) << "absent parts stay absent";
     }
-    EXPECT_FALSE((*back)[4].outliers.indptr.defined());
-    EXPECT_TRUE((*back)[1].dense.g_idx.defined());
-    EXPECT_TRUE((*back)[5].dense.in_scale.defined());
+    EXPECT_FALSE(back[4].outliers.indptr.defined());
+    EXPECT_TRUE(back[1].dense.g_idx.defined());
+    EXPECT_TRUE(back[5].dense.in_scale.defined());
+}
+
+// QTIP's linears (1MAD: no table to compute; 100 and 40 are padded to 112 and 48): trellis
+// words, sign vectors, Wscale, code and factor seed come back exactly, with their sparse parts.
+TEST(StoreLayerState, TrellisRoundTripIsBitExact) {
+    const model::LayerTensors w = random_linears(11);
+    LayerQuant                q;
+    for (std::size_t i = 0; i < kNumLinears; ++i) {
+        const at::Tensor  x = at::randn({2 * kShapes[i][1], kShapes[i][1]});
+        quant::QtipParams p;
+        p.code           = quant::TrellisCode::OneMad;
+        p.sign_seed      = i;
+        p.factor_seed    = 5;
+        q[i].dense       = quant::qtip_quantize(w[i], x.t().matmul(x), 2, p);
+        const auto res   = w[i] - quant::dequantize(q[i].dense);
+        q[i].significant = quant::csr_from_mask(res, res.abs() > res.abs().quantile(0.99));
+    }
+    const LayerQuant back = round_trip(q);
+    for (std::size_t i = 0; i < kNumLinears; ++i) {
+        const quant::TrellisDense &a = q[i].dense.trellis, &b = back[i].dense.trellis;
+        ASSERT_TRUE(back[i].dense.is_trellis()) << i;
+        EXPECT_TRUE(at::equal(a.words, b.words)) << i;
+        EXPECT_TRUE(at::equal(a.signs_rows, b.signs_rows)) << i;
+        EXPECT_TRUE(at::equal(a.signs_cols, b.signs_cols)) << i;
+        EXPECT_EQ(a.wscale, b.wscale) << i;
+        EXPECT_EQ(a.factor_seed, b.factor_seed) << i;
+        EXPECT_EQ(b.code, quant::TrellisCode::OneMad) << i;
+        EXPECT_EQ(back[i].dense.out_features(), kShapes[i][0]) << i;
+    }
 }
 
 TEST(StoreLayerState, RewriteReplacesTheFile) {

@@ -15,7 +15,8 @@ namespace rq::io {
 
 // The closed vocabularies of a job. Strings are parsed into these once, in parse_job; after that
 // no code compares names. name() gives the job-file spelling (messages, job.toml, results.json).
-enum class QuantMethod { Rtn, Gptq, Awq, SqueezeLlm };
+enum class QuantMethod { Rtn, Gptq, Awq, SqueezeLlm, Qtip };
+enum class QtipCode { Hyb, OneMad, ThreeInst };  // QTIP's trellis codes (PAPER.md §9.5)
 enum class OutlierSelect { None, Fixed, Adaptive, Random };
 enum class SignificantSelect { None, Fisher, Pqi, Random };  // None: never in a file (ratio 0)
 enum class SelectScope { Global, Linear };
@@ -24,7 +25,8 @@ enum class TransportKind { Mpi, Nccl };
 constexpr PqiRule kPqiRules[] = {PqiRule::Left, PqiRule::Right, PqiRule::Midpoint,
                                  PqiRule::Trapezoid};
 
-const char* name(QuantMethod v);        // rtn | gptq | awq | squeezellm
+const char* name(QuantMethod v);        // rtn | gptq | awq | squeezellm | qtip
+const char* name(QtipCode v);           // hyb | 1mad | 3inst
 const char* name(OutlierSelect v);      // none | fixed | adaptive | random
 const char* name(SignificantSelect v);  // none | fisher | pqi | random
 const char* name(SelectScope v);        // global | linear
@@ -68,12 +70,16 @@ struct JobQuant {
     int         awq_grid     = 20;     // AWQ: grid points searched for the scale exponent, >= 1
     int         awq_samples  = 2048;   // AWQ: input rows kept per linear input for its searches
     int         kmeans_iters = 50;     // SqueezeLLM: weighted k-means iterations, >= 1
+    // QTIP (bits 2..4; group_size must be 0, its default for qtip; never sequential): the code,
+    // and the seed of the sign vectors and Kronecker factors, >= 0.
+    QtipCode qtip_code = QtipCode::Hyb;
+    int      qtip_seed = 0;
 
     template <class Ar>
     void serialize(Ar& ar, unsigned /*version*/) {
         // clang-format off
         ar & method & bits & group_size & sequential & damp & act_order & block_size & awq_grid
-           & awq_samples & kmeans_iters;
+           & awq_samples & kmeans_iters & qtip_code & qtip_seed;
         // clang-format on
     }
 };

@@ -9,6 +9,8 @@
 // with m odd > 1 (688 = 43 x 16, stories260k's padded 176 = 11 x 16, 5632 = 11 x 512), U =
 // Q^T (x) H_{2^p}, Q a seeded random orthogonal m x m matrix: QuIP#'s Kronecker alternative for
 // sizes without a tabulated Hadamard matrix, still orthogonal and mixing every coordinate.
+// Signs and factors come from plain integer and IEEE arithmetic (no LAPACK, no libm), so a seed
+// gives the same bits on every machine: a checkpoint can be dequantized anywhere from its seeds.
 // The weights and Hessian of QTIP: Wr = U_m^T diag(S_m) W diag(S_n) U_n, Hr = U_n^T diag(S_n)
 // H diag(S_n) U_n; transform_both and untransform_both do the two sides.
 
@@ -19,9 +21,17 @@ void fwht_(at::Tensor& x);
 // The normalised Sylvester Hadamard matrix, float64 [n, n] (the plain twin of fwht_).
 at::Tensor hadamard_matrix(int64_t n);
 
+// float64 [n] of +-1, from `seed`.
+at::Tensor random_signs(int64_t n, uint64_t seed);
+// The orthogonal factor Q (float64 [m, m]) of odd part m from `seed`: modified Gram-Schmidt of
+// a seeded matrix of near-Gaussian entries (sums of 12 uniforms). Cached per (m, seed).
+const at::Tensor& kron_factor(int64_t m, uint64_t seed);
+
 class Incoherence {
   public:
-    Incoherence(int64_t n, uint64_t seed);
+    Incoherence(int64_t n, uint64_t seed);  // signs and factor both from `seed`
+    // The given signs (float64 [n], +-1); the factor kron_factor(m, factor_seed) when m > 1.
+    Incoherence(const at::Tensor& signs, uint64_t factor_seed);
 
     int64_t           n() const { return n_; }
     int64_t           odd() const { return m_; }        // m: 1 for a power of two

@@ -37,6 +37,7 @@ struct InputGroup {
     std::vector<at::Tensor> w;       // float [O_k, I]: what the dense part is fitted on
     std::vector<at::Tensor> fisher;  // float [O_k, I] each when needs.fisher, else empty
     std::vector<bool>       clip;    // AWQ: search a clipping range (false for q and k)
+    std::vector<uint64_t>   ids;     // layer * 7 + linear of each (QTIP seeds its signs by it)
     InputStats              in;
 };
 
@@ -53,7 +54,8 @@ struct Quantizer {
     QuantizeFn      quantize;
     QuantizeFn      quantize_ref;  // the plain reference twin; nullptr where there is none
     ObjectiveFn     objective;
-    const char*     objective_text;  // "tr(dW H dW^T), H = X^T X", for docs and messages
+    const char*     objective_text;      // "tr(dW H dW^T), H = X^T X", for docs and messages
+    bool            objective_is_proxy;  // the objective is tr(dW H dW^T): the proxy's numerator
 };
 
 const std::vector<Quantizer>& quantizers();  // every method, in QuantMethod order

@@ -16,6 +16,9 @@
 namespace rq::quant {
 
 enum class TrellisCode { Hyb, OneMad, ThreeInst };
+constexpr TrellisCode kTrellisCodes[] = {TrellisCode::Hyb, TrellisCode::OneMad,
+                                         TrellisCode::ThreeInst};
+const char*           name(TrellisCode c);  // hyb | 1mad | 3inst (the job file's spelling)
 
 inline constexpr int kTrellisL   = 16;
 inline constexpr int kHybLutBits = 9;  // Q: the HYB table has 2^Q rows of V = 2 values
@@ -23,7 +26,11 @@ inline constexpr int kHybLutBits = 9;  // Q: the HYB table has 2^Q rows of V = 2
 // HYB's table, float [2^Q, 2]: seeded k-means (Lloyd, `iters` rounds) of `n_points` 2-D
 // standard normal points into 2^Q centres, rescaled to standard deviation 0.9682458 (QTIP's
 // initialisation, made deterministic: the reference runs scipy's k-means from a random start).
+// Plain double arithmetic, no BLAS: the same table on every machine. hyb_table finds each
+// point's nearest centre by a pruned search over centres sorted by one coordinate;
+// hyb_table_ref tries every centre; both give the same bits.
 at::Tensor hyb_table(uint64_t seed, int64_t n_points = int64_t{1} << 20, int iters = 30);
+at::Tensor hyb_table_ref(uint64_t seed, int64_t n_points = int64_t{1} << 20, int iters = 30);
 
 class BitshiftTrellis {
   public:

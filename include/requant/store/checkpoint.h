@@ -18,12 +18,19 @@
 //   /tensors/<HF name>         every other tensor (embeddings, norms, head): float32 when the
 //                              model stores bf16 (exact), else as stored
 //   /tokenizer/<file name>     the model folder's tokenizer files, byte for byte (uint8)
+//   /qtip                      QTIP only, what its linears share: lut (fp16 [512, 2], HYB's
+//                              table), factors/<m> (float64 [m, m]); root attributes qtip_code,
+//                              qtip_K, qtip_L, qtip_V, qtip_tile, qtip_factor_seed and
+//                              qtip_weight (the reconstruction formula)
 // It holds no timestamps: the same run gives the same bytes, resumed or not.
 
 namespace rq::store {
 
 // Storage of one layer's linears (quant/decomposed.h).
 quant::StorageBits storage_bits(const decompose::LayerQuant& q);
+// Bits a model stores once for all its linears, from one layer's (all layers have the same
+// shapes): QTIP's HYB table and Kronecker factors (quant/qtip.h); 0 for the other methods.
+double shared_storage_bits(const decompose::LayerQuant& q);
 
 std::string final_checkpoint_path(const std::string& out);  // OUT/model.requant.h5
 
