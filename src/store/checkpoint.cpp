@@ -92,9 +92,11 @@ void write_qtip_shared(io::H5File& f, const QtipShared& s) {
         std::string("W = (diag(S_rows) U_rows (wscale X) U_cols^T diag(S_cols))[:rows, "
                     ":cols]; U_n = kron(Q_m^T, H_{n/m}) for n = m 2^p, H the normalised "
                     "Sylvester Hadamard matrix, Q_m = /qtip/factors/m (identity for m = 1)"));
-    if (s.first->code == quant::TrellisCode::Hyb) f.write("/qtip/lut", quant::qtip_hyb_lut());
+    const std::string group = "/qtip";  // an HDF5 group of the checkpoint
+    if (s.first->code == quant::TrellisCode::Hyb) f.write(group + "/lut", quant::qtip_hyb_lut());
     for (int64_t m : s.odd)
-        f.write("/qtip/factors/" + std::to_string(m), quant::kron_factor(m, s.first->factor_seed));
+        f.write(group + "/factors/" + std::to_string(m),
+                quant::kron_factor(m, s.first->factor_seed));
 }
 
 }  // namespace
