@@ -3,15 +3,19 @@
 #include "requant/quant/trellis.h"
 
 #include <ATen/ATen.h>
-#include <ATen/Parallel.h>
 #include <c10/util/Half.h>
 
-#include <algorithm>
+#include <utility>
 #include <cstring>
 #include <limits>
 #include <string>
 
 #include "requant/error.h"
+
+// The functions that take or return 32-byte vectors are in an anonymous namespace (and always
+// inlined): no vector crosses this file's ABI, so GCC's note on the baseline clone's vector
+// ABI does not apply. It is reported at the end of the file, hence here, for the whole file.
+#pragma GCC diagnostic ignored "-Wpsabi"
 
 namespace rq::quant {
 namespace {
@@ -34,101 +38,6 @@ float three_inst(uint32_t s) {
 
 }  // namespace
 
-namespace {
-
-// Lloyd's k-means of 2-D points into n_c centres; `nearest(p, c, arg)` assigns each point to
-// its nearest centre (the first on ties). Sums in point order: the same bits for any
-// `nearest` that picks the same centres.
-template <class Nearest>
-at::Tensor hyb_kmeans(uint64_t seed, int64_t n_points, int iters, Nearest&& nearest) {
-    const int64_t        n_c = int64_t{1} << kHybLutBits;
-    auto                 gen = at::detail::createCPUGenerator(seed);
-    const at::Tensor     pts = at::randn({n_points, 2}, gen, at::kDouble).contiguous();
-    at::Tensor           cen = at::randn({n_c, 2}, gen, at::kDouble).contiguous();
-    const double*        p   = pts.data_ptr<double>();
-    std::vector<int64_t> assign(std::size_t(n_points), 0);
-    for (int it = 0; it < iters; ++it) {
-        const double* c = cen.data_ptr<double>();
-        at::parallel_for(0, n_points, 4096, [&](int64_t b, int64_t e) {  // points apart: any split
-            nearest(p + 2 * b, e - b, c, n_c, assign.data() + b);
-        });
-        std::vector<double> sum(std::size_t(2 * n_c), 0.0), cnt(std::size_t(n_c), 0.0);
-        for (int64_t i = 0; i < n_points; ++i) {
-            const auto k = std::size_t(assign[std::size_t(i)]);
-            sum[2 * k] += p[2 * i], sum[2 * k + 1] += p[2 * i + 1], cnt[k] += 1;
-        }
-        double* cw = cen.data_ptr<double>();
-        for (std::size_t k = 0; k < std::size_t(n_c); ++k)
-            if (cnt[k] > 0)
-                cw[2 * k] = sum[2 * k] / cnt[k], cw[2 * k + 1] = sum[2 * k + 1] / cnt[k];
-    }
-    const double sd = cen.std(/*unbiased=*/false).item<double>();
-    return (cen * (0.9682458365518543 / sd)).to(at::kFloat);
-}
-
-inline double dist2(const double* p, const double* c) {
-    const double d0 = p[0] - c[0], d1 = p[1] - c[1];
-    return d0 * d0 + d1 * d1;
-}
-
-// Every centre for every point.
-void nearest_all(const double* p, int64_t n, const double* c, int64_t n_c, int64_t* arg) {
-    for (int64_t i = 0; i < n; ++i) {
-        double  best = std::numeric_limits<double>::infinity();
-        int64_t a    = 0;
-        for (int64_t k = 0; k < n_c; ++k) {
-            const double d = dist2(p + 2 * i, c + 2 * k);
-            if (d < best) best = d, a = k;
-        }
-        arg[i] = a;
-    }
-}
-
-// Centres sorted by their first coordinate; from the point's place outwards on both sides,
-// stopping a side once its first-coordinate gap alone exceeds the best distance. Ties go to the
-// smaller index, as in nearest_all.
-void nearest_sorted(const double* p, int64_t n, const double* c, int64_t n_c, int64_t* arg) {
-    std::vector<int64_t> order(static_cast<std::size_t>(n_c), 0);
-    for (int64_t k = 0; k < n_c; ++k) order[std::size_t(k)] = k;
-    std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
-        return c[2 * a] < c[2 * b] || (c[2 * a] == c[2 * b] && a < b);
-    });
-    std::vector<double> xs(static_cast<std::size_t>(n_c));
-    for (int64_t k = 0; k < n_c; ++k) xs[std::size_t(k)] = c[2 * order[std::size_t(k)]];
-    for (int64_t i = 0; i < n; ++i) {
-        const double* pi    = p + 2 * i;
-        const auto    mid   = std::lower_bound(xs.begin(), xs.end(), pi[0]) - xs.begin();
-        double        best  = std::numeric_limits<double>::infinity();
-        int64_t       a     = n_c;
-        auto          try_k = [&](int64_t r) {
-            const int64_t k = order[std::size_t(r)];
-            const double  d = dist2(pi, c + 2 * k);
-            if (d < best || (d == best && k < a)) best = d, a = k;
-        };
-        for (int64_t lo = mid - 1, hi = mid; lo >= 0 || hi < n_c;) {
-            bool more = false;
-            if (hi < n_c) {
-                const double gap = xs[std::size_t(hi)] - pi[0];
-                if (gap * gap <= best)
-                    try_k(hi++), more = true;
-                else
-                    hi = n_c;
-            }
-            if (lo >= 0) {
-                const double gap = pi[0] - xs[std::size_t(lo)];
-                if (gap * gap <= best)
-                    try_k(lo--), more = true;
-                else
-                    lo = -1;
-            }
-            if (!more) break;
-        }
-        arg[i] = a;
-    }
-}
-
-}  // namespace
-
 const char* name(TrellisCode c) {
     switch (c) {
         case TrellisCode::Hyb:
@@ -139,14 +48,6 @@ const char* name(TrellisCode c) {
             return "3inst";
     }
     return "?";
-}
-
-at::Tensor hyb_table(uint64_t seed, int64_t n_points, int iters) {
-    return hyb_kmeans(seed, n_points, iters, nearest_sorted);
-}
-
-at::Tensor hyb_table_ref(uint64_t seed, int64_t n_points, int iters) {
-    return hyb_kmeans(seed, n_points, iters, nearest_all);
 }
 
 BitshiftTrellis::BitshiftTrellis(int K, TrellisCode code, const at::Tensor& hyb) : K_(K) {
@@ -174,43 +75,159 @@ BitshiftTrellis::BitshiftTrellis(int K, TrellisCode code, const at::Tensor& hyb)
 
 namespace {
 
-// One Viterbi step on all 2^L states (the hot loop): best predecessor per group g (min over
-// the C arrays cost[c G + g], the first on ties), then for s = g C + c the new cost
-// err(s) + best[g], err(s) = sum over v of (value(s, v) - x_v)^2 computed in place (the same
-// operations, in the same order, as viterbi_ref). Elementwise IEEE operations only, so every
-// vector width gives the same bits; built for AVX2 and for the baseline, chosen at load time.
-__attribute__((target_clones("avx2", "default"))) void viterbi_step(
-    float* __restrict cost, const float* __restrict v0, const float* __restrict v1, int V, float x0,
-    float    x1, float* __restrict best, uint32_t* __restrict arg, uint8_t* __restrict from,
-    uint32_t G, uint32_t C) {
-    for (uint32_t g = 0; g < G; ++g) best[g] = cost[g], arg[g] = 0;
-    for (uint32_t c = 1; c < C; ++c) {
-        const float* __restrict cc = cost + std::size_t(c) * G;
-        for (uint32_t g = 0; g < G; ++g) {
-            const float    v = cc[g], o = best[g];
-            const uint32_t lt = 0u - uint32_t(v < o);  // all ones where v is strictly smaller
-            best[g]           = v < o ? v : o;
-            arg[g]            = (arg[g] & ~lt) | (c & lt);
+// Eight lanes in GCC's vector extension: AVX2 registers in the avx2 clone, pairs of SSE
+// registers in the baseline one; elementwise IEEE operations either way.
+typedef float   f32x8 __attribute__((vector_size(32)));
+typedef int32_t i32x8 __attribute__((vector_size(32)));
+
+inline __attribute__((always_inline)) f32x8 load8(const float* p) {
+    f32x8 v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+}
+
+inline __attribute__((always_inline)) void store8(float* p, f32x8 v) {
+    std::memcpy(p, &v, sizeof v);
+}
+
+// The best predecessor of each group g (states g C + c share it): best[g] = min over c of
+// cost[c G + g], the first c on ties, recorded in from[g]. A block of 32 groups stays in
+// registers while c runs, so each of the C strips is read once.
+template <uint32_t C>
+inline __attribute__((always_inline)) void best_predecessors(const float* __restrict cost,
+                                                             float* __restrict best,
+                                                             uint8_t* __restrict from, uint32_t G) {
+    constexpr int kVecs = 4;  // G = 2^L / C >= 256 is a multiple of 8 kVecs
+    for (uint32_t g0 = 0; g0 < G; g0 += 8 * kVecs) {
+        f32x8 b[kVecs];
+        i32x8 a[kVecs];
+        for (int k = 0; k < kVecs; ++k) b[k] = load8(cost + g0 + 8 * k), a[k] = i32x8{};
+        for (uint32_t c = 1; c < C; ++c) {
+            const float* cc = cost + std::size_t(c) * G + g0;
+            const i32x8  cv = i32x8{} + int32_t(c);
+            for (int k = 0; k < kVecs; ++k) {
+                const f32x8 v  = load8(cc + 8 * k);
+                const i32x8 lt = v < b[k];  // strictly smaller: ties keep the first
+                b[k]           = lt ? v : b[k];
+                a[k]           = lt ? cv : a[k];
+            }
+        }
+        for (int k = 0; k < kVecs; ++k) {
+            store8(best + g0 + 8 * k, b[k]);
+            for (int j = 0; j < 8; ++j) from[g0 + 8 * k + j] = uint8_t(a[k][j]);
         }
     }
-    for (uint32_t g = 0; g < G; ++g) from[g] = uint8_t(arg[g]);
-    for (uint32_t g = 0; g < G; ++g) {
-        const float       b        = best[g];
-        const std::size_t s0       = std::size_t(g) * C;
-        float* __restrict o        = cost + s0;
-        const float* __restrict a0 = v0 + s0;
-        if (V == 1) {
-            for (uint32_t c = 0; c < C; ++c) {
-                const float d = a0[c] - x0;
-                o[c]          = d * d + b;
-            }
-        } else {
-            const float* __restrict a1 = v1 + s0;
-            for (uint32_t c = 0; c < C; ++c) {
-                const float d0 = a0[c] - x0, d1 = a1[c] - x1;
-                o[c] = (d0 * d0 + d1 * d1) + b;
-            }
+}
+
+constexpr uint32_t kStates = uint32_t{1} << kTrellisL;
+
+// The new costs of the 8 states from s = g C + c: err + best[g], err = sum over v of
+// (value(s, v) - x_v)^2, in viterbi_ref's order.
+template <int V, uint32_t C>
+inline __attribute__((always_inline)) f32x8 new_costs(const float* v0, const float* v1, f32x8 x0,
+                                                      f32x8 x1, const float* best, uint32_t s) {
+    f32x8 b;
+    if constexpr (C >= 8) {
+        b = f32x8{} + best[s / C];
+    } else {  // lane l holds state s + l of group (s + l) / C: best has 8 floats of padding
+        constexpr i32x8 lane_group = {0 / C, 1 / C, 2 / C, 3 / C, 4 / C, 5 / C, 6 / C, 7 / C};
+        b                          = __builtin_shuffle(load8(best + s / C), lane_group);
+    }
+    const f32x8 d0 = load8(v0 + s) - x0;
+    if constexpr (V == 1) {
+        return d0 * d0 + b;
+    } else {
+        const f32x8 d1 = load8(v1 + s) - x1;
+        return (d0 * d0 + d1 * d1) + b;
+    }
+}
+
+// Step t's cost of every state, into cost (the last step: backtrack starts from it).
+template <int V, uint32_t C>
+inline __attribute__((always_inline)) void add_errors(float* __restrict cost, const float* v0,
+                                                      const float* v1, const float* best, float x0,
+                                                      float x1) {
+    const f32x8 x0v = f32x8{} + x0, x1v = f32x8{} + x1;
+    for (uint32_t s = 0; s < kStates; s += 8)
+        store8(cost + s, new_costs<V, C>(v0, v1, x0v, x1v, best, s));
+}
+
+// Step t < S - 1 without a cost array: each state's new cost goes straight into the running
+// minimum of its successors' group at step t + 1. The states hi G + j (j < G) are group j's
+// predecessors with top KV bits hi; hi ascends, so strictly-smaller keeps the first on ties,
+// as best_predecessors does. best: step t's [G]; next, from: step t + 1's.
+template <int V, uint32_t C>
+inline __attribute__((always_inline)) void relax(const float* v0, const float* v1, float x0,
+                                                 float x1, const float* __restrict best,
+                                                 float* __restrict next, int32_t* __restrict arg,
+                                                 uint8_t* __restrict from) {
+    constexpr uint32_t G   = kStates / C;
+    const f32x8        x0v = f32x8{} + x0, x1v = f32x8{} + x1;
+    for (uint32_t j = 0; j < G; j += 8) {
+        store8(next + j, new_costs<V, C>(v0, v1, x0v, x1v, best, j));
+        std::memset(arg + j, 0, 8 * sizeof(int32_t));
+    }
+    for (uint32_t hi = 1; hi < C; ++hi) {
+        const i32x8 hv = i32x8{} + int32_t(hi);
+        for (uint32_t j = 0; j < G; j += 8) {
+            const f32x8 nc = new_costs<V, C>(v0, v1, x0v, x1v, best, hi * G + j);
+            const f32x8 o  = load8(next + j);
+            const i32x8 lt = nc < o;
+            i32x8       a;
+            std::memcpy(&a, arg + j, sizeof a);
+            a = lt ? hv : a;
+            store8(next + j, lt ? nc : o);
+            std::memcpy(arg + j, &a, sizeof a);
         }
+    }
+    for (uint32_t j = 0; j < G; ++j) from[j] = uint8_t(arg[j]);
+}
+
+// Steps 1 .. S - 1 of one pass, from step 0's cost to step S - 1's (in cost), the chosen
+// predecessors in from [S, G].
+template <int V, uint32_t C>
+inline __attribute__((always_inline)) void steps(float* cost, const float* v0, const float* v1,
+                                                 const float* x, int S, float* best, float* next,
+                                                 int32_t* arg, uint8_t* from) {
+    constexpr uint32_t G  = kStates / C;
+    auto               xv = [&](int t, int v) { return V == 2 ? x[t * V + v] : v ? 0.0f : x[t]; };
+    if (S < 2) return;
+    best_predecessors<C>(cost, best, from + G, G);
+    for (int t = 1; t + 1 < S; ++t) {
+        relax<V, C>(v0, v1, xv(t, 0), xv(t, 1), best, next, arg, from + std::size_t(t + 1) * G);
+        std::swap(best, next);
+    }
+    add_errors<V, C>(cost, v0, v1, best, xv(S - 1, 0), xv(S - 1, 1));
+}
+
+// The Viterbi recursion (the hot loop), specialised per (V, C = 2^KV). Elementwise IEEE
+// operations only, in viterbi_ref's order, so every vector width gives the same bits; built
+// for AVX2 and for the baseline, chosen at load time.
+__attribute__((target_clones("avx2", "default"))) void viterbi_steps(float* cost, const float* v0,
+                                                                     const float* v1, int V, int kv,
+                                                                     const float* x, int S,
+                                                                     float* best, float* next,
+                                                                     int32_t* arg, uint8_t* from) {
+    switch (V * 16 + kv) {
+        case 16 + 1:
+            return steps<1, 2>(cost, v0, v1, x, S, best, next, arg, from);
+        case 16 + 2:
+            return steps<1, 4>(cost, v0, v1, x, S, best, next, arg, from);
+        case 16 + 3:
+            return steps<1, 8>(cost, v0, v1, x, S, best, next, arg, from);
+        case 16 + 4:
+            return steps<1, 16>(cost, v0, v1, x, S, best, next, arg, from);
+        case 32 + 2:
+            return steps<2, 4>(cost, v0, v1, x, S, best, next, arg, from);
+        case 32 + 4:
+            return steps<2, 16>(cost, v0, v1, x, S, best, next, arg, from);
+        case 32 + 6:
+            return steps<2, 64>(cost, v0, v1, x, S, best, next, arg, from);
+        case 32 + 8:
+            return steps<2, 256>(cost, v0, v1, x, S, best, next, arg, from);
+        default:
+            throw ConfigError("trellis: no Viterbi step for V " + std::to_string(V) + ", KV " +
+                              std::to_string(kv));
     }
 }
 
@@ -256,24 +273,21 @@ void backtrack(const float* cost, const uint8_t* from, int S, int kv, int overla
 
 void BitshiftTrellis::viterbi(const float* x, int T, int overlap, uint16_t* states) const {
     const int      S = T / V_, kv = KV();
-    const uint32_t G = kStates >> kv, C = 1u << kv;
+    const uint32_t G = kStates >> kv;
     // Scratch kept per thread: a tile is a few milliseconds, a fresh 1 MiB would be a fifth.
-    thread_local std::vector<float>    cost, err, best;
-    thread_local std::vector<uint32_t> arg;
-    thread_local std::vector<uint8_t>  from;  // the chosen predecessor's top KV bits
-    cost.resize(kStates), err.resize(kStates), best.resize(G), arg.resize(G);
+    thread_local std::vector<float>   cost, err, best, next;
+    thread_local std::vector<int32_t> arg;
+    thread_local std::vector<uint8_t> from;  // the chosen predecessor's top KV bits
+    cost.resize(kStates), err.resize(kStates), arg.resize(G);
+    best.resize(G + 8), next.resize(G + 8);  // new_costs reads up to 7 past the end
     from.resize(std::size_t(S) * G);
-    const float* v0       = values_.data();
-    const float* v1       = values_.data() + kStates;
-    auto         step_err = [&](int t) {  // err[s] = sum over v of (value(s, v) - x[t V + v])^2
-        state_errors(err.data(), v0, v1, V_, x[t * V_], V_ == 2 ? x[t * V_ + 1] : 0.0f, kStates);
-    };
-    step_err(0);
+    const float* v0 = values_.data();
+    const float* v1 = values_.data() + kStates;
+    state_errors(err.data(), v0, v1, V_, x[0], V_ == 2 ? x[1] : 0.0f, kStates);
     for (uint32_t s = 0; s < kStates; ++s)
         cost[s] = overlap >= 0 && (s >> kv) != uint32_t(overlap) ? kInf : err[s];
-    for (int t = 1; t < S; ++t)  // predecessors of s = g << KV | c: p = x << (L - KV) | g
-        viterbi_step(cost.data(), v0, v1, V_, x[t * V_], V_ == 2 ? x[t * V_ + 1] : 0.0f,
-                     best.data(), arg.data(), from.data() + std::size_t(t) * G, G, C);
+    viterbi_steps(cost.data(), v0, v1, V_, kv, x, S, best.data(), next.data(), arg.data(),
+                  from.data());
     backtrack(cost.data(), from.data(), S, kv, overlap, states);
 }
 
