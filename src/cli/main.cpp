@@ -90,6 +90,11 @@ void add_run(CLI::App& app, Commands& c) {
     }
     c.run->add_flag("--restart", c.ro.restart,
                     "Start over: remove the run's state (run.h5, layers/, model.requant.h5) first");
+    c.run
+        ->add_option("--dump-layer", c.ro.dump_layers,
+                     "Write layer L's quantization (its weights, statistics, dense codes and "
+                     "W_hat) to OUT/dump/layer-L.h5 when this run quantizes it (repeatable)")
+        ->check(CLI::NonNegativeNumber);
 }
 
 void add_tools(CLI::App& app, Commands& c) {

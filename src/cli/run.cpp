@@ -31,7 +31,7 @@ int run_run(const RunOptions& o) {
     set_threads(job.run.threads);
     if (rank == 0)
         spdlog::info("job {}: {} threads per rank, {}", o.job, job.run.threads, blas_info());
-    return phases::run_job(job, o.sensitivity, o.restart);
+    return phases::run_job(job, {o.sensitivity, o.restart, o.dump_layers});
 }
 
 int run_inspect(const InspectOptions& o) {

@@ -74,8 +74,8 @@ LayerQuant quantize_weights(const model::LayerTensors& w, int64_t layer, const L
                             const model::LayerTensors* significant_masks, const io::JobQuant& p,
                             model::LayerTensors& w_hat_out, LayerErrors* errors) {
     const quant::Quantizer& method = quant::quantizer(p.method);
-    // What the dense part is fitted on: sparse weights zeroed (they are stored apart).
-    model::LayerTensors w0, sparse;
+    // The weights and the masks of those stored apart; kept: where the method left them.
+    model::LayerTensors w0, sparse, kept;
     LayerQuant          out;
     for (std::size_t i = 0; i < model::kNumLinears; ++i) {
         w0[i]               = w[i].detach();
@@ -88,7 +88,8 @@ LayerQuant quantize_weights(const model::LayerTensors& w, int64_t layer, const L
         quant::InputGroup g;
         g.in = stats.inputs[k];
         for (std::size_t i : idx) {
-            g.w.push_back(sparse[i].defined() ? w0[i].masked_fill(sparse[i], 0.0) : w0[i]);
+            g.w.push_back(w0[i]);
+            g.sparse.push_back(sparse[i]);
             g.clip.push_back(i >= 2);  // AWQ: q and k are not clipped
             g.ids.push_back(uint64_t(layer) * model::kNumLinears + i);
             if (method.needs.fisher && stats.fisher != nullptr) {  // missing: the method says so
@@ -98,7 +99,10 @@ LayerQuant quantize_weights(const model::LayerTensors& w, int64_t layer, const L
         }
         try {  // errors gain the layer and the linears here
             auto dense = method.quantize(g, p);
-            for (std::size_t j = 0; j < idx.size(); ++j) out[idx[j]].dense = std::move(dense[j]);
+            for (std::size_t j = 0; j < idx.size(); ++j) {
+                out[idx[j]].dense = std::move(dense[j].q);
+                kept[idx[j]]      = std::move(dense[j].kept);
+            }
         } catch (Error& e) {
             e.add_context("layer " + std::to_string(layer) + " " + group_names(idx));
             throw;
@@ -107,7 +111,8 @@ LayerQuant quantize_weights(const model::LayerTensors& w, int64_t layer, const L
     model::LayerTensors w_dense;  // dequant(dense), kept for the errors
     for (std::size_t i = 0; i < model::kNumLinears; ++i) {
         w_dense[i]                = quant::dequantize(out[i].dense);
-        const at::Tensor residual = w0[i].to(at::kFloat) - w_dense[i];
+        const at::Tensor stored   = kept[i].defined() ? kept[i] : w0[i].to(at::kFloat);
+        const at::Tensor residual = stored - w_dense[i];
         if (outlier_masks && (*outlier_masks)[i].defined())
             out[i].outliers = quant::csr_from_mask(residual, (*outlier_masks)[i]);
         if (significant_masks && (*significant_masks)[i].defined())

@@ -27,8 +27,8 @@ const std::vector<std::pair<std::string, std::vector<std::string>>> kSchema = {
     {"model", {"path"}},
     {"data", {"calibration", "calibration_seqs", "seq_len", "eval", "eval_max_seqs"}},
     {"quant",
-     {"method", "bits", "group_size", "sequential", "damp", "act_order", "block_size", "awq_grid",
-      "awq_samples", "kmeans_iters", "qtip_code", "qtip_seed"}},
+     {"method", "bits", "group_size", "sequential", "damp", "act_order", "block_size",
+      "static_groups", "awq_grid", "awq_samples", "kmeans_iters", "qtip_code", "qtip_seed"}},
     {"requant",
      {"outlier_ratio", "outlier_select", "outlier_candidates", "significant_ratio", "step_ratio",
       "scope", "significant_select", "signed_ranking"}},
@@ -255,7 +255,8 @@ auto fields(const JobData& d) {
 }
 auto fields(const JobQuant& q) {
     return std::tie(q.method, q.bits, q.group_size, q.sequential, q.damp, q.act_order, q.block_size,
-                    q.awq_grid, q.awq_samples, q.kmeans_iters, q.qtip_code, q.qtip_seed);
+                    q.static_groups, q.awq_grid, q.awq_samples, q.kmeans_iters, q.qtip_code,
+                    q.qtip_seed);
 }
 auto fields(const JobRequant& q) {
     return std::tie(q.outlier_ratio, q.outlier_select, q.outlier_candidates, q.significant_ratio,
@@ -370,6 +371,7 @@ void read_quant(const Reader& r, JobQuant& q) {
     r.read("quant", "act_order", q.act_order);
     r.read("quant", "block_size", q.block_size);
     at_least(r, "quant.block_size", q.block_size, 1);
+    r.read("quant", "static_groups", q.static_groups);
     r.read("quant", "awq_grid", q.awq_grid);
     at_least(r, "quant.awq_grid", q.awq_grid, 1);
     r.read("quant", "awq_samples", q.awq_samples);
@@ -512,6 +514,7 @@ std::string job_to_toml(const Job& j) {
     put("damp", format_double(j.quant.damp));
     put("act_order", flag(j.quant.act_order));
     put("block_size", num(j.quant.block_size));
+    put("static_groups", flag(j.quant.static_groups));
     put("awq_grid", num(j.quant.awq_grid));
     put("awq_samples", num(j.quant.awq_samples));
     put("kmeans_iters", num(j.quant.kmeans_iters));

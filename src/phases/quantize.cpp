@@ -4,6 +4,8 @@
 #include <spdlog/spdlog.h>
 
 #include <chrono>
+#include <cstdio>
+#include <filesystem>
 #include <optional>
 #include <set>
 #include <thread>
@@ -14,6 +16,7 @@
 #include "requant/parallel/memory_plan.h"
 #include "requant/phases/phases.h"
 #include "requant/phases/progress.h"
+#include "requant/store/dump.h"
 #include "requant/store/state.h"
 #include "requant/units.h"
 
@@ -151,6 +154,22 @@ struct LayerLoop {
         if (!defer) decompose::set_layer_weights(*ctx.stage, std::size_t(i), q);
         out[std::size_t(i)] = std::move(q);
     }
+    // --dump-layer: OUT/dump/layer-NNN.h5 (store/dump.h), from the weights the method was given.
+    void write_dump(int64_t l, int64_t i, const model::LayerTensors& w,
+                    const decompose::LayerStats& s) const {
+        model::LayerTensors sparse;
+        for (const auto* m : {&sel.outliers, &sel.significant})
+            for (std::size_t j = 0; !m->empty() && j < model::kNumLinears; ++j) {
+                const at::Tensor& t = (*m)[std::size_t(i)][j];
+                if (t.defined()) sparse[j] = sparse[j].defined() ? sparse[j].logical_or(t) : t;
+            }
+        char name[32];
+        std::snprintf(name, sizeof name, "/dump/layer-%03lld.h5", (long long)l);
+        std::filesystem::create_directories(ctx.out + "/dump");
+        store::write_layer_dump(ctx.out + name, l, ctx.job.quant, w, sparse, s,
+                                out[std::size_t(i)]);
+        ctx.log->info("layer {}: dumped to {}{}", l, ctx.out, name);
+    }
 };
 
 void LayerLoop::pass(int64_t lo, int64_t hi) {
@@ -230,9 +249,15 @@ void LayerLoop::layer(int64_t l, std::optional<decompose::LayerQuant> done) {
             for (std::size_t j = 0; defer && j < model::kNumLinears; ++j)
                 full[j] = lw.linear(model::kLinears[j]);
             decompose::LayerErrors errors;  // for the report, while the statistics are here
-            out[std::size_t(i)] = decompose::quantize_layer(
-                *ctx.stage, l, decompose::layer_stats(st, l, f), masks_of(sel.outliers, i),
-                masks_of(sel.significant, i), ctx.job.quant, &errors);
+            const auto             stats_l = decompose::layer_stats(st, l, f);
+            const bool             dump    = ctx.dump_layers.count(l) > 0;
+            model::LayerTensors    before;  // --dump-layer: the weights the method is given
+            for (std::size_t j = 0; dump && j < model::kNumLinears; ++j)
+                before[j] = lw.linear(model::kLinears[j]);
+            out[std::size_t(i)] =
+                decompose::quantize_layer(*ctx.stage, l, stats_l, masks_of(sel.outliers, i),
+                                          masks_of(sel.significant, i), ctx.job.quant, &errors);
+            if (dump) write_dump(l, i, before, stats_l);
             for (std::size_t j = 0; defer && j < model::kNumLinears; ++j)
                 lw.linear(model::kLinears[j]) = full[j];
             quantize_s += since(t0);

@@ -2,14 +2,22 @@
 #include "requant/phases/run.h"
 
 #include "requant/decompose/layer.h"
+#include "requant/error.h"
 #include "requant/phases/phases.h"
 #include "requant/phases/study.h"
 #include "requant/units.h"
 
 namespace rq::phases {
 
-int run_job(const io::Job& job, bool with_study, bool restart) {
-    RunContext ctx(job, restart);
+int run_job(const io::Job& job, const RunFlags& flags) {
+    const bool with_study = flags.with_study;
+    RunContext ctx(job, flags.restart);
+    for (int64_t l : flags.dump_layers) {
+        if (l >= ctx.ckpt.config().n_layer)
+            throw ConfigError("--dump-layer " + std::to_string(l) + ": the model has " +
+                              std::to_string(ctx.ckpt.config().n_layer) + " layers");
+        ctx.dump_layers.insert(l);
+    }
     prepare(ctx);
     baseline(ctx);
 

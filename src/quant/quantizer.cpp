@@ -17,32 +17,54 @@ namespace {
 at::Tensor diff(const at::Tensor& w, const at::Tensor& w_hat) {  // double [O, I]
     return w.to(at::kDouble) - w_hat.to(at::kDouble);
 }
+// Linear k's weights with its sparse ones zeroed: what most methods fit the dense part on.
+at::Tensor zeroed(const InputGroup& g, std::size_t k) {
+    const bool masked = k < g.sparse.size() && g.sparse[k].defined();
+    return masked ? g.w[k].masked_fill(g.sparse[k], 0.0) : g.w[k];
+}
+std::vector<DenseFit> fits(std::vector<QuantizedLinear> qs) {
+    std::vector<DenseFit> out;
+    for (auto& q : qs) out.push_back({std::move(q), at::Tensor()});
+    return out;
+}
 template <class F>
-std::vector<QuantizedLinear> each(const InputGroup& g, F&& f) {
+std::vector<DenseFit> each(const InputGroup& g, F&& f) {
     std::vector<QuantizedLinear> out;
     for (std::size_t k = 0; k < g.w.size(); ++k) out.push_back(f(k));
-    return out;
+    return fits(std::move(out));
 }
 
 // RTN: the rounding error itself, sum dW^2.
-std::vector<QuantizedLinear> rtn(const InputGroup& g, const io::JobQuant& p) {
-    return each(g, [&](std::size_t k) { return rtn_quantize(g.w[k], {p.bits, p.group_size}); });
+std::vector<DenseFit> rtn(const InputGroup& g, const io::JobQuant& p) {
+    return each(g, [&](std::size_t k) {
+        return rtn_quantize(zeroed(g, k), {p.bits, p.group_size});
+    });
 }
-std::vector<QuantizedLinear> rtn_ref(const InputGroup& g, const io::JobQuant& p) {
-    return each(g, [&](std::size_t k) { return rtn_quantize_ref(g.w[k], {p.bits, p.group_size}); });
+std::vector<DenseFit> rtn_ref(const InputGroup& g, const io::JobQuant& p) {
+    return each(g, [&](std::size_t k) {
+        return rtn_quantize_ref(zeroed(g, k), {p.bits, p.group_size});
+    });
 }
 double rtn_objective(const at::Tensor& w, const at::Tensor& w_hat, const InputStats&,
                      const at::Tensor&) {
     return diff(w, w_hat).square().sum().item<double>();
 }
 
-// GPTQ: the output error on the calibration inputs, tr(dW H dW^T) with H = X^T X.
-std::vector<QuantizedLinear> gptq(const InputGroup& g, const io::JobQuant& p) {
+// GPTQ: the output error on the calibration inputs, tr(dW H dW^T) with H = X^T X. The sparse
+// weights stay in, at the values GPTQ's error feedback gives them (SpQR).
+std::vector<DenseFit> gptq(const InputGroup& g, const io::JobQuant& p) {
     if (!g.in.xtx.defined()) throw InternalError("gptq: X^T X was not collected");
-    return each(g, [&](std::size_t k) {
-        return gptq_quantize(g.w[k], g.in.xtx,
-                             {p.bits, p.group_size, p.damp, p.act_order, p.block_size});
-    });
+    std::vector<DenseFit> out;
+    for (std::size_t k = 0; k < g.w.size(); ++k) {
+        const at::Tensor sparse = k < g.sparse.size() ? g.sparse[k] : at::Tensor();
+        DenseFit         f;
+        f.q = gptq_quantize(
+            g.w[k], g.in.xtx,
+            {p.bits, p.group_size, p.damp, p.act_order, p.block_size, p.static_groups}, sparse,
+            sparse.defined() ? &f.kept : nullptr);
+        out.push_back(std::move(f));
+    }
+    return out;
 }
 double gptq_objective(const at::Tensor& w, const at::Tensor& w_hat, const InputStats& in,
                       const at::Tensor&) {
@@ -52,12 +74,12 @@ double gptq_objective(const at::Tensor& w, const at::Tensor& w_hat, const InputS
 
 // AWQ: one input scale for the linears that share the input; the output error |dW X^T|^2 on
 // the sampled input rows.
-std::vector<QuantizedLinear> awq(const InputGroup& g, const io::JobQuant& p) {
+std::vector<DenseFit> awq(const InputGroup& g, const io::JobQuant& p) {
     if (!g.in.samples.defined() || !g.in.abs_mean.defined())
         throw InternalError("awq: the input statistics were not collected");
     std::vector<AwqLinear> ws;
-    for (std::size_t k = 0; k < g.w.size(); ++k) ws.push_back({g.w[k], g.clip.at(k)});
-    return awq_quantize(ws, g.in.samples, g.in.abs_mean, {p.bits, p.group_size, p.awq_grid});
+    for (std::size_t k = 0; k < g.w.size(); ++k) ws.push_back({zeroed(g, k), g.clip.at(k)});
+    return fits(awq_quantize(ws, g.in.samples, g.in.abs_mean, {p.bits, p.group_size, p.awq_grid}));
 }
 double awq_objective(const at::Tensor& w, const at::Tensor& w_hat, const InputStats& in,
                      const at::Tensor&) {
@@ -65,11 +87,11 @@ double awq_objective(const at::Tensor& w, const at::Tensor& w_hat, const InputSt
 }
 
 // SqueezeLLM: Fisher-weighted k-means per row; sum F dW^2.
-std::vector<QuantizedLinear> squeezellm(const InputGroup& g, const io::JobQuant& p) {
+std::vector<DenseFit> squeezellm(const InputGroup& g, const io::JobQuant& p) {
     if (g.fisher.size() != g.w.size())
         throw InternalError("squeezellm: the Fisher diagonal was not collected");
     return each(g, [&](std::size_t k) {
-        return squeezellm_quantize(g.w[k], g.fisher[k], {p.bits, p.kmeans_iters});
+        return squeezellm_quantize(zeroed(g, k), g.fisher[k], {p.bits, p.kmeans_iters});
     });
 }
 double squeezellm_objective(const at::Tensor& w, const at::Tensor& w_hat, const InputStats&,
@@ -90,7 +112,7 @@ TrellisCode trellis_code(io::QtipCode c) {
     }
     throw InternalError("qtip: unknown code");
 }
-std::vector<QuantizedLinear> qtip(const InputGroup& g, const io::JobQuant& p) {
+std::vector<DenseFit> qtip(const InputGroup& g, const io::JobQuant& p) {
     if (!g.in.xtx.defined()) throw InternalError("qtip: X^T X was not collected");
     return each(g, [&](std::size_t k) {
         QtipParams q;
@@ -99,7 +121,7 @@ std::vector<QuantizedLinear> qtip(const InputGroup& g, const io::JobQuant& p) {
         q.factor_seed     = uint64_t(p.qtip_seed);
         const uint64_t id = k < g.ids.size() ? g.ids[k] : k;
         q.sign_seed       = (uint64_t(p.qtip_seed) << 40) ^ id;
-        return qtip_quantize(g.w[k], g.in.xtx, p.bits, q);
+        return qtip_quantize(zeroed(g, k), g.in.xtx, p.bits, q);
     });
 }
 

@@ -193,6 +193,64 @@ TEST(Gptq, LazyBlocksDoNotChangeTheResult) {
     }
 }
 
+TEST(Gptq, GroupsStartingMidBlockAreFittedOnTheBlockStartWeights) {
+    // As the reference's find_params(W[:, i1 + i : i1 + i + G]): W's columns in the current
+    // block do not yet hold the block's own error feedback. In the first block they are the
+    // original weights, so group 1 (columns 64..127 of block 0..127) gets RTN's grid there;
+    // with blocks of 64 it starts a block after an update and its grid moves.
+    const at::Tensor      w = synth_weights(12), H = correlated_hessian(13);
+    GptqParams            p   = params(3, 64, false);
+    const QuantizedLinear q   = gptq_quantize(w, H, p);
+    const QuantizedLinear rtn = rtn_quantize(w, {3, 64});
+    EXPECT_TRUE(at::equal(q.scales.narrow(1, 1, 1), rtn.scales.narrow(1, 1, 1)));
+    EXPECT_TRUE(at::equal(q.zeros.narrow(1, 1, 1), rtn.zeros.narrow(1, 1, 1)));
+    p.block_size = 64;
+    EXPECT_FALSE(
+        at::equal(gptq_quantize(w, H, p).scales.narrow(1, 1, 1), rtn.scales.narrow(1, 1, 1)));
+}
+
+TEST(Gptq, StaticGroupsAreRtnGridsInTheOriginalOrder) {
+    const at::Tensor w = synth_weights(14), H = correlated_hessian(15);
+    for (bool act : {false, true}) {
+        GptqParams p              = params(3, 32, act);
+        p.static_groups           = true;
+        const QuantizedLinear q   = gptq_quantize(w, H, p);
+        const QuantizedLinear rtn = rtn_quantize(w, {3, 32});
+        EXPECT_FALSE(q.g_idx.defined()) << "static groups stay contiguous, act_order " << act;
+        EXPECT_TRUE(at::equal(q.scales, rtn.scales)) << act;
+        EXPECT_TRUE(at::equal(q.zeros, rtn.zeros)) << act;
+        expect_on_stored_grid(q, std::string("static, act_order ") + (act ? "1" : "0"));
+        EXPECT_LT(output_error(w, dequantize(q), H), output_error(w, dequantize(rtn), H));
+    }
+}
+
+TEST(Gptq, SparseWeightsKeepTheirValueAndPassNoError) {
+    // GPTQ's rows are independent: a row entirely under the mask passes no error along itself,
+    // so it keeps its original values exactly; every other row is quantized as without the mask.
+    const at::Tensor w = synth_weights(16), H = correlated_hessian(17);
+    for (bool act : {false, true}) {
+        const GptqParams      p     = params(3, 32, act);
+        const QuantizedLinear plain = gptq_quantize(w, H, p);
+        at::Tensor            mask  = at::zeros(w.sizes(), at::kBool);
+        mask.select(0, 3).fill_(true);
+        mask.select(1, 40).fill_(true);  // and one whole column, with its feedback
+        at::Tensor            kept;
+        const QuantizedLinear q = gptq_quantize(w, H, p, mask, &kept);
+        ASSERT_TRUE(kept.defined());
+        EXPECT_TRUE(at::equal(kept.select(0, 3), w.select(0, 3).to(at::kFloat))) << act;
+        // Column 40 is masked in every row: rows other than 3 still pass no error from it.
+        at::Tensor m40 = at::zeros(w.sizes(), at::kBool);
+        m40.select(1, 40).fill_(true);
+        const QuantizedLinear col_only = gptq_quantize(w, H, p, m40);
+        const at::Tensor      other    = at::arange(w.size(0)).ne(3);
+        EXPECT_TRUE(at::equal(q.codes.index({other}), col_only.codes.index({other}))) << act;
+        EXPECT_FALSE(at::equal(col_only.codes, plain.codes)) << "the masked column changes nothing";
+        // The stored values beat the dense codes on the masked weights' own output error.
+        const at::Tensor w_hat = at::where(mask, kept, dequantize(q));
+        EXPECT_LT(output_error(w, w_hat, H), output_error(w, dequantize(plain), H)) << act;
+    }
+}
+
 TEST(Gptq, DeadInputColumnIsHarmless) {
     const at::Tensor w = synth_weights(8);
     at::Tensor       H = correlated_hessian(9);

@@ -50,10 +50,10 @@ io::JobQuant params(io::QuantMethod m, int64_t group_size) {
 }
 
 double group_objective(const Quantizer& q, const InputGroup& g,
-                       const std::vector<QuantizedLinear>& d) {
+                       const std::vector<DenseFit>& d) {
     double s = 0;
     for (std::size_t k = 0; k < g.w.size(); ++k)
-        s += q.objective(g.w[k], dequantize(d[k]), g.in, g.fisher[k]);
+        s += q.objective(g.w[k], dequantize(d[k].q), g.in, g.fisher[k]);
     return s;
 }
 
@@ -67,19 +67,20 @@ TEST_P(Registered, ShapesRefTwinAndObjective) {
     // QTIP has no groups; RTN per group of 32 has more levels per row than it.
     const int64_t                G = GetParam() == io::QuantMethod::SqueezeLlm ? 0 : 32;
     const io::JobQuant           p = params(GetParam(), G);
-    std::vector<QuantizedLinear> d = q.quantize(g, p);
+    std::vector<DenseFit> d = q.quantize(g, p);
     ASSERT_EQ(d.size(), g.w.size());
     for (std::size_t k = 0; k < d.size(); ++k) {
-        EXPECT_EQ(d[k].bits, 3);
-        EXPECT_EQ(dequantize(d[k]).sizes(), g.w[k].sizes());
+        EXPECT_EQ(d[k].q.bits, 3);
+        EXPECT_FALSE(d[k].kept.defined());  // no sparse weights
+        EXPECT_EQ(dequantize(d[k].q).sizes(), g.w[k].sizes());
         EXPECT_EQ(q.objective(g.w[k], g.w[k], g.in, g.fisher[k]), 0.0) << io::name(GetParam());
-        EXPECT_GT(q.objective(g.w[k], dequantize(d[k]), g.in, g.fisher[k]), 0.0);
+        EXPECT_GT(q.objective(g.w[k], dequantize(d[k].q), g.in, g.fisher[k]), 0.0);
     }
     if (q.quantize_ref != nullptr) {
         const auto r = q.quantize_ref(g, p);
         for (std::size_t k = 0; k < d.size(); ++k) {
-            EXPECT_TRUE(at::equal(d[k].codes, r[k].codes)) << io::name(GetParam());
-            EXPECT_TRUE(at::equal(dequantize(d[k]), dequantize(r[k])));
+            EXPECT_TRUE(at::equal(d[k].q.codes, r[k].q.codes)) << io::name(GetParam());
+            EXPECT_TRUE(at::equal(dequantize(d[k].q), dequantize(r[k].q)));
         }
     }
     const auto   rtn = quantizer(io::QuantMethod::Rtn).quantize(g, params(io::QuantMethod::Rtn, G));

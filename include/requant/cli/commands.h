@@ -37,11 +37,12 @@ struct RunOptions {
     std::vector<std::string> overrides;            // --set section.key=value
     bool                     sensitivity = false;  // the `sensitivity` command: run + PQI
     bool                     restart     = false;  // --restart: drop the run's old state
+    std::vector<int64_t>     dump_layers;          // --dump-layer L: store/dump.h
 
     template <class Ar>
     void serialize(Ar& ar, unsigned /*version*/) {
         // clang-format off
-        ar & job & out & overrides & sensitivity & restart;
+        ar & job & out & overrides & sensitivity & restart & dump_layers;
         // clang-format on
     }
 };

@@ -60,16 +60,19 @@ struct JobData {
 };
 
 struct JobQuant {
-    QuantMethod method       = QuantMethod::Rtn;
-    int         bits         = 4;      // 2..8
-    int         group_size   = 128;    // G; 0 = per output channel, else >= 2 (any value)
-    bool        sequential   = false;  // layers see quantized inputs; file default: gptq only
-    double      damp         = 0.01;   // GPTQ: dampening, fraction of mean diag(H), [0, 1)
-    bool        act_order    = false;  // GPTQ: columns in order of decreasing diag(H)
-    int         block_size   = 128;    // GPTQ: lazy-batch block width, >= 1
-    int         awq_grid     = 20;     // AWQ: grid points searched for the scale exponent, >= 1
-    int         awq_samples  = 2048;   // AWQ: input rows kept per linear input for its searches
-    int         kmeans_iters = 50;     // SqueezeLLM: weighted k-means iterations, >= 1
+    QuantMethod method     = QuantMethod::Rtn;
+    int         bits       = 4;      // 2..8
+    int         group_size = 128;    // G; 0 = per output channel, else >= 2 (any value)
+    bool        sequential = false;  // layers see quantized inputs; file default: gptq only
+    double      damp       = 0.01;   // GPTQ: dampening, fraction of mean diag(H), [0, 1)
+    bool        act_order  = false;  // GPTQ: columns in order of decreasing diag(H)
+    int         block_size = 128;    // GPTQ: lazy-batch block width, >= 1
+    // GPTQ: every group's grid fitted up front in the original column order (the reference's
+    // --static-groups; with act_order, the groups stay contiguous: no g_idx).
+    bool static_groups = false;
+    int  awq_grid      = 20;    // AWQ: grid points searched for the scale exponent, >= 1
+    int  awq_samples   = 2048;  // AWQ: input rows kept per linear input for its searches
+    int  kmeans_iters  = 50;    // SqueezeLLM: weighted k-means iterations, >= 1
     // QTIP (bits 2..4; group_size must be 0, its default for qtip; never sequential): the code,
     // and the seed of the sign vectors and Kronecker factors, >= 0.
     QtipCode qtip_code = QtipCode::Hyb;
@@ -78,8 +81,8 @@ struct JobQuant {
     template <class Ar>
     void serialize(Ar& ar, unsigned /*version*/) {
         // clang-format off
-        ar & method & bits & group_size & sequential & damp & act_order & block_size & awq_grid
-           & awq_samples & kmeans_iters & qtip_code & qtip_seed;
+        ar & method & bits & group_size & sequential & damp & act_order & block_size
+           & static_groups & awq_grid & awq_samples & kmeans_iters & qtip_code & qtip_seed;
         // clang-format on
     }
 };

@@ -1,6 +1,7 @@
 #pragma once
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -60,10 +61,11 @@ class RunContext {
 
     const io::Job&       job;
     const bool           restart;
-    parallel::Transport& t;           // the pipeline of this rank's replica: rank = stage
-    parallel::Transport& across;      // the ranks of this stage in every replica, in replica order
-    const int            rank, P;     // this rank's stage, stages per replica
-    const int            replica, R;  // this rank's replica, replicas (run.replicas)
+    std::set<int64_t>    dump_layers;  // --dump-layer (store/dump.h)
+    parallel::Transport& t;            // the pipeline of this rank's replica: rank = stage
+    parallel::Transport& across;       // the ranks of this stage in every replica, in replica order
+    const int            rank, P;      // this rank's stage, stages per replica
+    const int            replica, R;   // this rank's replica, replicas (run.replicas)
     const int            world_rank;
     io::HfCheckpoint     ckpt;
     const std::string    out;  // the run directory

@@ -1,5 +1,7 @@
 #pragma once
+#include <cstdint>
 #include <string>
+#include <vector>
 
 #include "requant/io/job.h"
 
@@ -17,9 +19,15 @@
 
 namespace rq::phases {
 
-// Returns 0; throws rq::Error on failure (the caller aborts the job). with_study (the
-// `sensitivity` command) adds the study between w and the quantized w~ on the calibration set
-// (phases/study.h): results.json "sensitivity".
-int run_job(const io::Job& job, bool with_study = false, bool restart = false);
+struct RunFlags {
+    // The `sensitivity` command: the study between w and the quantized w~ on the calibration
+    // set after the run (phases/study.h): results.json "sensitivity".
+    bool                 with_study = false;
+    bool                 restart    = false;  // remove the run's old state first
+    std::vector<int64_t> dump_layers;         // layers written to OUT/dump/ (store/dump.h)
+};
+
+// Returns 0; throws rq::Error on failure (the caller aborts the job).
+int run_job(const io::Job& job, const RunFlags& flags);
 
 }  // namespace rq::phases

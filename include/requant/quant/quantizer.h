@@ -34,15 +34,24 @@ struct InputStats {
 
 // The linears of one layer that read one input.
 struct InputGroup {
-    std::vector<at::Tensor> w;       // float [O_k, I]: what the dense part is fitted on
+    std::vector<at::Tensor> w;       // float [O_k, I]: the weights
+    std::vector<at::Tensor> sparse;  // bool [O_k, I] each, or undefined: weights stored apart
     std::vector<at::Tensor> fisher;  // float [O_k, I] each when needs.fisher, else empty
     std::vector<bool>       clip;    // AWQ: search a clipping range (false for q and k)
     std::vector<uint64_t>   ids;     // layer * 7 + linear of each (QTIP seeds its signs by it)
     InputStats              in;
 };
 
+// One linear's dense part. Most methods fit it on W with the sparse weights zeroed (they are
+// stored apart as W - dequant); GPTQ fits around them (as SpQR) and reports in `kept`
+// (float [O, I]) the values they keep, which then replace W's there. Undefined: W's own.
+struct DenseFit {
+    QuantizedLinear q;
+    at::Tensor      kept;
+};
+
 // The dense parts of the group's linears, in its order.
-using QuantizeFn = std::vector<QuantizedLinear> (*)(const InputGroup& g, const io::JobQuant& p);
+using QuantizeFn = std::vector<DenseFit> (*)(const InputGroup& g, const io::JobQuant& p);
 // The method's objective for one linear at W_hat (fp32 [O, I]): 0 at W_hat = W. `fisher` is
 // the linear's Fisher diagonal (methods that need it), else undefined.
 using ObjectiveFn = double (*)(const at::Tensor& w, const at::Tensor& w_hat, const InputStats& in,

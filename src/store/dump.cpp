@@ -1,0 +1,61 @@
+// One layer's quantization dumped for reference checks (requant/store/dump.h).
+#include "requant/store/dump.h"
+
+#include <ATen/ATen.h>
+
+#include "requant/io/h5.h"
+#include "requant/quant/decomposed.h"
+
+namespace rq::store {
+namespace {
+
+constexpr const char* kInputNames[] = {"attn", "attn_out", "mlp", "mlp_out"};  // LinearInput
+
+void put(io::H5File& f, const std::string& path, const at::Tensor& t, at::ScalarType dtype) {
+    if (t.defined()) f.write(path, t.detach().to(dtype).contiguous());
+}
+
+void put_dense(io::H5File& f, const std::string& g, const quant::QuantizedLinear& d) {
+    put(f, g + "/codes", d.codes, at::kByte);
+    put(f, g + "/scales", d.scales, at::kFloat);
+    put(f, g + "/zeros", d.zeros, at::kFloat);
+    put(f, g + "/lut", d.lut, at::kFloat);
+    put(f, g + "/g_idx", d.g_idx, at::kInt);
+    put(f, g + "/in_scale", d.in_scale, at::kFloat);
+}
+
+}  // namespace
+
+void write_layer_dump(const std::string& path, int64_t layer, const io::JobQuant& p,
+                      const model::LayerTensors& w, const model::LayerTensors& sparse,
+                      const decompose::LayerStats& stats, const decompose::LayerQuant& q) {
+    io::H5File f(path, io::H5File::Mode::Create);
+    for (std::size_t i = 0; i < model::kNumLinears; ++i) {
+        const std::string g = std::string("/") + model::linear_name(model::kLinears[i]);
+        put(f, g + "/weight", w[i], at::kFloat);
+        put(f, g + "/sparse", sparse[i], at::kByte);
+        if (stats.fisher) put(f, g + "/fisher", (*stats.fisher)[i], at::kFloat);
+        put_dense(f, g, q[i].dense);
+        put(f, g + "/w_hat", quant::reconstruct(q[i]), at::kFloat);
+    }
+    for (std::size_t k = 0; k < stats.inputs.size(); ++k) {
+        const std::string g = std::string("/inputs/") + kInputNames[k];
+        put(f, g + "/xtx", stats.inputs[k].xtx, at::kDouble);
+        put(f, g + "/abs_mean", stats.inputs[k].abs_mean, at::kFloat);
+        put(f, g + "/samples", stats.inputs[k].samples, at::kFloat);
+    }
+    f.set_attr("/", "layer", layer);
+    f.set_attr("/", "method", std::string(io::name(p.method)));
+    f.set_attr("/", "bits", int64_t{p.bits});
+    f.set_attr("/", "group_size", int64_t{p.group_size});
+    f.set_attr("/", "damp", p.damp);
+    f.set_attr("/", "act_order", int64_t{p.act_order});
+    f.set_attr("/", "block_size", int64_t{p.block_size});
+    f.set_attr("/", "static_groups", int64_t{p.static_groups});
+    f.set_attr("/", "sequential", int64_t{p.sequential});
+    f.set_attr("/", "awq_grid", int64_t{p.awq_grid});
+    f.set_attr("/", "kmeans_iters", int64_t{p.kmeans_iters});
+    f.commit();
+}
+
+}  // namespace rq::store
