@@ -10,7 +10,7 @@ PKGS=(
   libopenmpi-dev openmpi-bin                   # MPI (pipeline stages, control plane)
   libhdf5-dev libhdf5-openmpi-dev hdf5-tools   # state and checkpoints; h5dump in tests
   python3-h5py                                 # tests read model.requant.h5 with h5py too
-  python3-torch                                # tests/reference/: independent PyTorch versions
+  python3-torch python3-sklearn                # tests/reference/: independent implementations
   libssl-dev                                   # SHA-256 of state files and run fingerprints
   libboost-serialization-dev libboost-mpi-dev  # control-plane messages
   nlohmann-json3-dev libtomlplusplus-dev libcli11-dev libspdlog-dev

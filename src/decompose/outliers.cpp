@@ -142,14 +142,15 @@ namespace {
 // SqueezeLLM's range rule with one rho for every linear of the model, bisected so that the
 // outliers summed over all ranks come to outlier_ratio of the linear weights.
 model::StageTensors fixed_rule_outliers(const model::Stage& stage, parallel::Transport& t,
-                                        double ratio) {
+                                        double ratio, const model::StageTensors& taken) {
     const auto&                 layers = stage.weights().layers;
     std::vector<quant::IqrRule> rules;
     double                      local_n = 0;
-    for (const auto& lw : layers)
-        for (model::Linear l : model::kLinears) {
-            rules.emplace_back(lw.linear(l));
-            local_n += double(lw.linear(l).numel());
+    for (std::size_t il = 0; il < layers.size(); ++il)
+        for (std::size_t i = 0; i < model::kNumLinears; ++i) {
+            const at::Tensor& w = layers[il].linear(model::kLinears[i]);
+            rules.emplace_back(w, taken.empty() ? at::Tensor() : taken[il][i]);
+            local_n += double(w.numel());
         }
     const double target = std::floor(ratio * global_sum(t, local_n));
     auto         count  = [&](double rho) {
@@ -191,33 +192,40 @@ SparseSelection select_sparse(const model::Stage& stage, parallel::Transport& t,
                               const io::JobRequant& requant, const model::StageTensors* fisher,
                               const model::StageTensors* outliers) {
     SparseSelection sel;
-    if (outliers != nullptr) {
-        sel.outliers = *outliers;
-    } else {
-        switch (requant.outliers()) {
-            case io::OutlierSelect::None:
-                break;
-            case io::OutlierSelect::Random: {  // only the shapes are read: no copies
-                model::StageTensors like(stage.weights().layers.size());
-                for (std::size_t il = 0; il < like.size(); ++il)
-                    for (std::size_t i = 0; i < model::kNumLinears; ++i)
-                        like[il][i] = stage.weights().layers[il].linear(model::kLinears[i]);
-                sel.outliers =
-                    select_random(like, {}, requant.outlier_ratio, stage.range().layer_begin, 2024);
-                break;
-            }
-            case io::OutlierSelect::Fixed:
-                sel.outliers = fixed_rule_outliers(stage, t, requant.outlier_ratio);
-                break;
-            case io::OutlierSelect::Adaptive:
-                throw InternalError("adaptive outliers come from Alg. 1 (adaptive_outliers)");
+    const bool      by_fisher = requant.significant() == io::SignificantSelect::Fisher;
+    if (by_fisher && fisher == nullptr)
+        throw InternalError("significant_select = fisher needs the Fisher diagonal");
+    const io::OutlierSelect how = outliers ? io::OutlierSelect::Adaptive : requant.outliers();
+    if (by_fisher && how == io::OutlierSelect::Fixed) {
+        // Dense-and-Sparse as the reference (outliers.py): the Fisher-sensitive weights first,
+        // then the range rule's outliers among the rest.
+        sel.significant = fisher_significant(*fisher, {}, requant.significant_ratio);
+        sel.outliers    = fixed_rule_outliers(stage, t, requant.outlier_ratio, sel.significant);
+        return sel;
+    }
+    switch (how) {
+        case io::OutlierSelect::None:
+            break;
+        case io::OutlierSelect::Random: {  // only the shapes are read: no copies
+            model::StageTensors like(stage.weights().layers.size());
+            for (std::size_t il = 0; il < like.size(); ++il)
+                for (std::size_t i = 0; i < model::kNumLinears; ++i)
+                    like[il][i] = stage.weights().layers[il].linear(model::kLinears[i]);
+            sel.outliers =
+                select_random(like, {}, requant.outlier_ratio, stage.range().layer_begin, 2024);
+            break;
         }
+        case io::OutlierSelect::Fixed:
+            sel.outliers = fixed_rule_outliers(stage, t, requant.outlier_ratio, {});
+            break;
+        case io::OutlierSelect::Adaptive:
+            if (outliers == nullptr)
+                throw InternalError("adaptive outliers come from Alg. 1 (adaptive_outliers)");
+            sel.outliers = *outliers;
+            break;
     }
-    if (requant.significant() == io::SignificantSelect::Fisher) {
-        if (fisher == nullptr)
-            throw InternalError("significant_select = fisher needs the Fisher diagonal");
+    if (by_fisher)  // outliers taken by another rule: the sensitive weights among the rest
         sel.significant = fisher_significant(*fisher, sel.outliers, requant.significant_ratio);
-    }
     return sel;
 }
 

@@ -28,7 +28,8 @@ const std::vector<std::pair<std::string, std::vector<std::string>>> kSchema = {
     {"data", {"calibration", "calibration_seqs", "seq_len", "eval", "eval_max_seqs"}},
     {"quant",
      {"method", "bits", "group_size", "sequential", "damp", "act_order", "block_size",
-      "static_groups", "awq_grid", "awq_samples", "kmeans_iters", "qtip_code", "qtip_seed"}},
+      "static_groups", "awq_grid", "awq_samples", "kmeans_iters", "kmeans_init", "kmeans_seed",
+      "qtip_code", "qtip_seed"}},
     {"requant",
      {"outlier_ratio", "outlier_select", "outlier_candidates", "significant_ratio", "step_ratio",
       "scope", "significant_select", "signed_ranking"}},
@@ -255,8 +256,8 @@ auto fields(const JobData& d) {
 }
 auto fields(const JobQuant& q) {
     return std::tie(q.method, q.bits, q.group_size, q.sequential, q.damp, q.act_order, q.block_size,
-                    q.static_groups, q.awq_grid, q.awq_samples, q.kmeans_iters, q.qtip_code,
-                    q.qtip_seed);
+                    q.static_groups, q.awq_grid, q.awq_samples, q.kmeans_iters, q.kmeans_init,
+                    q.kmeans_seed, q.qtip_code, q.qtip_seed);
 }
 auto fields(const JobRequant& q) {
     return std::tie(q.outlier_ratio, q.outlier_select, q.outlier_candidates, q.significant_ratio,
@@ -284,6 +285,9 @@ const char* name(QuantMethod v) {
 }
 const char* name(QtipCode v) {
     return name_of(v, {"hyb", "1mad", "3inst"});
+}
+const char* name(KmeansInit v) {
+    return name_of(v, {"kmeans++", "multistart"});
 }
 const char* name(OutlierSelect v) {
     return name_of(v, {"none", "fixed", "adaptive", "random"});
@@ -378,6 +382,10 @@ void read_quant(const Reader& r, JobQuant& q) {
     at_least(r, "quant.awq_samples", q.awq_samples, 1);
     r.read("quant", "kmeans_iters", q.kmeans_iters);
     at_least(r, "quant.kmeans_iters", q.kmeans_iters, 1);
+    read_enum(r, "quant", "kmeans_init", q.kmeans_init,
+              {KmeansInit::PlusPlus, KmeansInit::Multistart});
+    r.read("quant", "kmeans_seed", q.kmeans_seed);
+    at_least(r, "quant.kmeans_seed", q.kmeans_seed, 0);
     read_enum(r, "quant", "qtip_code", q.qtip_code,
               {QtipCode::Hyb, QtipCode::OneMad, QtipCode::ThreeInst});
     r.read("quant", "qtip_seed", q.qtip_seed);
@@ -518,6 +526,8 @@ std::string job_to_toml(const Job& j) {
     put("awq_grid", num(j.quant.awq_grid));
     put("awq_samples", num(j.quant.awq_samples));
     put("kmeans_iters", num(j.quant.kmeans_iters));
+    put("kmeans_init", str(name(j.quant.kmeans_init)));
+    put("kmeans_seed", num(j.quant.kmeans_seed));
     put("qtip_code", str(name(j.quant.qtip_code)));
     put("qtip_seed", num(j.quant.qtip_seed));
     os << "\n[requant]\n";

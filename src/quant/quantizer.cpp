@@ -87,11 +87,24 @@ double awq_objective(const at::Tensor& w, const at::Tensor& w_hat, const InputSt
 }
 
 // SqueezeLLM: Fisher-weighted k-means per row; sum F dW^2.
+}  // namespace
+
+SqueezeParams squeeze_params(const io::JobQuant& p) {
+    SqueezeParams s;
+    s.bits  = p.bits;
+    s.iters = p.kmeans_iters;
+    s.start = p.kmeans_init == io::KmeansInit::Multistart ? KmeansStart::Multistart
+                                                          : KmeansStart::PlusPlus;
+    s.seed  = uint64_t(p.kmeans_seed);
+    return s;
+}
+
+namespace {
 std::vector<DenseFit> squeezellm(const InputGroup& g, const io::JobQuant& p) {
     if (g.fisher.size() != g.w.size())
         throw InternalError("squeezellm: the Fisher diagonal was not collected");
     return each(g, [&](std::size_t k) {
-        return squeezellm_quantize(zeroed(g, k), g.fisher[k], {p.bits, p.kmeans_iters});
+        return squeezellm_quantize(zeroed(g, k), g.fisher[k], squeeze_params(p));
     });
 }
 double squeezellm_objective(const at::Tensor& w, const at::Tensor& w_hat, const InputStats&,

@@ -49,19 +49,15 @@ int64_t csr_storage_bits(const SparseCsr& s) {
     return s.indptr.defined() ? 48 * s.nnz() + 32 * (s.rows + 1) : 0;  // no part, no row pointers
 }
 
-IqrRule::IqrRule(const at::Tensor& w) : w_(w.detach().to(at::kFloat).contiguous()) {
+IqrRule::IqrRule(const at::Tensor& w, const at::Tensor& exclude)
+    : w_(w.detach().to(at::kFloat).contiguous()), exclude_(exclude) {
     const at::Tensor v = std::get<0>(w_.flatten().sort());
     const int64_t    n = v.numel();
-    const float*     p = v.data_ptr<float>();
-    auto             q = [&](double f) {
-        const double  pos = f * double(n - 1);
-        const int64_t lo  = int64_t(pos);
-        const int64_t hi  = std::min(lo + 1, n - 1);
-        return double(p[lo]) + (pos - double(lo)) * (double(p[hi]) - double(p[lo]));
-    };
-    q1_         = q(0.25);
-    q3_         = q(0.75);
-    abs_sorted_ = std::get<0>(w_.flatten().abs().sort());
+    q1_                = v[n / 4].item<double>();
+    q3_                = v[3 * n / 4].item<double>();
+    const at::Tensor a = w_.flatten().abs();
+    abs_sorted_ =
+        std::get<0>((exclude_.defined() ? a.masked_select(~exclude_.flatten()) : a).sort());
 }
 
 double IqrRule::threshold(double rho) const {
@@ -77,7 +73,8 @@ int64_t IqrRule::count(double rho) const {
 }
 
 at::Tensor IqrRule::mask(double rho) const {
-    return w_.abs() >= float(threshold(rho));
+    const at::Tensor m = w_.abs() >= float(threshold(rho));
+    return exclude_.defined() ? m & ~exclude_ : m;
 }
 
 at::Tensor iqr_outlier_mask(const at::Tensor& w, double rho) {

@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <numeric>
 #include <string>
 
@@ -92,28 +93,42 @@ double objective(const Row& r) {
     return s;
 }
 
-// The starts of the header, or none for an exact row: its positive-weight values fit in K
-// distinct fp16 values, which then are the levels, in r.c. grid: fp16 [K], the row's RTN levels.
-std::vector<std::vector<float>> starts(Row& r, int K, const float* grid) {
-    std::vector<float>  u;    // distinct fp16 values of the positive-weight weights, ascending
-    std::vector<double> cum;  // cumulative weight up to and including u[k]
+// The distinct fp16 values of the positive-weight weights, ascending, with the cumulative
+// weight up to and including each.
+struct Distinct {
+    std::vector<float>  u;
+    std::vector<double> cum;
+};
+Distinct distinct_half(const Row& r) {
+    Distinct d;
     for (size_t i = 0; i < r.v.size(); ++i) {
         if (!(r.f[i] > 0)) continue;
         const float h = float(at::Half(r.v[i]));  // monotone, so u stays sorted
-        if (u.empty() || h != u.back()) {
-            u.push_back(h);
-            cum.push_back(cum.empty() ? 0.0 : cum.back());
+        if (d.u.empty() || h != d.u.back()) {
+            d.u.push_back(h);
+            d.cum.push_back(d.cum.empty() ? 0.0 : d.cum.back());
         }
-        cum.back() += r.f[i];
+        d.cum.back() += r.f[i];
     }
-    const int64_t D = int64_t(u.size());
+    return d;
+}
+
+// An exact row (the header): at most K distinct values, which become the levels in r.c.
+bool exact_row(Row& r, int K, const Distinct& d) {
+    const int64_t D = int64_t(d.u.size());
+    if (D > K) return false;
     r.c.assign(K, 0.0f);
-    if (D <= K) {
-        for (int k = 0; k < K && D > 0; ++k) r.c[k] = u[std::min<int64_t>(k, D - 1)];
-        return {};
-    }
-    std::vector<float> quantile(K), mid(K);
-    int64_t            prev = -1, p = 0;
+    for (int k = 0; k < K && D > 0; ++k) r.c[k] = d.u[std::min<int64_t>(k, D - 1)];
+    return true;
+}
+
+// Multistart's starts (the header). grid: fp16 [K], the row's RTN levels.
+std::vector<std::vector<float>> starts(const Distinct& d, int K, const float* grid) {
+    const std::vector<float>&  u   = d.u;
+    const std::vector<double>& cum = d.cum;
+    const int64_t              D   = int64_t(u.size());
+    std::vector<float>         quantile(K), mid(K);
+    int64_t                    prev = -1, p = 0;
     for (int k = 0; k < K; ++k) {
         const double t = (k + 0.5) / K * cum.back();
         while (p < D - 1 && cum[p] < t) ++p;
@@ -188,14 +203,135 @@ std::vector<double> lloyd(Row& r, int iters) {
     return trace;
 }
 
+// SplitMix64: the draws of k-means++, uniform doubles in [0, 1).
+struct Draws {
+    uint64_t s;
+    double   next() {
+          uint64_t z = (s += 0x9E3779B97F4A7C15ull);
+          z          = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+          z          = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+          return double((z ^ (z >> 31)) >> 11) * 0x1.0p-53;
+    }
+};
+
+// The first index whose cumulative sum reaches t (numpy.searchsorted, left), at most n - 1.
+int64_t draw_index(const std::vector<double>& cum, double t) {
+    const auto at = std::lower_bound(cum.begin(), cum.end(), t);
+    return std::min<int64_t>(at - cum.begin(), int64_t(cum.size()) - 1);
+}
+
+// Greedy k-means++ weighted by r.f (the header): K levels, ascending.
+std::vector<float> plus_plus(const Row& r, int K, uint64_t seed) {
+    const size_t        n      = r.v.size();
+    const int           trials = 2 + int(std::log(double(K)));
+    Draws               g{seed};
+    std::vector<double> cum(n), d2(n), cand(n), best_d2;
+    std::partial_sum(r.f.begin(), r.f.end(), cum.begin());
+    std::vector<float> c{r.v[size_t(draw_index(cum, g.next() * cum.back()))]};
+    double             pot = 0;
+    for (size_t i = 0; i < n; ++i) {
+        d2[i] = (double(r.v[i]) - c[0]) * (double(r.v[i]) - c[0]);
+        pot += r.f[i] * d2[i];
+    }
+    for (int k = 1; k < K; ++k) {
+        for (size_t i = 0; i < n; ++i) cum[i] = (i ? cum[i - 1] : 0.0) + r.f[i] * d2[i];
+        double  best_pot = 0;
+        int64_t best     = -1;
+        for (int t = 0; t < trials; ++t) {
+            const int64_t id = draw_index(cum, g.next() * pot);
+            double        s  = 0;
+            for (size_t i = 0; i < n; ++i) {
+                const double d = double(r.v[i]) - r.v[size_t(id)];
+                cand[i]        = std::min(d2[i], d * d);
+                s += r.f[i] * cand[i];
+            }
+            if (best < 0 || s < best_pot) best_pot = s, best = id, best_d2 = cand;
+        }
+        c.push_back(r.v[size_t(best)]);
+        d2.swap(best_d2);
+        pot = best_pot;
+    }
+    std::sort(c.begin(), c.end());
+    return c;
+}
+
+// New centres: each cluster's weighted mean (in double, stored as float); an empty cluster
+// takes the value farthest from its centre that no earlier empty cluster took. Returns the
+// total squared shift.
+double move_centres(Row& r) {
+    const int           K = int(r.c.size());
+    std::vector<double> sw(K, 0.0), swx(K, 0.0);
+    for (size_t i = 0; i < r.v.size(); ++i) sw[r.a[i]] += r.f[i], swx[r.a[i]] += r.f[i] * r.v[i];
+    std::vector<float> c(r.c);
+    std::vector<int>   empty;
+    for (int k = 0; k < K; ++k)
+        if (sw[k] > 0)
+            c[k] = float(swx[k] / sw[k]);
+        else
+            empty.push_back(k);
+    if (!empty.empty()) {
+        std::vector<int64_t> order(r.v.size());
+        std::iota(order.begin(), order.end(), int64_t(0));
+        const auto dist = [&r](int64_t i) { return std::abs(double(r.v[i]) - r.c[r.a[i]]); };
+        std::stable_sort(order.begin(), order.end(),
+                         [&dist](int64_t x, int64_t y) { return dist(x) > dist(y); });
+        for (size_t e = 0; e < empty.size() && e < order.size(); ++e) c[empty[e]] = r.v[order[e]];
+    }
+    double shift = 0;
+    for (int k = 0; k < K; ++k) shift += (double(c[k]) - r.c[k]) * (double(c[k]) - r.c[k]);
+    std::sort(c.begin(), c.end());
+    r.c = std::move(c);
+    return shift;
+}
+
+// sklearn's Lloyd from the centres in r.c (the header); returns the objective trace, the last
+// entry after the final assignment.
+std::vector<double> lloyd_pp(Row& r, const SqueezeParams& p) {
+    double m = 0, m2 = 0;  // tol is relative to the row's (unweighted) variance
+    for (float x : r.v) m += x, m2 += double(x) * x;
+    m /= double(r.v.size());
+    const double     tol = p.tol * std::max(0.0, m2 / double(r.v.size()) - m * m);
+    std::vector<int> old;
+    r.a.assign(r.v.size(), -1);
+    std::vector<double> trace;
+    for (int it = 0; it < p.iters; ++it) {
+        assign(r);
+        trace.push_back(objective(r));
+        const double shift = move_centres(r);
+        if (r.a == old || shift <= tol) break;  // no assignment changed, or centres settled
+        old = r.a;
+    }
+    assign(r);  // the final assignment (sklearn's last E-step)
+    trace.push_back(objective(r));
+    return trace;
+}
+
+uint64_t row_seed(uint64_t seed, int64_t row) {
+    return seed * 0xD1B54A32D192ED03ull ^ uint64_t(row);
+}
+
+// PlusPlus (the header): one start, Lloyd, then the centres rounded to fp16.
+std::vector<double> kmeans_pp(Row& r, const SqueezeParams& p, int64_t row) {
+    if (exact_row(r, 1 << p.bits, distinct_half(r))) return lloyd(r, 0);
+    r.c                       = plus_plus(r, 1 << p.bits, row_seed(p.seed, row));
+    std::vector<double> trace = lloyd_pp(r, p);
+    for (float& c : r.c) c = float(at::Half(c));
+    std::sort(r.c.begin(), r.c.end());
+    assign(r);
+    trace.push_back(objective(r));
+    return trace;
+}
+
 // The whole per-row algorithm (see the header): Lloyd from each start, the lowest final
 // objective kept (the earlier start on a tie). Leaves the levels in r.c and the codes in r.a;
 // returns the kept start's trace.
 std::vector<double> kmeans_row(Row& r, const SqueezeParams& p, const float* grid) {
+    const Distinct d = distinct_half(r);
+    if (exact_row(r, 1 << p.bits, d)) return lloyd(r, 0);
     std::vector<double> best;
     std::vector<float>  c;
     std::vector<int>    a;
-    for (std::vector<float>& s : starts(r, 1 << p.bits, grid)) {
+    for (std::vector<float>& s : starts(d, 1 << p.bits, grid)) {
         r.c                       = std::move(s);
         std::vector<double> trace = lloyd(r, p.iters);
         if (best.empty() || trace.back() < best.back()) {
@@ -204,7 +340,6 @@ std::vector<double> kmeans_row(Row& r, const SqueezeParams& p, const float* grid
             a    = r.a;
         }
     }
-    if (best.empty()) return lloyd(r, 0);  // exact row
     r.c = std::move(c);
     r.a = std::move(a);
     return best;
@@ -220,7 +355,8 @@ at::Tensor rtn_grid(const at::Tensor& w, const at::Tensor& f, int bits) {
     return (s * (k.unsqueeze(0) - z)).to(at::kHalf).to(at::kFloat).contiguous();
 }
 
-// Checks params, shapes and values; returns w as contiguous float and fisher as double [O, I].
+// Checks params, shapes and values; w as contiguous float, f as double [O, I]. PlusPlus, as
+// the reference (nuq.py): a weight that is exactly 0 gets sample weight 0.
 void check_inputs(const at::Tensor& w_in, const at::Tensor& f_in, const SqueezeParams& p,
                   at::Tensor& w, at::Tensor& f) {
     if (p.bits < 2 || p.bits > 8)
@@ -245,35 +381,44 @@ void check_inputs(const at::Tensor& w_in, const at::Tensor& f_in, const SqueezeP
     };
     first_bad(~at::isfinite(w), "non-finite weight", w);
     first_bad(~at::isfinite(f) | (f < 0), "negative or non-finite fisher", f);
+    if (p.start == KmeansStart::PlusPlus) f = f.masked_fill(w == 0, 0.0).contiguous();
+}
+
+void check_matrix(const at::Tensor& w_in, const at::Tensor& f_in, const SqueezeParams& p,
+                  at::Tensor& w, at::Tensor& f) {
+    if (w_in.dim() != 2)
+        throw ShapeError("squeezellm: weight must be [out, in], got " + c10::str(w_in.sizes()));
+    check_inputs(w_in, f_in, p, w, f);
 }
 
 }  // namespace
 
 QuantizedLinear squeezellm_quantize(const at::Tensor& w_in, const at::Tensor& f_in,
                                     const SqueezeParams& p) {
-    if (w_in.dim() != 2)
-        throw ShapeError("squeezellm: weight must be [out, in], got " + c10::str(w_in.sizes()));
     at::Tensor w, f;
-    check_inputs(w_in, f_in, p, w, f);
+    check_matrix(w_in, f_in, p, w, f);
     const int64_t   O = w.size(0), I = w.size(1), K = int64_t(1) << p.bits;
     QuantizedLinear q;
-    q.bits                = p.bits;
-    q.group_size          = 0;
-    q.codes               = at::empty({O, I}, at::kByte);
-    q.lut                 = at::empty({O, K}, at::kHalf);
-    const at::Tensor grid = rtn_grid(w, f, p.bits);
-    const float*     W    = w.data_ptr<float>();
-    const double*    F    = f.data_ptr<double>();
-    const float*     G    = grid.data_ptr<float>();
-    uint8_t*         C    = q.codes.data_ptr<uint8_t>();
-    at::Half*        L    = q.lut.data_ptr<at::Half>();
+    q.bits                 = p.bits;
+    q.group_size           = 0;
+    q.codes                = at::empty({O, I}, at::kByte);
+    q.lut                  = at::empty({O, K}, at::kHalf);
+    const bool       multi = p.start == KmeansStart::Multistart;
+    const at::Tensor grid  = multi ? rtn_grid(w, f, p.bits) : at::Tensor();
+    const float*     W     = w.data_ptr<float>();
+    const double*    F     = f.data_ptr<double>();
+    uint8_t*         C     = q.codes.data_ptr<uint8_t>();
+    at::Half*        L     = q.lut.data_ptr<at::Half>();
     // Rows are independent and each is computed the same way on any thread: results do not
     // depend on the thread count.
     at::parallel_for(0, O, 1, [&](int64_t r0, int64_t r1) {
         Row r;
         for (int64_t row = r0; row < r1; ++row) {
             prepare(W + row * I, F + row * I, I, r);
-            kmeans_row(r, p, G + row * K);
+            if (multi)
+                kmeans_row(r, p, grid.data_ptr<float>() + row * K);
+            else
+                kmeans_pp(r, p, row);
             for (int64_t k = 0; k < K; ++k) L[row * K + k] = at::Half(r.c[k]);
             for (int64_t i = 0; i < I; ++i) C[row * I + r.col[i]] = uint8_t(r.a[i]);
         }
@@ -282,14 +427,34 @@ QuantizedLinear squeezellm_quantize(const at::Tensor& w_in, const at::Tensor& f_
 }
 
 std::vector<double> squeezellm_objective_trace(const at::Tensor& w_row, const at::Tensor& f_row,
-                                               const SqueezeParams& p) {
+                                               const SqueezeParams& p, int64_t row) {
     if (w_row.dim() != 1)
         throw ShapeError("squeezellm: row must be [in], got " + c10::str(w_row.sizes()));
     at::Tensor w, f;
     check_inputs(w_row.unsqueeze(0), f_row.dim() == 1 ? f_row.unsqueeze(0) : f_row, p, w, f);
     Row r;
     prepare(w.data_ptr<float>(), f.data_ptr<double>(), w.size(1), r);
+    if (p.start == KmeansStart::PlusPlus) return kmeans_pp(r, p, row);
     return kmeans_row(r, p, rtn_grid(w, f, p.bits).data_ptr<float>());
+}
+
+at::Tensor squeezellm_starts(const at::Tensor& w_in, const at::Tensor& f_in,
+                             const SqueezeParams& p) {
+    at::Tensor w, f;
+    check_matrix(w_in, f_in, p, w, f);
+    const int64_t O = w.size(0), I = w.size(1), K = int64_t(1) << p.bits;
+    at::Tensor    out = at::full({O, K}, std::numeric_limits<float>::quiet_NaN(), at::kFloat);
+    float*        S   = out.data_ptr<float>();
+    at::parallel_for(0, O, 1, [&](int64_t r0, int64_t r1) {
+        Row r;
+        for (int64_t row = r0; row < r1; ++row) {
+            prepare(w.data_ptr<float>() + row * I, f.data_ptr<double>() + row * I, I, r);
+            if (exact_row(r, int(K), distinct_half(r))) continue;
+            const std::vector<float> c = plus_plus(r, int(K), row_seed(p.seed, row));
+            std::copy(c.begin(), c.end(), S + row * K);
+        }
+    });
+    return out;
 }
 
 }  // namespace rq::quant

@@ -5,6 +5,7 @@
 
 #include "requant/io/h5.h"
 #include "requant/quant/decomposed.h"
+#include "requant/quant/quantizer.h"
 
 namespace rq::store {
 namespace {
@@ -35,6 +36,15 @@ void write_layer_dump(const std::string& path, int64_t layer, const io::JobQuant
         put(f, g + "/weight", w[i], at::kFloat);
         put(f, g + "/sparse", sparse[i], at::kByte);
         if (stats.fisher) put(f, g + "/fisher", (*stats.fisher)[i], at::kFloat);
+        if (p.method == io::QuantMethod::SqueezeLlm && stats.fisher) {  // its k-means++ start
+            const at::Tensor m  = sparse[i];  // the method's input: sparse weights zeroed
+            const at::Tensor wz = m.defined() ? w[i].masked_fill(m, 0.0) : w[i];
+            const at::Tensor fz =
+                m.defined() ? (*stats.fisher)[i].masked_fill(m, 0.0) : (*stats.fisher)[i];
+            if (p.kmeans_init == io::KmeansInit::PlusPlus)
+                put(f, g + "/lut_init", quant::squeezellm_starts(wz, fz, quant::squeeze_params(p)),
+                    at::kFloat);
+        }
         put_dense(f, g, q[i].dense);
         put(f, g + "/w_hat", quant::reconstruct(q[i]), at::kFloat);
     }
@@ -55,6 +65,7 @@ void write_layer_dump(const std::string& path, int64_t layer, const io::JobQuant
     f.set_attr("/", "sequential", int64_t{p.sequential});
     f.set_attr("/", "awq_grid", int64_t{p.awq_grid});
     f.set_attr("/", "kmeans_iters", int64_t{p.kmeans_iters});
+    f.set_attr("/", "kmeans_init", std::string(io::name(p.kmeans_init)));
     f.commit();
 }
 

@@ -98,7 +98,8 @@ Fingerprint fingerprint(const io::Job& job, const std::string& model_dir) {
     // run.mem_gib shapes the schedule, never a result: its line is left out, so that a run
     // resumes under another budget and fingerprints of versions before the key stay valid.
     // run.replicas = 1 is left out too (the fingerprints of versions before the key), and the
-    // qtip keys for other methods (they shape nothing there), and static_groups outside GPTQ.
+    // qtip keys for other methods (they shape nothing there), static_groups outside GPTQ and
+    // the kmeans_init/seed keys outside SqueezeLLM.
     std::string toml = io::job_to_toml(k);
     auto        drop = [&toml](const std::string& line_start) {
         const auto at = toml.find("\n" + line_start);
@@ -108,6 +109,7 @@ Fingerprint fingerprint(const io::Job& job, const std::string& model_dir) {
     if (k.run.replicas == 1) drop("replicas ");
     if (k.quant.method != io::QuantMethod::Qtip) drop("qtip_code "), drop("qtip_seed ");
     if (k.quant.method != io::QuantMethod::Gptq) drop("static_groups ");
+    if (k.quant.method != io::QuantMethod::SqueezeLlm) drop("kmeans_init "), drop("kmeans_seed ");
     fp.job = io::Sha256().add(toml).hex();
     return fp;
 }

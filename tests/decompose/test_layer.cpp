@@ -433,7 +433,9 @@ TEST(SelectSparse, RandomOutliersPerLinearCountAndSeedDeterministic) {
     EXPECT_LT(n_same_as_fixed, n / 10);
 }
 
-TEST(SelectSparse, FisherSignificantAreTheTopOfTheFisherDiagonalOutsideTheOutliers) {
+TEST(SelectSparse, FisherSignificantFirstThenTheRangeRuleAmongTheRest) {
+    // SqueezeLLM's order (outliers.py): the top of the Fisher diagonal over the whole linear,
+    // then the range rule's outliers among the other weights, the budget still met.
     Stories             su;
     const model::Stage  stage = su.stage();
     test::SoloTransport t;
@@ -449,6 +451,12 @@ TEST(SelectSparse, FisherSignificantAreTheTopOfTheFisherDiagonalOutsideTheOutlie
             fisher[il][i] = at::rand(w[il][i].sizes(), gen) * w[il][i].square();
     const SparseSelection sel = select_sparse(stage, t, r, &fisher);
     ASSERT_EQ(sel.significant.size(), w.size());
+    int64_t n = 0, n_out = 0;
+    for (std::size_t il = 0; il < w.size(); ++il)
+        for (std::size_t i = 0; i < model::kNumLinears; ++i)
+            n += w[il][i].numel(), n_out += sel.outliers[il][i].sum().item<int64_t>();
+    EXPECT_LE(n_out, int64_t(std::floor(0.0045 * double(n))));
+    EXPECT_GE(n_out, int64_t(std::floor(0.0045 * double(n))) - 8) << "far below the budget";
     for (std::size_t il = 0; il < w.size(); ++il)
         for (std::size_t i = 0; i < model::kNumLinears; ++i) {
             const at::Tensor& s     = sel.significant[il][i];
@@ -456,8 +464,9 @@ TEST(SelectSparse, FisherSignificantAreTheTopOfTheFisherDiagonalOutsideTheOutlie
             const std::string where = "layer " + std::to_string(il) + " " + lname(i);
             EXPECT_EQ(s.sum().item<int64_t>(), std::llround(0.0005 * double(s.numel()))) << where;
             EXPECT_EQ((s & o).sum().item<int64_t>(), 0) << where << ": an outlier is significant";
-            const at::Tensor& f    = fisher[il][i];
-            const at::Tensor  rest = ~(s | o);
+            const at::Tensor& f = fisher[il][i];
+            EXPECT_TRUE(at::equal(s, quant::topk_mask(f, s.sum().item<int64_t>()))) << where;
+            const at::Tensor rest = ~(s | o);
             EXPECT_GE(f.masked_select(s).min().item<float>(),
                       f.masked_select(rest).max().item<float>())
                 << where << ": a free weight has a larger Fisher value than a significant one";

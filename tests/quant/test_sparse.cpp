@@ -60,6 +60,23 @@ TEST(Sparse, TopkPicksLargestAndBreaksTiesByIndex) {
     EXPECT_EQ(topk_mask(score, 100).sum().item<int64_t>(), 6);
 }
 
+TEST(Sparse, IqrRuleTakesTheReferenceQuartilesAndSkipsExcludedWeights) {
+    // 100 values -50..49 in a shuffled [10, 10]: q1 = v[25] = -25, q3 = v[75] = 25 (no
+    // interpolation), T(rho = 0.5) = max(|-25 - 25|, |25 + 25|) = 50: only -50 is an outlier.
+    auto             gen = at::detail::createCPUGenerator(3);
+    const at::Tensor w   = (at::randperm(100, gen, at::kLong) - 50).to(at::kFloat).view({10, 10});
+    const IqrRule    rule(w);
+    EXPECT_EQ(rule.threshold(0.5), 50.0);
+    EXPECT_EQ(rule.threshold(0.0), 25.0);
+    EXPECT_EQ(rule.count(0.0), 51);       // |w| >= 25: -50..-25 (26) and 25..49 (25)
+    const at::Tensor ex = w.abs() >= 40;  // excluded: counted and masked never
+    const IqrRule    skip(w, ex);
+    EXPECT_EQ(skip.threshold(0.0), 25.0) << "the quartiles are those of all of w";
+    EXPECT_EQ(skip.count(0.0), 51 - 21);  // less -50..-40 and 40..49
+    EXPECT_TRUE(at::equal(skip.mask(0.0), (w.abs() >= 25) & ~ex));
+    EXPECT_EQ(skip.mask(0.0).sum().item<int64_t>(), skip.count(0.0));
+}
+
 TEST(Sparse, IqrRuleSelectsTheTailsAndShrinksWithRho) {
     const at::Tensor w    = randn({64, 256}, 11);
     int64_t          prev = w.numel() + 1;

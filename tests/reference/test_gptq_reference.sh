@@ -15,24 +15,8 @@
 # Usage: test_gptq_reference.sh PATH/TO/requant-dist REPO_ROOT
 set -uo pipefail
 bin=$1; root=$2
-source "$root/tests/cli/check_lib.sh"
-[ -d "$root/../shared/models" ] || { echo "FAIL: ../shared not found beside the checkout"; exit 1; }
 ref=$root/tests/reference/gptq_reference.py
-py=/usr/bin/python3
-$py -c "import torch, h5py" 2>/dev/null || { echo "FAIL: needs python3-torch and python3-h5py"; exit 1; }
-
-run() {  # run NAME JOB LAYER [--set ...]: the run, then the reference on its dump
-  local name=$1 job=$2 layer=$3; shift 3
-  local t0=$SECONDS
-  "$bin" run "$job" --out "$tmp/$name" --set data.calibration_seqs=8 --set data.eval_max_seqs=2 \
-    --dump-layer "$layer" "$@" > "$tmp/$name.log" 2>&1 || { fail "$name: run: $(tail -3 "$tmp/$name.log")"; return; }
-  local dump; dump=$(printf '%s/%s/dump/layer-%03d.h5' "$tmp" "$name" "$layer")
-  if $py "$ref" "$dump" > "$tmp/$name.ref" 2>&1; then
-    ok "$name: $(tail -1 "$tmp/$name.ref") ($((SECONDS - t0)) s)"
-  else
-    cat "$tmp/$name.ref"; fail "$name: the reference disagrees"
-  fi
-}
+source "$root/tests/reference/reference_lib.sh"
 
 j7=$root/jobs/llama-7m-en-gptq.toml
 run g128 "$j7" 1
@@ -43,32 +27,7 @@ grep -q "sparse kept (0 off)" "$tmp/g64-act-outliers.ref" \
 run g64-static "$j7" 0 --set quant.bits=2 --set quant.group_size=64 --set quant.act_order=true \
   --set quant.static_groups=true
 
-# llama3-tiny-random: 16 x 128 seeded random tokens of its 1024-token vocabulary.
-tiny=$root/../shared/models/llama3-tiny-random
-$py - "$tmp/random-tokens.safetensors" <<'PY'
-import json, struct, sys
-import numpy as np
-tokens = np.random.default_rng(20261203).integers(0, 1024, size=(16, 128), dtype=np.int64)
-head = json.dumps({"tokens": {"dtype": "I64", "shape": list(tokens.shape),
-                              "data_offsets": [0, tokens.nbytes]}}).encode()
-head += b" " * (-len(head) % 8)
-with open(sys.argv[1], "wb") as f:
-    f.write(struct.pack("<Q", len(head)) + head + tokens.tobytes())
-PY
-cat > "$tmp/tiny.toml" <<EOF
-[model]
-path = "$tiny"
-[data]
-calibration = "$tmp/random-tokens.safetensors"
-seq_len = 128
-eval = ["$tmp/random-tokens.safetensors"]
-[quant]
-method = "gptq"
-bits = 4
-group_size = 128
-act_order = true
-sequential = false
-EOF
+tiny_job gptq "bits = 4" "group_size = 128" "act_order = true" "sequential = false"
 run tiny-act "$tmp/tiny.toml" 1
 
 # Negative controls on a copy of the g64 dump.

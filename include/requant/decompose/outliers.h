@@ -43,8 +43,10 @@ struct SparseSelection {
 
 // The sparse masks chosen before quantization: outliers by the fixed rule or at random, or
 // `outliers` when given (Alg. 1's); significant weights by the Fisher diagonal (`fisher`,
-// needed then). Significant weights by PQI or at random are chosen after quantization
-// (decompose/detach.h), not here. Collective over the transport (the fixed rule).
+// needed then): with the fixed rule they come first and the rule takes its outliers among the
+// rest (SqueezeLLM's Dense-and-Sparse order), else they are taken among what the outliers left.
+// Significant weights by PQI or at random are chosen after quantization (decompose/detach.h), not
+// here. Collective over the transport (the fixed rule).
 SparseSelection select_sparse(const model::Stage& stage, parallel::Transport& t,
                               const io::JobRequant& requant, const model::StageTensors* fisher,
                               const model::StageTensors* outliers = nullptr);

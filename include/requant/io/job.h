@@ -17,6 +17,7 @@ namespace rq::io {
 // no code compares names. name() gives the job-file spelling (messages, job.toml, results.json).
 enum class QuantMethod { Rtn, Gptq, Awq, SqueezeLlm, Qtip };
 enum class QtipCode { Hyb, OneMad, ThreeInst };  // QTIP's trellis codes (PAPER.md §9.5)
+enum class KmeansInit { PlusPlus, Multistart };  // SqueezeLLM's k-means start(s)
 enum class OutlierSelect { None, Fixed, Adaptive, Random };
 enum class SignificantSelect { None, Fisher, Pqi, Random };  // None: never in a file (ratio 0)
 enum class SelectScope { Global, Linear };
@@ -27,6 +28,7 @@ constexpr PqiRule kPqiRules[] = {PqiRule::Left, PqiRule::Right, PqiRule::Midpoin
 
 const char* name(QuantMethod v);        // rtn | gptq | awq | squeezellm | qtip
 const char* name(QtipCode v);           // hyb | 1mad | 3inst
+const char* name(KmeansInit v);         // kmeans++ | multistart
 const char* name(OutlierSelect v);      // none | fixed | adaptive | random
 const char* name(SignificantSelect v);  // none | fisher | pqi | random
 const char* name(SelectScope v);        // global | linear
@@ -73,6 +75,10 @@ struct JobQuant {
     int  awq_grid      = 20;    // AWQ: grid points searched for the scale exponent, >= 1
     int  awq_samples   = 2048;  // AWQ: input rows kept per linear input for its searches
     int  kmeans_iters  = 50;    // SqueezeLLM: weighted k-means iterations, >= 1
+    // SqueezeLLM: the reference's one weighted k-means++ start (seeded by kmeans_seed, >= 0),
+    // or this project's three starts kept at fp16 (quant/squeezellm.h).
+    KmeansInit kmeans_init = KmeansInit::PlusPlus;
+    int        kmeans_seed = 0;
     // QTIP (bits 2..4; group_size must be 0, its default for qtip; never sequential): the code,
     // and the seed of the sign vectors and Kronecker factors, >= 0.
     QtipCode qtip_code = QtipCode::Hyb;
@@ -82,7 +88,8 @@ struct JobQuant {
     void serialize(Ar& ar, unsigned /*version*/) {
         // clang-format off
         ar & method & bits & group_size & sequential & damp & act_order & block_size
-           & static_groups & awq_grid & awq_samples & kmeans_iters & qtip_code & qtip_seed;
+           & static_groups & awq_grid & awq_samples & kmeans_iters & kmeans_init & kmeans_seed
+           & qtip_code & qtip_seed;
         // clang-format on
     }
 };

@@ -6,6 +6,7 @@
 
 #include "requant/io/job.h"
 #include "requant/quant/quantized.h"
+#include "requant/quant/squeezellm.h"
 
 // One interface over the base quantizers and the table of them (DESIGN.md §5). A method
 // quantizes together the linears of a layer that read one input (AWQ shares one input scale
@@ -69,5 +70,7 @@ struct Quantizer {
 
 const std::vector<Quantizer>& quantizers();  // every method, in QuantMethod order
 const Quantizer&              quantizer(io::QuantMethod m);
+
+SqueezeParams squeeze_params(const io::JobQuant& p);  // what the squeezellm row runs
 
 }  // namespace rq::quant

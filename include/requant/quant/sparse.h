@@ -27,18 +27,20 @@ inline int64_t csr_paper_bits(const SparseCsr& s) {
     return 48 * s.nnz();
 }
 
-// SqueezeLLM's range rule: with quartiles q1, q3 of w, T = max(|q1 - rho (q3 - q1)|,
-// |q3 + rho (q3 - q1)|); the outliers are {|w| >= T}. Quartiles interpolate linearly between
-// order statistics (numpy's default); no size limit.
+// SqueezeLLM's range rule (its outliers.py and generate_outlier_config.py): with the quartiles
+// of w taken as the reference does, q1 = v[n / 4] and q3 = v[3n / 4] of the n sorted values
+// (no interpolation), T = max(|q1 - rho (q3 - q1)|, |q3 + rho (q3 - q1)|); the outliers are
+// {|w| >= T} outside `exclude` (bool [O, I] or undefined: the sensitive weights the reference
+// removes first; the quartiles stay those of all of w). No size limit.
 class IqrRule {
   public:
-    explicit IqrRule(const at::Tensor& w);   // sorts w once
-    double     threshold(double rho) const;  // T
-    int64_t    count(double rho) const;      // |{|w| >= T}|, by binary search
-    at::Tensor mask(double rho) const;       // bool [O, I]
+    explicit IqrRule(const at::Tensor& w, const at::Tensor& exclude = at::Tensor());  // sorts once
+    double     threshold(double rho) const;                                           // T
+    int64_t    count(double rho) const;  // |{|w| >= T} - exclude|, by binary search
+    at::Tensor mask(double rho) const;   // bool [O, I]
 
   private:
-    at::Tensor w_, abs_sorted_;
+    at::Tensor w_, exclude_, abs_sorted_;
     double     q1_ = 0, q3_ = 0;
 };
 at::Tensor iqr_outlier_mask(const at::Tensor& w, double rho);

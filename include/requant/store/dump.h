@@ -8,9 +8,10 @@
 // `requant-dist run --dump-layer L`: one decoder layer's quantization, inputs and outputs, in
 // one HDF5 file, for checks against independent implementations (tests/reference/):
 //   /            attributes layer, method, bits, group_size, damp, act_order, block_size,
-//                static_groups, sequential, awq_grid, kmeans_iters
+//                static_groups, sequential, awq_grid, kmeans_iters, kmeans_init
 //   /<linear>/   weight float [O, I] (what the method was given), sparse uint8 [O, I] (the
-//                weights stored apart, when any), fisher float [O, I] (SqueezeLLM), the dense
+//                weights stored apart, when any), fisher float [O, I] (SqueezeLLM) and
+//                lut_init float [O, K] (its k-means++ start, NaN rows: exact), the dense
 //                part as the method made it: codes uint8 [O, I] (unpacked), scales, zeros,
 //                lut (float), g_idx int32, in_scale float, where present; w_hat float [O, I]
 //                (the reconstruction: dense + sparse parts)
