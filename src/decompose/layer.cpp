@@ -87,6 +87,10 @@ LayerQuant quantize_weights(const model::LayerTensors& w, int64_t layer, const L
         const auto&       idx = kInputGroups[k];
         quant::InputGroup g;
         g.in = stats.inputs[k];
+        // AWQ's v -> o scale exists only where v_proj and o_proj have one shape (not GQA).
+        const auto v = std::size_t(model::Linear::V), o = std::size_t(model::Linear::O);
+        g.scale =
+            model::LinearInput(k) != model::LinearInput::AttnOut || w[v].sizes() == w[o].sizes();
         for (std::size_t i : idx) {
             g.w.push_back(w0[i]);
             g.sparse.push_back(sparse[i]);

@@ -18,9 +18,9 @@
 namespace rq::quant {
 namespace {
 
-constexpr double kMinActMean = 1e-4;             // floor of mean|x| before the power (as llm-awq)
-constexpr double kHalfMin    = 6.103515625e-05;  // smallest normal fp16: s stays a normal number
-constexpr double kHalfMax    = 65504.0;
+constexpr double kMinScale = 1e-4;             // floor of mean|x|^alpha (as llm-awq)
+constexpr double kHalfMin  = 6.103515625e-05;  // smallest normal fp16: s stays a normal number
+constexpr double kHalfMax  = 65504.0;
 
 std::string shape_str(const at::Tensor& t) {
     if (!t.defined()) return "undefined";
@@ -60,9 +60,9 @@ void check_inputs(const std::vector<AwqLinear>& group, const at::Tensor& x,
         throw NumericError("awq: sampled inputs x are not finite");
 }
 
-// s(alpha) = max(mean|x|, 1e-4)^alpha / sqrt(max * min), rounded to fp16: float [I].
+// s(alpha) = max(mean|x|^alpha, 1e-4) / sqrt(max * min), rounded to fp16: float [I].
 at::Tensor alpha_scales(const at::Tensor& x_abs_mean, double alpha) {
-    at::Tensor s = x_abs_mean.to(at::kDouble).clamp_min(kMinActMean).pow(alpha);
+    at::Tensor s = x_abs_mean.to(at::kDouble).pow(alpha).clamp_min(kMinScale);
     s            = s / (s.max() * s.min()).sqrt();
     return s.clamp(kHalfMin, kHalfMax).to(at::kHalf).to(at::kFloat);
 }
@@ -73,10 +73,10 @@ at::Tensor row_errors(const at::Tensor& w, const at::Tensor& w_hat, const at::Te
     return (d.matmul(H) * d).sum(1);
 }
 
-// RTN codes of W diag(s), s float [I] (fp16 values).
+// RTN codes of W diag(s), s float [I] (fp16 values), or of W where s is undefined.
 QuantizedLinear quantize_scaled(const at::Tensor& w, const at::Tensor& s, const AwqParams& p) {
-    QuantizedLinear q = rtn_quantize(w * s, {p.bits, p.group_size});
-    q.in_scale        = s.to(at::kHalf);
+    QuantizedLinear q = rtn_quantize(s.defined() ? w * s : w, {p.bits, p.group_size});
+    if (s.defined()) q.in_scale = s.to(at::kHalf);
     return q;
 }
 
@@ -90,7 +90,7 @@ QuantizedLinear clip_search(const at::Tensor& ws, const at::Tensor& s, const at:
         std::max<int64_t>(1, int64_t(std::floor(p.max_shrink * p.clip_grid + 1e-9)));
     at::Tensor codes  = at::empty({O, I}, at::kFloat);
     at::Tensor scales = at::empty({O, NG}, at::kFloat), zeros = at::empty({O, NG}, at::kFloat);
-    const at::Tensor inv_s = 1.0 / s.to(at::kDouble);
+    const at::Tensor inv_s = s.defined() ? 1.0 / s.to(at::kDouble) : at::ones({I}, at::kDouble);
     for (int64_t g = 0; g < NG; ++g) {
         const int64_t    c0 = g * G, n = std::min(G, I - c0);
         const at::Tensor wg       = ws.narrow(1, c0, n);                  // float [O, n]
@@ -125,20 +125,7 @@ QuantizedLinear clip_search(const at::Tensor& ws, const at::Tensor& s, const at:
     q.codes      = codes.to(at::kByte);
     q.scales     = scales.to(at::kHalf);
     q.zeros      = zeros.to(at::kHalf);
-    q.in_scale   = s.to(at::kHalf);
-    return q;
-}
-
-// Row by row, the clipped codes where they lower the row's full output error, else the plain.
-QuantizedLinear keep_better_rows(const QuantizedLinear& plain, const QuantizedLinear& clipped,
-                                 const at::Tensor& w, const at::Tensor& H) {
-    const at::Tensor better =
-        (row_errors(w, dequantize(clipped), H) < row_errors(w, dequantize(plain), H))
-            .unsqueeze(1);  // [O, 1]
-    QuantizedLinear q = plain;
-    q.codes           = at::where(better, clipped.codes, plain.codes);
-    q.scales          = at::where(better, clipped.scales, plain.scales);
-    q.zeros           = at::where(better, clipped.zeros, plain.zeros);
+    if (s.defined()) q.in_scale = s.to(at::kHalf);
     return q;
 }
 
@@ -153,11 +140,14 @@ std::vector<QuantizedLinear> awq_quantize(const std::vector<AwqLinear>& group, c
     std::vector<at::Tensor> ws;                      // float [O, I] each
     for (const AwqLinear& l : group) ws.push_back(l.w.to(at::kFloat).contiguous());
 
-    // Scale search. alpha = 0 is s = 1 (RTN); a later alpha must be strictly better.
+    // Scale search. alpha = 0 is s = 1 (RTN); a later alpha must be strictly better. Without
+    // it (p.scale false), no s at all.
     std::vector<QuantizedLinear> best;
     double                       best_err = 0;
     at::Tensor                   best_s;
-    for (int i = 0; i < p.grid; ++i) {
+    for (const at::Tensor& w : ws)
+        if (!p.scale) best.push_back(quantize_scaled(w, at::Tensor(), p));
+    for (int i = 0; p.scale && i < p.grid; ++i) {
         const at::Tensor             s = alpha_scales(x_abs_mean, double(i) / p.grid);
         std::vector<QuantizedLinear> qs;
         double                       err = 0;
@@ -169,12 +159,10 @@ std::vector<QuantizedLinear> awq_quantize(const std::vector<AwqLinear>& group, c
     }
     if (!p.clip) return best;
 
-    // Clipping search on W diag(s), per linear that allows it.
-    for (std::size_t l = 0; l < group.size(); ++l) {
-        if (!group[l].clip) continue;
-        const QuantizedLinear clipped = clip_search(ws[l] * best_s, best_s, H, p);
-        best[l]                       = keep_better_rows(best[l], clipped, ws[l], H);
-    }
+    // Clipping search on W diag(s), per linear that allows it: its choice is taken as it is.
+    for (std::size_t l = 0; l < group.size(); ++l)
+        if (group[l].clip)
+            best[l] = clip_search(best_s.defined() ? ws[l] * best_s : ws[l], best_s, H, p);
     return best;
 }
 

@@ -79,7 +79,12 @@ std::vector<DenseFit> awq(const InputGroup& g, const io::JobQuant& p) {
         throw InternalError("awq: the input statistics were not collected");
     std::vector<AwqLinear> ws;
     for (std::size_t k = 0; k < g.w.size(); ++k) ws.push_back({zeroed(g, k), g.clip.at(k)});
-    return fits(awq_quantize(ws, g.in.samples, g.in.abs_mean, {p.bits, p.group_size, p.awq_grid}));
+    AwqParams a;
+    a.bits       = p.bits;
+    a.group_size = p.group_size;
+    a.grid       = p.awq_grid;
+    a.scale      = g.scale;
+    return fits(awq_quantize(ws, g.in.samples, g.in.abs_mean, a));
 }
 double awq_objective(const at::Tensor& w, const at::Tensor& w_hat, const InputStats& in,
                      const at::Tensor&) {

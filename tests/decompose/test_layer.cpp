@@ -222,6 +222,29 @@ TEST(QuantizeWeights, OutliersAndSignificantWeightsEachInTheirOwnCsr) {
 
 // The errors of each linear against direct computation from the input rows X (the proxy
 // |(W - W_hat) X|^2 / |W X|^2 from X^T X) and against the method's own objective.
+TEST(QuantizeWeights, AwqScalesOProjOnlyWhereVAndOShareAShape) {
+    // The reference applies the v -> o scale only when v_proj and o_proj have one shape: on a
+    // GQA layer (v [32, 64], o [64, 64]) o_proj gets no input scale, the others do.
+    auto                         gen     = at::detail::createCPUGenerator(21);
+    const std::array<int64_t, 4> in_dims = {64, 64, 64, 172};
+    LayerStats                   stats;
+    for (std::size_t k = 0; k < 4; ++k) {
+        const at::Tensor x       = at::randn({256, in_dims[k]}, gen);
+        stats.inputs[k].samples  = x;
+        stats.inputs[k].abs_mean = x.abs().mean(0);
+    }
+    io::JobQuant p        = rtn3();
+    p.method              = io::QuantMethod::Awq;
+    model::LayerTensors w = random_layer(21), w_hat;
+    w[2]                  = at::randn({32, 64}, gen) * 0.02;  // v narrower than o: GQA
+    LayerQuant q          = quantize_weights(w, 0, stats, nullptr, nullptr, p, w_hat);
+    for (std::size_t i = 0; i < model::kNumLinears; ++i)
+        EXPECT_EQ(q[i].dense.in_scale.defined(), i != 3) << lname(i);
+    w[2] = at::randn({64, 64}, gen) * 0.02;  // v as wide as o: MHA
+    q    = quantize_weights(w, 0, stats, nullptr, nullptr, p, w_hat);
+    EXPECT_TRUE(q[3].dense.in_scale.defined()) << "o_proj of an MHA layer is scaled";
+}
+
 TEST(QuantizeWeights, ErrorsMatchTheirDefinitionsOnTheInputRows) {
     const model::LayerTensors w     = random_layer(11);
     const model::LayerTensors masks = topk_masks(w, kOutliersPerLinear);

@@ -160,6 +160,34 @@ TEST(Awq, OnePointGridWithoutClipIsRtn) {
         }
 }
 
+TEST(Awq, WithoutTheScaleSearchNoInScaleAndClippingStillRuns) {
+    const at::Tensor w = synth_weights(6), x = synth_inputs(7), m = x.abs().mean(0);
+    AwqParams        p          = params(3, 32, 20, false);
+    p.scale                     = false;
+    const QuantizedLinear plain = awq_quantize({{w, true}}, x, m, p)[0];
+    EXPECT_FALSE(plain.in_scale.defined());
+    EXPECT_TRUE(at::equal(plain.codes, rtn_quantize(w, {3, 32}).codes));
+    p.clip                        = true;
+    const QuantizedLinear clipped = awq_quantize({{w, true}}, x, m, p)[0];
+    EXPECT_FALSE(clipped.in_scale.defined());
+    EXPECT_FALSE(at::equal(clipped.scales, plain.scales)) << "no group was clipped";
+}
+
+TEST(Awq, ScalesAreClampedAfterThePower) {
+    // max(m^alpha, 1e-4), not max(m, 1e-4)^alpha: with grid 2 (alpha 0 or 1/2) and a channel
+    // whose mean |x| is 1e-6, alpha = 1/2 gives it 1e-3 / sqrt(max min) (the floor would give
+    // 1e-2 / sqrt(max min)).
+    const at::Tensor w = synth_weights(8), x = synth_inputs(9);
+    at::Tensor       m      = x.abs().mean(0);
+    m[5]                    = 1e-6;
+    const QuantizedLinear q = awq_quantize({{w, false}}, x, m, params(4, 32, 2, false))[0];
+    const at::Tensor      s = q.in_scale.to(at::kDouble);
+    if (at::equal(s, at::ones_like(s))) GTEST_FAIL() << "alpha = 0 won: the case tests nothing";
+    const at::Tensor r    = m.to(at::kDouble).pow(0.5).clamp_min(1e-4);
+    const double     norm = std::sqrt(r.max().item<double>() * r.min().item<double>());
+    EXPECT_NEAR(s[5].item<double>(), 1e-3 / norm, 1e-3 / norm * 1e-3);
+}
+
 TEST(Awq, ScalesArePositiveFp16AndFavourLoudChannels) {
     const at::Tensor w1 = synth_weights(3), w2 = synth_weights(4), x = synth_inputs(5);
     const at::Tensor m  = x.abs().mean(0);

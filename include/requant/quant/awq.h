@@ -9,7 +9,7 @@
 // AWQ (Lin et al., 2024): activation-aware per-input-channel scaling before uniform group
 // quantization, following mit-han-lab/llm-awq (auto_scale.py, auto_clip.py). The linears that
 // share one input (q/k/v; gate/up; o; down) get one scale vector s [I]:
-//   s(alpha) = max(mean|x|, 1e-4)^alpha / sqrt(max * min),  alpha = 0, 1/grid, .., (grid-1)/grid,
+//   s(alpha) = max(mean|x|^alpha, 1e-4) / sqrt(max * min),  alpha = 0, 1/grid, .., (grid-1)/grid,
 // rounded to fp16 (the search evaluates exactly the s that is stored). Each linear stores the
 // codes of W diag(s) on RTN's uniform grid (rtn.h) and in_scale = s, so its weight is
 // What = dequant(codes) diag(s)^-1.
@@ -21,8 +21,9 @@
 // max_val = absmax(W diag(s)) * (1 - k/clip_grid) for k = 0 .. floor(max_shrink*clip_grid)-1
 // (as auto_clip.py; k = 0, no clipping, is always tried), weights clamped to [-max_val, max_val],
 // keeping the candidate with the least error of that group's partial output on the sampled inputs
-// (the group's columns of x, divided by s). Deviation: since the per-group choice ignores
-// cross-group terms, a row keeps its clipped codes only if they lower its full output error.
+// (the group's columns of x, divided by s), taken as it is (as auto_clip.py). scale = false
+// (o_proj of a GQA model, where the reference skips the v -> o scale because v_proj and o_proj
+// differ in shape): no s, no in_scale; the clipping search still runs.
 // Quantization in fp32 (bit-identical to rtn_quantize for the same scaled weights), errors in
 // fp64. Deterministic. O out, I in, n sampled rows, G group size.
 
@@ -35,6 +36,7 @@ struct AwqParams {
     bool    clip       = true;  // clipping search after scaling
     int     clip_grid  = 20;    // shrink step 1/clip_grid of the group's max |w|; >= 1
     double  max_shrink = 0.5;   // largest shrink tried is below this; in [0, 1)
+    bool    scale      = true;  // search the input scale s (false: s = none)
 };
 
 struct AwqLinear {
@@ -44,7 +46,8 @@ struct AwqLinear {
 
 // group: the linears reading one input (same I). x: float [n, I] sampled input rows;
 // x_abs_mean: float [I], mean |x| over all calibration tokens. Returns one uniform
-// QuantizedLinear per linear, in order, each with in_scale = s (fp16 [I], positive).
+// QuantizedLinear per linear, in order, each with in_scale = s (fp16 [I], positive; none when
+// p.scale is false).
 // Throws ConfigError for bad parameters, ShapeError for an empty group or mismatched shapes,
 // Error for a negative or non-finite x_abs_mean.
 std::vector<QuantizedLinear> awq_quantize(const std::vector<AwqLinear>& group, const at::Tensor& x,

@@ -39,8 +39,11 @@ struct InputGroup {
     std::vector<at::Tensor> sparse;  // bool [O_k, I] each, or undefined: weights stored apart
     std::vector<at::Tensor> fisher;  // float [O_k, I] each when needs.fisher, else empty
     std::vector<bool>       clip;    // AWQ: search a clipping range (false for q and k)
-    std::vector<uint64_t>   ids;     // layer * 7 + linear of each (QTIP seeds its signs by it)
-    InputStats              in;
+    // AWQ: search an input scale; false for o_proj when v_proj and o_proj differ in shape (GQA),
+    // where the reference has no v -> o scale.
+    bool                  scale = true;
+    std::vector<uint64_t> ids;  // layer * 7 + linear of each (QTIP seeds its signs by it)
+    InputStats            in;
 };
 
 // One linear's dense part. Most methods fit it on W with the sparse weights zeroed (they are
