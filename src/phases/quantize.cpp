@@ -164,11 +164,12 @@ struct LayerLoop {
                 if (t.defined()) sparse[j] = sparse[j].defined() ? sparse[j].logical_or(t) : t;
             }
         char name[32];
-        std::snprintf(name, sizeof name, "/dump/layer-%03lld.h5", (long long)l);
-        std::filesystem::create_directories(ctx.out + "/dump");
-        store::write_layer_dump(ctx.out + name, l, ctx.job.quant, w, sparse, s,
-                                out[std::size_t(i)]);
-        ctx.log->info("layer {}: dumped to {}{}", l, ctx.out, name);
+        std::snprintf(name, sizeof name, "layer-%03lld.h5", (long long)l);
+        const std::filesystem::path dir = std::filesystem::path(ctx.out) / "dump";
+        std::filesystem::create_directories(dir);
+        const std::string path = (dir / name).string();
+        store::write_layer_dump(path, l, ctx.job.quant, w, sparse, s, out[std::size_t(i)]);
+        ctx.log->info("layer {}: dumped to {}", l, path);
     }
 };
 

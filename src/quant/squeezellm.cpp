@@ -225,7 +225,7 @@ std::vector<float> plus_plus(const Row& r, int K, uint64_t seed) {
     const size_t        n      = r.v.size();
     const int           trials = 2 + int(std::log(double(K)));
     Draws               g{seed};
-    std::vector<double> cum(n), d2(n), cand(n), best_d2;
+    std::vector<double> cum(n), d2(n), cand(n), best_d2(n);
     std::partial_sum(r.f.begin(), r.f.end(), cum.begin());
     std::vector<float> c{r.v[size_t(draw_index(cum, g.next() * cum.back()))]};
     double             pot = 0;
@@ -245,7 +245,7 @@ std::vector<float> plus_plus(const Row& r, int K, uint64_t seed) {
                 cand[i]        = std::min(d2[i], d * d);
                 s += r.f[i] * cand[i];
             }
-            if (best < 0 || s < best_pot) best_pot = s, best = id, best_d2 = cand;
+            if (best < 0 || s < best_pot) best_pot = s, best = id, cand.swap(best_d2);  // no copy
         }
         c.push_back(r.v[size_t(best)]);
         d2.swap(best_d2);

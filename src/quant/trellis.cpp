@@ -5,10 +5,10 @@
 #include <ATen/ATen.h>
 #include <c10/util/Half.h>
 
-#include <utility>
 #include <cstring>
 #include <limits>
 #include <string>
+#include <utility>
 
 #include "requant/error.h"
 

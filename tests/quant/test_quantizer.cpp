@@ -49,8 +49,7 @@ io::JobQuant params(io::QuantMethod m, int64_t group_size) {
     return p;
 }
 
-double group_objective(const Quantizer& q, const InputGroup& g,
-                       const std::vector<DenseFit>& d) {
+double group_objective(const Quantizer& q, const InputGroup& g, const std::vector<DenseFit>& d) {
     double s = 0;
     for (std::size_t k = 0; k < g.w.size(); ++k)
         s += q.objective(g.w[k], dequantize(d[k].q), g.in, g.fisher[k]);
@@ -65,8 +64,8 @@ TEST_P(Registered, ShapesRefTwinAndObjective) {
     const InputGroup g = make_group(7);
     // SqueezeLLM fits one LUT per row: RTN with one group per row has as many levels.
     // QTIP has no groups; RTN per group of 32 has more levels per row than it.
-    const int64_t                G = GetParam() == io::QuantMethod::SqueezeLlm ? 0 : 32;
-    const io::JobQuant           p = params(GetParam(), G);
+    const int64_t         G = GetParam() == io::QuantMethod::SqueezeLlm ? 0 : 32;
+    const io::JobQuant    p = params(GetParam(), G);
     std::vector<DenseFit> d = q.quantize(g, p);
     ASSERT_EQ(d.size(), g.w.size());
     for (std::size_t k = 0; k < d.size(); ++k) {
