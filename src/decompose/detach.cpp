@@ -33,25 +33,44 @@ model::StageTensors outlier_masks(const std::vector<LayerQuant>& q) {
     return taken;
 }
 
+// Held-out stop: the stage's loss on the held-out sequences after a round (recorded in `r`)
+// must be below `f_held`, which it then becomes.
+bool keeps_round(const DetachHooks& hooks, double& f_held, DetachRound& r, bool log) {
+    r.f_holdout = hooks.holdout_loss();
+    r.kept      = r.f_holdout < f_held;
+    if (log)
+        spdlog::info("detach {}: held-out loss {:.6f} -> {:.6f}: {}", r.round, f_held, r.f_holdout,
+                     r.kept ? "kept" : "undone, and the last round");
+    if (r.kept) f_held = r.f_holdout;
+    return r.kept;
+}
+
 }  // namespace
 
 nlohmann::json rounds_json(const std::vector<DetachRound>& rounds) {
     nlohmann::json j = nlohmann::json::array();
-    for (const auto& r : rounds)
-        j.push_back({{"round", r.round},
-                     {"delta_f", r.delta_f},
-                     {"pqi_sum", r.pqi_sum},
-                     {"f_orig", r.f_orig},
-                     {"f_quant", r.f_quant}});
+    for (const auto& r : rounds) {
+        nlohmann::json o = {{"round", r.round},
+                            {"delta_f", r.delta_f},
+                            {"pqi_sum", r.pqi_sum},
+                            {"f_orig", r.f_orig},
+                            {"f_quant", r.f_quant}};
+        if (!std::isnan(r.f_holdout)) o["f_holdout"] = r.f_holdout, o["kept"] = r.kept;
+        j.push_back(o);
+    }
     return j;
 }
 
 std::vector<DetachRound> rounds_from_json(const nlohmann::json& j) {
     std::vector<DetachRound> out;
-    for (const auto& r : j)
-        out.push_back({r.at("round").get<int>(), r.at("delta_f").get<double>(),
-                       r.at("pqi_sum").get<double>(), r.at("f_orig").get<double>(),
-                       r.at("f_quant").get<double>()});
+    for (const auto& r : j) {
+        DetachRound d{r.at("round").get<int>(), r.at("delta_f").get<double>(),
+                      r.at("pqi_sum").get<double>(), r.at("f_orig").get<double>(),
+                      r.at("f_quant").get<double>()};
+        if (r.contains("f_holdout")) d.f_holdout = r["f_holdout"].get<double>();
+        if (r.contains("kept")) d.kept = r["kept"].get<bool>();
+        out.push_back(d);
+    }
     return out;
 }
 
@@ -75,17 +94,30 @@ void detach_significant(model::Stage& stage, parallel::Transport& t,
         chosen = hooks.picked;
         restore(stage, chosen, w_orig);
     }
-    for (int k = hooks.rounds_done; k < K; ++k) {
+    // w~ of the linear (il, i) with the weights in `ch` restored: made per linear from its
+    // parts whenever needed, never held whole.
+    auto w_tilde = [&](const model::StageTensors& ch, std::size_t il, std::size_t i) {
+        const at::Tensor w = quant::reconstruct(q[il][i]).to(stage.dtype());
+        const at::Tensor m = ch.empty() ? at::Tensor() : ch[il][i];
+        return m.defined() ? at::where(m, w_orig[il][i].to(w.scalar_type()), w) : w;
+    };
+    const bool held_out = hooks.holdout_loss && !random;
+    bool       stopped  = false;  // a round was undone (here or in the run resumed)
+    for (const auto& r : rounds) stopped = stopped || !r.kept;
+    double f_held = NAN;  // the held-out loss of the stage as it is
+    if (held_out && !stopped && rounds.empty()) {
+        f_held                  = hooks.holdout_loss();
+        report["holdout_start"] = f_held;  // kept in the run state across a resume
+    } else if (held_out && !stopped) {
+        f_held = rounds.back().f_holdout;
+    }
+    for (int k = hooks.rounds_done; k < K && !stopped; ++k) {
         model::StageTensors pick;
         if (random) {
             pick = select_random(w_orig, taken, r_s, l0, 2025);
         } else {
-            // w~ is what the stage holds now, W_hat with the chosen weights restored: made
-            // per linear from its parts whenever the path needs it, never held whole.
             const sensitivity::LinearPath::Source wq = [&](std::size_t il, std::size_t i) {
-                const at::Tensor w = quant::reconstruct(q[il][i]).to(stage.dtype());
-                const at::Tensor m = chosen.empty() ? at::Tensor() : chosen[il][i];
-                return m.defined() ? at::where(m, w_orig[il][i].to(w.scalar_type()), w) : w;
+                return w_tilde(chosen, il, i);
             };
             const auto r = sensitivity::compute_pqi(
                 stage, t, w_orig, wq, tokens, schedule,
@@ -105,8 +137,16 @@ void detach_significant(model::Stage& stage, parallel::Transport& t,
                 spdlog::info("detach {}/{}: dF {:.6e}, sum PQI {:.6e}", k + 1, K, r.delta_f(),
                              r.pqi_sum);
         }
-        chosen = masks_or(chosen, pick);
         restore(stage, pick, w_orig);
+        if (held_out && !keeps_round(hooks, f_held, rounds.back(), t.rank() == 0)) {
+            for (std::size_t il = 0; il < layers.size(); ++il)  // undone: back to w~
+                for (std::size_t i = 0; i < model::kNumLinears; ++i) {
+                    layers[il].linear(model::kLinears[i]) = w_tilde(chosen, il, i);
+                    if (pick[il][i].defined()) pick[il][i] = at::zeros_like(pick[il][i]);
+                }
+            stopped = true;
+        }
+        chosen = masks_or(chosen, pick);
         if (hooks.on_round) hooks.on_round(k + 1, pick, rounds);
     }
     // Store them: W - dequant(dense) on the chosen weights, fp16 CSR; the stage gets W_hat as

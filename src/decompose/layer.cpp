@@ -57,6 +57,65 @@ LinearErrors linear_errors(const quant::Quantizer& m, const at::Tensor& w,
     return e;
 }
 
+// AWQ's block-output losses (llm-awq auto_scale.py), summed over every calibration token in
+// fp64: q/k/v by the attention output (through RoPE, softmax and o_proj), gate/up by the MLP
+// output, each on the block's input rows (float [N, T, C]) with the rest of the block at W;
+// o_proj and down_proj by their own outputs, tr(dW H dW^T), H = X^T X of every token. The
+// weights stored apart keep their W values (the reconstruction's). Sequences go through in
+// chunks of about kLossChunk tokens.
+constexpr int64_t kLossChunk = 8192;
+
+struct BlockLossInputs {
+    const at::Tensor*         rows   = nullptr;  // float [N, T, C]
+    const model::LlamaConfig* config = nullptr;
+    model::LayerWeights       w;  // float, the layer's linears at W
+};
+
+quant::BlockLoss block_loss(model::LinearInput which, const BlockLossInputs& in,
+                            const std::vector<std::size_t>& idx,
+                            const std::vector<at::Tensor>& sparse, const at::Tensor& xtx) {
+    std::vector<at::Tensor> w;  // float [O_k, I]: the group's linears at W
+    for (std::size_t i : idx) w.push_back(in.w.linear(model::kLinears[i]));
+    if (which == model::LinearInput::AttnOut || which == model::LinearInput::MlpOut) {
+        if (!xtx.defined()) return {};
+        return [w, sparse, xtx](const std::vector<at::Tensor>& w_hat) {
+            double e = 0;
+            for (std::size_t k = 0; k < w.size(); ++k) {
+                const at::Tensor wk =
+                    sparse[k].defined() ? at::where(sparse[k], w[k], w_hat[k]) : w_hat[k];
+                const at::Tensor d = wk.to(at::kDouble) - w[k].to(at::kDouble);
+                e += (d.matmul(xtx) * d).sum().item<double>();
+            }
+            return e;
+        };
+    }
+    if (in.rows == nullptr || !in.rows->defined() || in.config == nullptr) return {};
+    const at::Tensor         x = *in.rows;
+    const int64_t            T = x.size(1), chunk = std::max<int64_t>(1, kLossChunk / T);
+    const model::RopeTables  rope = model::rope_tables(*in.config, T, at::kFloat);
+    const model::LlamaConfig c    = *in.config;
+    const bool               attn = which == model::LinearInput::Attn;
+    auto block = [attn, c, rope](const at::Tensor& xb, const model::LayerWeights& lw) {
+        return attn ? model::attention(xb, lw, c, rope) : model::mlp(xb, lw);
+    };
+    std::vector<at::Tensor> y;  // float [b, T, C]: the block's output at W, per chunk
+    for (int64_t n0 = 0; n0 < x.size(0); n0 += chunk)
+        y.push_back(block(x.narrow(0, n0, std::min(chunk, x.size(0) - n0)), in.w));
+    return [x, y, block, chunk, lw = in.w, idx, sparse, w](const std::vector<at::Tensor>& w_hat) {
+        model::LayerWeights q = lw;
+        for (std::size_t k = 0; k < idx.size(); ++k)
+            q.linear(model::kLinears[idx[k]]) =
+                sparse[k].defined() ? at::where(sparse[k], w[k], w_hat[k]) : w_hat[k];
+        double e = 0;
+        for (std::size_t j = 0; j < y.size(); ++j) {
+            const int64_t    n0 = int64_t(j) * chunk;
+            const at::Tensor d  = block(x.narrow(0, n0, y[j].size(0)), q) - y[j];
+            e += d.to(at::kDouble).square().sum().item<double>();
+        }
+        return e;
+    };
+}
+
 }  // namespace
 
 LayerStats layer_stats(const sensitivity::StatsCollector* stats, int64_t layer,
@@ -72,7 +131,8 @@ LayerStats layer_stats(const sensitivity::StatsCollector* stats, int64_t layer,
 LayerQuant quantize_weights(const model::LayerTensors& w, int64_t layer, const LayerStats& stats,
                             const model::LayerTensors* outlier_masks,
                             const model::LayerTensors* significant_masks, const io::JobQuant& p,
-                            model::LayerTensors& w_hat_out, LayerErrors* errors) {
+                            model::LayerTensors& w_hat_out, LayerErrors* errors,
+                            const InputSet& only) {
     const quant::Quantizer& method = quant::quantizer(p.method);
     // The weights and the masks of those stored apart; kept: where the method left them.
     model::LayerTensors w0, sparse, kept;
@@ -83,7 +143,15 @@ LayerQuant quantize_weights(const model::LayerTensors& w, int64_t layer, const L
         const at::Tensor sm = significant_masks ? (*significant_masks)[i] : at::Tensor();
         sparse[i] = om.defined() && sm.defined() ? om.logical_or(sm) : om.defined() ? om : sm;
     }
+    const bool awq_block = p.method == io::QuantMethod::Awq && p.awq_loss == io::AwqLoss::Block;
+    BlockLossInputs bl;  // AWQ's block losses
+    if (awq_block) {
+        bl.config = stats.config;
+        for (std::size_t i = 0; i < model::kNumLinears; ++i)
+            bl.w.linear(model::kLinears[i]) = w0[i].to(at::kFloat);
+    }
     for (std::size_t k = 0; k < kInputGroups.size(); ++k) {
+        if (!only[k]) continue;
         const auto&       idx = kInputGroups[k];
         quant::InputGroup g;
         g.in = stats.inputs[k];
@@ -102,6 +170,10 @@ LayerQuant quantize_weights(const model::LayerTensors& w, int64_t layer, const L
             }
         }
         try {  // errors gain the layer and the linears here
+            if (awq_block) {
+                bl.rows = &g.in.rows;
+                g.loss  = block_loss(model::LinearInput(k), bl, idx, g.sparse, g.in.xtx);
+            }
             auto dense = method.quantize(g, p);
             for (std::size_t j = 0; j < idx.size(); ++j) {
                 out[idx[j]].dense = std::move(dense[j].q);
@@ -114,6 +186,10 @@ LayerQuant quantize_weights(const model::LayerTensors& w, int64_t layer, const L
     }
     model::LayerTensors w_dense;  // dequant(dense), kept for the errors
     for (std::size_t i = 0; i < model::kNumLinears; ++i) {
+        if (!only[std::size_t(model::linear_input(model::kLinears[i]))]) {
+            w_hat_out[i] = w0[i];
+            continue;
+        }
         w_dense[i]                = quant::dequantize(out[i].dense);
         const at::Tensor stored   = kept[i].defined() ? kept[i] : w0[i].to(at::kFloat);
         const at::Tensor residual = stored - w_dense[i];
@@ -126,6 +202,7 @@ LayerQuant quantize_weights(const model::LayerTensors& w, int64_t layer, const L
     }
     // X^T X in float, one input at a time (the largest is [F, F]), for the errors.
     for (std::size_t k = 0; errors && k < kInputGroups.size(); ++k) {
+        if (!only[k]) continue;
         const quant::InputStats& in = stats.inputs[k];
         const at::Tensor         h  = in.xtx.defined() ? in.xtx.to(at::kFloat) : at::Tensor();
         for (std::size_t i : kInputGroups[k]) {
@@ -140,12 +217,12 @@ LayerQuant quantize_weights(const model::LayerTensors& w, int64_t layer, const L
 LayerQuant quantize_layer(model::Stage& stage, int64_t layer, const LayerStats& stats,
                           const model::LayerTensors* outlier_masks,
                           const model::LayerTensors* significant_masks, const io::JobQuant& p,
-                          LayerErrors* errors) {
+                          LayerErrors* errors, const InputSet& only) {
     auto& lw = stage.weights().layers.at(std::size_t(layer - stage.range().layer_begin));
     model::LayerTensors w, w_hat;
     for (std::size_t i = 0; i < model::kNumLinears; ++i) w[i] = lw.linear(model::kLinears[i]);
     LayerQuant q =
-        quantize_weights(w, layer, stats, outlier_masks, significant_masks, p, w_hat, errors);
+        quantize_weights(w, layer, stats, outlier_masks, significant_masks, p, w_hat, errors, only);
     for (std::size_t i = 0; i < model::kNumLinears; ++i) lw.linear(model::kLinears[i]) = w_hat[i];
     return q;
 }

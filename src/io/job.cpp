@@ -28,11 +28,11 @@ const std::vector<std::pair<std::string, std::vector<std::string>>> kSchema = {
     {"data", {"calibration", "calibration_seqs", "seq_len", "eval", "eval_max_seqs"}},
     {"quant",
      {"method", "bits", "group_size", "sequential", "damp", "act_order", "block_size",
-      "static_groups", "awq_grid", "awq_samples", "kmeans_iters", "kmeans_init", "kmeans_seed",
-      "qtip_code", "qtip_seed"}},
+      "static_groups", "true_sequential", "awq_grid", "awq_samples", "awq_loss", "kmeans_iters",
+      "kmeans_init", "kmeans_seed", "qtip_code", "qtip_seed"}},
     {"requant",
      {"outlier_ratio", "outlier_select", "outlier_candidates", "significant_ratio", "step_ratio",
-      "scope", "significant_select", "signed_ranking"}},
+      "scope", "significant_select", "signed_ranking", "holdout"}},
     {"sensitivity", {"nodes", "rule", "study", "lambdas", "hvp_eps"}},
     {"run", {"out", "microbatch", "threads", "transport", "mem_gib", "replicas"}},
 };
@@ -257,11 +257,11 @@ auto fields(const JobData& d) {
 auto fields(const JobQuant& q) {
     return std::tie(q.method, q.bits, q.group_size, q.sequential, q.damp, q.act_order, q.block_size,
                     q.static_groups, q.awq_grid, q.awq_samples, q.kmeans_iters, q.kmeans_init,
-                    q.kmeans_seed, q.qtip_code, q.qtip_seed);
+                    q.kmeans_seed, q.qtip_code, q.qtip_seed, q.awq_loss, q.true_sequential);
 }
 auto fields(const JobRequant& q) {
     return std::tie(q.outlier_ratio, q.outlier_select, q.outlier_candidates, q.significant_ratio,
-                    q.step_ratio, q.scope, q.significant_select, q.signed_ranking);
+                    q.step_ratio, q.scope, q.significant_select, q.signed_ranking, q.holdout);
 }
 auto fields(const JobSensitivity& s) {
     return std::tie(s.nodes, s.rule, s.study, s.lambdas, s.hvp_eps);
@@ -288,6 +288,9 @@ const char* name(QtipCode v) {
 }
 const char* name(KmeansInit v) {
     return name_of(v, {"kmeans++", "multistart"});
+}
+const char* name(AwqLoss v) {
+    return name_of(v, {"block", "linear"});
 }
 const char* name(OutlierSelect v) {
     return name_of(v, {"none", "fixed", "adaptive", "random"});
@@ -376,10 +379,12 @@ void read_quant(const Reader& r, JobQuant& q) {
     r.read("quant", "block_size", q.block_size);
     at_least(r, "quant.block_size", q.block_size, 1);
     r.read("quant", "static_groups", q.static_groups);
+    r.read("quant", "true_sequential", q.true_sequential);
     r.read("quant", "awq_grid", q.awq_grid);
     at_least(r, "quant.awq_grid", q.awq_grid, 1);
     r.read("quant", "awq_samples", q.awq_samples);
     at_least(r, "quant.awq_samples", q.awq_samples, 1);
+    read_enum(r, "quant", "awq_loss", q.awq_loss, {AwqLoss::Block, AwqLoss::Linear});
     r.read("quant", "kmeans_iters", q.kmeans_iters);
     at_least(r, "quant.kmeans_iters", q.kmeans_iters, 1);
     read_enum(r, "quant", "kmeans_init", q.kmeans_init,
@@ -412,6 +417,10 @@ void read_requant(const Reader& r, JobRequant& rq) {
     read_enum(r, "requant", "significant_select", rq.significant_select,
               {SignificantSelect::Pqi, SignificantSelect::Fisher, SignificantSelect::Random});
     r.read("requant", "signed_ranking", rq.signed_ranking);
+    r.read("requant", "holdout", rq.holdout);
+    fraction(r, "requant.holdout", rq.holdout);
+    if (rq.holdout > 0 && rq.significant() != SignificantSelect::Pqi)
+        r.fail("requant.holdout", "needs Alg. 2 (significant_select = pqi, significant_ratio > 0)");
     if (rq.step_ratio > rq.significant_ratio)
         r.fail("requant.step_ratio", "must not exceed requant.significant_ratio (" +
                                          format_double(rq.significant_ratio) + "), got " +
@@ -523,8 +532,10 @@ std::string job_to_toml(const Job& j) {
     put("act_order", flag(j.quant.act_order));
     put("block_size", num(j.quant.block_size));
     put("static_groups", flag(j.quant.static_groups));
+    put("true_sequential", flag(j.quant.true_sequential));
     put("awq_grid", num(j.quant.awq_grid));
     put("awq_samples", num(j.quant.awq_samples));
+    put("awq_loss", str(name(j.quant.awq_loss)));
     put("kmeans_iters", num(j.quant.kmeans_iters));
     put("kmeans_init", str(name(j.quant.kmeans_init)));
     put("kmeans_seed", num(j.quant.kmeans_seed));
@@ -539,6 +550,7 @@ std::string job_to_toml(const Job& j) {
     put("scope", str(name(j.requant.scope)));
     put("significant_select", str(name(j.requant.significant_select)));
     put("signed_ranking", flag(j.requant.signed_ranking));
+    put("holdout", format_double(j.requant.holdout));
     os << "\n[sensitivity]\n";
     put("nodes", num(j.sensitivity.nodes));
     put("rule", str(name(j.sensitivity.rule)));

@@ -47,8 +47,10 @@ MemoryPlan plan_memory(const io::LlamaConfig& c, const io::Job& job, int n_ranks
     const bool   detach = job.requant.detaches();
     const bool   fisher = job.quant.method == io::QuantMethod::SqueezeLlm ||
                         job.requant.significant() == io::SignificantSelect::Fisher;
-    const bool   qtip   = job.quant.method == io::QuantMethod::Qtip;
-    const bool   xtx    = job.quant.method == io::QuantMethod::Gptq || qtip;
+    const bool qtip = job.quant.method == io::QuantMethod::Qtip;
+    const bool xtx  = job.quant.method == io::QuantMethod::Gptq || qtip;
+    const bool awq_block =
+        job.quant.method == io::QuantMethod::Awq && job.quant.awq_loss == io::AwqLoss::Block;
     const double stored = c.torch_dtype == "float32" ? 4 : c.torch_dtype == "float64" ? 8 : 2;
     for (int r = 0; r < n_ranks; ++r) {
         const auto&  s    = p.pipeline.stages[std::size_t(r)];
@@ -57,6 +59,14 @@ MemoryPlan plan_memory(const io::LlamaConfig& c, const io::Job& job, int n_ranks
         RankMemory   m;
         m.weights = 4.0 * double(s.params);
         if (fisher) m.statistics += (4 + 4) * lin * L;  // diagonal + gradients
+        if (awq_block) {
+            // Layer by layer: the layer's inputs and outputs and every row of its two block
+            // inputs (fp32 [N, T, C] each), one layer's X^T X (fp64), and the block loss's
+            // originals and one chunk of the MLP ([8192, F], fp32).
+            const double rows = double(job.data.calibration_seqs) * double(T);
+            m.statistics += 4 * 4 * rows * C + 8 * (2 * C * C + HD * HD + F * F) + 4 * rows * C +
+                            4 * 8192.0 * F * 2;
+        }
         if (xtx) {
             // X^T X per linear input (q/k/v share one, gate/up another), and the workspace
             // on the widest linear, fp64: GPTQ two [I, I] matrices at a time (the Cholesky

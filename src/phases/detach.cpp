@@ -40,6 +40,8 @@ void detach(RunContext& ctx, const model::StageTensors& w_orig,
                              "detach " + std::to_string(k) + "/" + std::to_string(K) + ": pqi",
                              "forward+backward passes");
     };
+    if (ctx.holdout.defined())
+        hooks.holdout_loss = [&] { return ctx.runner->forward(ctx.holdout).mean(); };
     decompose::detach_significant(*ctx.stage, ctx.t, w_orig, q, ctx.calib, ctx.schedule,
                                   ctx.job.requant, ctx.job.sensitivity, ctx.st.requant, hooks);
     for (std::size_t il = 0; ctx.writes() && il < q.size(); ++il) {

@@ -4,6 +4,7 @@
 #include <spdlog/sinks/basic_file_sink.h>
 #include <spdlog/spdlog.h>
 
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 
@@ -115,6 +116,16 @@ void prepare(RunContext& ctx) {
     if (!ctx.lead()) ctx.st.set_records(records);
     ctx.fp    = fp;
     ctx.calib = from_lead(ctx, ctx.st.calib);
+    if (job.requant.holdout > 0) {  // Alg. 2's held-out stop: the last H sequences
+        const int64_t N = ctx.calib.size(0);
+        const int64_t H = std::max<int64_t>(1, std::llround(double(N) * job.requant.holdout));
+        if (H >= N)
+            throw ConfigError("requant.holdout = " + std::to_string(job.requant.holdout) +
+                              " leaves none of the " + std::to_string(N) +
+                              " calibration sequences to fit on");
+        ctx.holdout = ctx.calib.narrow(0, N - H, H).contiguous();
+        ctx.calib   = ctx.calib.narrow(0, 0, N - H).contiguous();
+    }
     ctx.evals.resize(job.data.eval.size());
     for (std::size_t i = 0; i < ctx.evals.size(); ++i) {
         ctx.evals[i].name   = io::base_name(job.data.eval[i]);
@@ -132,9 +143,11 @@ void prepare(RunContext& ctx) {
     if (ctx.lead()) {
         spdlog::info(
             "run: {} on {} ranks ({} replica(s) x {} stage(s)), {} {}-bit g{}; "
-            "calibration {} x {} tokens",
+            "calibration {} x {} tokens{}",
             job.model.path, ctx.P * ctx.R, ctx.R, ctx.P, io::name(job.quant.method), job.quant.bits,
-            job.quant.group_size, ctx.calib.size(0), ctx.calib.size(1));
+            job.quant.group_size, ctx.calib.size(0), ctx.calib.size(1),
+            ctx.holdout.defined() ? " (+ " + std::to_string(ctx.holdout.size(0)) + " held out)"
+                                  : std::string());
         if (ctx.P > 1) std::fprintf(stderr, "%s", parallel::format_plan(plan).c_str());
     }
     const auto& range = plan.stages[std::size_t(ctx.rank)].range;

@@ -23,16 +23,14 @@
 namespace rq::phases {
 namespace {
 
-const quant::Quantizer& method_of(const RunContext& ctx) {
-    return quant::quantizer(ctx.job.quant.method);
-}
-
-// Sequential (GPTQ's reference order): layer by layer in model order, each layer's statistics
-// taken from inputs that passed through the already-quantized layers before it; hidden states
-// pass from rank to rank.
+// Layer by layer in model order; hidden states pass from rank to rank. Sequential (GPTQ's
+// reference order, quant.sequential): each layer's statistics are taken from inputs that passed
+// through the already-quantized layers before it. fp_inputs (AWQ's block loss, which needs
+// every row of one layer's inputs at a time): from inputs of the full-precision model, as the
+// reference AWQ.
 class Sequential {
   public:
-    explicit Sequential(RunContext& ctx) : ctx_(ctx) {
+    Sequential(RunContext& ctx, bool fp_inputs) : ctx_(ctx), fp_(fp_inputs) {
         const int64_t N = ctx.calib.size(0), T = ctx.calib.size(1), mb = ctx.job.run.microbatch;
         std::tie(m0_, m1_) = ctx.schedule.share(N);  // this replica's microbatches
         for (int64_t m = m0_; m < m1_; ++m) {
@@ -47,15 +45,33 @@ class Sequential {
         }
     }
     // This layer's statistics on the current hidden states (of every replica).
+    // (fp_inputs: the layer's outputs too, while its weights are the original ones.)
     void collect(int64_t l, sensitivity::StatsCollector& stats) {
         stats.clear();
         stats.start_at_row(m0_ * ctx_.job.run.microbatch * ctx_.calib.size(1));
         ctx_.stage->set_observer(&stats);
-        for (const auto& xm : x_) ctx_.stage->forward_layer(l, xm);
+        y_.clear();
+        for (const auto& xm : x_) {
+            at::Tensor y = ctx_.stage->forward_layer(l, xm);
+            if (fp_) y_.push_back(std::move(y));
+        }
         ctx_.stage->set_observer(nullptr);
         stats.reduce(ctx_.schedule);
     }
-    void advance(int64_t l) {  // through the (quantized) layer
+    // fp_inputs, for a layer reused from an earlier run (no collect): its full-precision
+    // outputs, before it takes the quantized weights.
+    void keep_fp_outputs(int64_t l) {
+        y_.clear();
+        for (const auto& xm : x_)
+            if (fp_) y_.push_back(ctx_.stage->forward_layer(l, xm));
+    }
+    void advance(int64_t l) {  // through the quantized layer, or to the full-precision outputs
+        if (fp_) {
+            if (y_.size() != x_.size()) throw InternalError("sequential: no outputs of layer");
+            x_ = std::move(y_);
+            y_.clear();
+            return;
+        }
         for (auto& xm : x_) xm = ctx_.stage->forward_layer(l, xm);
     }
     void send_on() {
@@ -69,25 +85,34 @@ class Sequential {
 
   private:
     RunContext&             ctx_;
+    bool                    fp_;
     int64_t                 m0_ = 0, m1_ = 0;
     std::vector<at::Tensor> x_;  // this rank's input hidden states per microbatch [B, T, C]
+    std::vector<at::Tensor> y_;  // fp_inputs: the current layer's full-precision outputs
 };
+
+// Whether the quantize loop goes layer by layer (Sequential).
+bool layerwise(const io::JobQuant& q) {
+    const quant::StatsNeeds needs = quant::stats_needs(q);
+    return needs.forward() && (q.sequential || needs.rows);
+}
 
 }  // namespace
 
 Statistics statistics(RunContext& ctx) {
-    const auto&             job      = ctx.job;
-    const quant::Quantizer& method   = method_of(ctx);
-    const bool              adaptive = job.requant.outliers() == io::OutlierSelect::Adaptive;
-    Statistics              s;
-    const auto              t0 = Clock::now();
-    if (method.needs.fisher || job.requant.significant() == io::SignificantSelect::Fisher)
+    const auto&       job      = ctx.job;
+    quant::StatsNeeds needs    = quant::stats_needs(job.quant);
+    const bool        adaptive = job.requant.outliers() == io::OutlierSelect::Adaptive;
+    Statistics        s;
+    const auto        t0 = Clock::now();
+    if (needs.fisher || job.requant.significant() == io::SignificantSelect::Fisher)
         s.fisher = sensitivity::fisher_diagonal(*ctx.stage, ctx.t, ctx.calib, ctx.schedule);
-    // Full-precision forward statistics: for the method unless it is sequential, and for
-    // Alg. 1's objective.
-    if (method.needs.forward() && (!job.quant.sequential || adaptive)) {
+    // Full-precision forward statistics: for the method unless it goes layer by layer, and for
+    // Alg. 1's objective (without the rows: every layer's at once would not fit).
+    needs.rows = false;
+    if (needs.forward() && (!layerwise(job.quant) || adaptive)) {
         s.forward     = sensitivity::StatsCollector(sensitivity::stats_options(
-                method.needs, job.quant.awq_samples, ctx.calib.size(0) * ctx.calib.size(1)));
+                needs, job.quant.awq_samples, ctx.calib.size(0) * ctx.calib.size(1)));
         s.has_forward = true;
         // Under run.mem_gib, X^T X may be collected a group of layers per pass, in quantize.
         s.passes = ctx.stats_passes;
@@ -147,9 +172,18 @@ struct LayerLoop {
                                            stats.forward);
         stats_s += since(t0);
     }
-    void pass(int64_t lo, int64_t hi);
-    void exchange(int64_t lo, int64_t hi, const std::vector<bool>& reused);
-    void layer(int64_t l, std::optional<decompose::LayerQuant> done);
+    void                       pass(int64_t lo, int64_t hi);
+    void                       exchange(int64_t lo, int64_t hi, const std::vector<bool>& reused);
+    void                       layer(int64_t l, std::optional<decompose::LayerQuant> done);
+    void                       quantize_at_once(int64_t l, int64_t i);
+    void                       quantize_true_sequential(int64_t l, int64_t i);
+    const model::LayerTensors* masks_of(const model::StageTensors& m, int64_t i) const {
+        return m.empty() ? nullptr : &m[std::size_t(i)];
+    }
+    bool true_seq() const {
+        return seq && ctx.job.quant.sequential && ctx.job.quant.true_sequential &&
+               ctx.job.quant.method == io::QuantMethod::Gptq;
+    }
     void take(int64_t i, decompose::LayerQuant q) {
         if (!defer) decompose::set_layer_weights(*ctx.stage, std::size_t(i), q);
         out[std::size_t(i)] = std::move(q);
@@ -224,54 +258,103 @@ void LayerLoop::exchange(int64_t lo, int64_t hi, const std::vector<bool>& reused
 }
 
 void LayerLoop::layer(int64_t l, std::optional<decompose::LayerQuant> done) {
-    const int64_t i        = l - ctx.range().layer_begin;
-    auto          masks_of = [](const model::StageTensors& m, int64_t i) {
-        return m.empty() ? nullptr : &m[std::size_t(i)];
-    };
-    auto& lw = ctx.stage->weights().layers[std::size_t(i)];
+    const int64_t i = l - ctx.range().layer_begin;
     if (done) {
+        if (seq) seq->keep_fp_outputs(l);
         take(i, std::move(*done));
         ctx.log->info("layer {}: reused from an earlier run", l);
+    } else if (true_seq()) {
+        quantize_true_sequential(l, i);
     } else {
-        auto                               t0 = Clock::now();
-        const sensitivity::StatsCollector* st = nullptr;
-        if (seq) {  // every replica: the statistics are summed over them
-            seq->collect(l, layer_stats);
-            st = &layer_stats;
-        } else if (stats.has_forward) {
-            st = &stats.forward;
-        }
-        stats_s += since(t0);
-        if (mine(i)) {
-            t0                     = Clock::now();
-            const double        c0 = process_cpu_s();
-            const auto*         f  = stats.fisher.empty() ? nullptr : &stats.fisher[std::size_t(i)];
-            model::LayerTensors full;  // deferred: the originals, put back after quantize_layer
-            for (std::size_t j = 0; defer && j < model::kNumLinears; ++j)
-                full[j] = lw.linear(model::kLinears[j]);
-            decompose::LayerErrors errors;  // for the report, while the statistics are here
-            const auto             stats_l = decompose::layer_stats(st, l, f);
-            const bool             dump    = ctx.dump_layers.count(l) > 0;
-            model::LayerTensors    before;  // --dump-layer: the weights the method is given
-            for (std::size_t j = 0; dump && j < model::kNumLinears; ++j)
-                before[j] = lw.linear(model::kLinears[j]);
-            out[std::size_t(i)] =
-                decompose::quantize_layer(*ctx.stage, l, stats_l, masks_of(sel.outliers, i),
-                                          masks_of(sel.significant, i), ctx.job.quant, &errors);
-            if (dump) write_dump(l, i, before, stats_l);
-            for (std::size_t j = 0; defer && j < model::kNumLinears; ++j)
-                lw.linear(model::kLinears[j]) = full[j];
-            quantize_s += since(t0);
-            quantize_cpu_s += process_cpu_s() - c0;
-            store::write_layer_state(ctx.out, l, out[std::size_t(i)], ctx.fp, &errors);
-            ctx.log->info("layer {}: quantized and saved ({}/{} of this rank)", l, i + 1,
-                          ctx.range().layer_end - ctx.range().layer_begin);
-        }
+        quantize_at_once(l, i);
     }
     // This layer's statistics are no longer needed: X^T X alone is 0.5 GiB for one
     // Llama-3.2-1B down_proj.
     if (stats.has_forward) stats.forward.release(l);
     if (!stats.fisher.empty()) stats.fisher[std::size_t(i)] = model::LayerTensors{};
+}
+
+// The layer's linears in one go, on statistics of the unquantized layer (collected here when
+// sequential; every replica takes part), by the replica that owns it.
+void LayerLoop::quantize_at_once(int64_t l, int64_t i) {
+    auto&                              lw = ctx.stage->weights().layers[std::size_t(i)];
+    auto                               t0 = Clock::now();
+    const sensitivity::StatsCollector* st = nullptr;
+    if (seq) {  // every replica: the statistics are summed over them
+        seq->collect(l, layer_stats);
+        st = &layer_stats;
+    } else if (stats.has_forward) {
+        st = &stats.forward;
+    }
+    stats_s += since(t0);
+    if (mine(i)) {
+        t0                     = Clock::now();
+        const double        c0 = process_cpu_s();
+        const auto*         f  = stats.fisher.empty() ? nullptr : &stats.fisher[std::size_t(i)];
+        model::LayerTensors full;  // deferred: the originals, put back after quantize_layer
+        for (std::size_t j = 0; defer && j < model::kNumLinears; ++j)
+            full[j] = lw.linear(model::kLinears[j]);
+        decompose::LayerErrors errors;  // for the report, while the statistics are here
+        auto                   stats_l = decompose::layer_stats(st, l, f);
+        stats_l.config                 = &ctx.stage->config();
+        const bool          dump       = ctx.dump_layers.count(l) > 0;
+        model::LayerTensors before;  // --dump-layer: the weights the method is given
+        for (std::size_t j = 0; dump && j < model::kNumLinears; ++j)
+            before[j] = lw.linear(model::kLinears[j]);
+        out[std::size_t(i)] =
+            decompose::quantize_layer(*ctx.stage, l, stats_l, masks_of(sel.outliers, i),
+                                      masks_of(sel.significant, i), ctx.job.quant, &errors);
+        if (dump) write_dump(l, i, before, stats_l);
+        for (std::size_t j = 0; defer && j < model::kNumLinears; ++j)
+            lw.linear(model::kLinears[j]) = full[j];
+        quantize_s += since(t0);
+        quantize_cpu_s += process_cpu_s() - c0;
+        store::write_layer_state(ctx.out, l, out[std::size_t(i)], ctx.fp, &errors);
+        ctx.log->info("layer {}: quantized and saved ({}/{} of this rank)", l, i + 1,
+                      ctx.range().layer_end - ctx.range().layer_begin);
+    }
+}
+
+// GPTQ's true_sequential: q/k/v, then o_proj, then gate/up, then down_proj, each group's
+// statistics taken with the groups before it already quantized. Every replica quantizes each
+// group (the statistics are summed over the replicas, so each needs the quantized groups for
+// the next pass; the inputs are the same everywhere); the owner saves the layer.
+void LayerLoop::quantize_true_sequential(int64_t l, int64_t i) {
+    auto&                  lw = ctx.stage->weights().layers[std::size_t(i)];
+    const auto             t0 = Clock::now();
+    const double           c0 = process_cpu_s(), stats0 = stats_s;
+    const bool             dump = ctx.dump_layers.count(l) > 0 && mine(i);
+    model::LayerTensors    before;  // --dump-layer: the weights the method is given
+    decompose::LayerStats  merged;  // each input's statistics as its group got them
+    decompose::LayerErrors errors;
+    decompose::LayerQuant& q = out[std::size_t(i)];
+    for (std::size_t j = 0; dump && j < model::kNumLinears; ++j)
+        before[j] = lw.linear(model::kLinears[j]);
+    merged.config = &ctx.stage->config();
+    for (std::size_t k = 0; k < merged.inputs.size(); ++k) {
+        const auto ts = Clock::now();
+        seq->collect(l, layer_stats);
+        stats_s += since(ts);
+        decompose::LayerStats st = decompose::layer_stats(&layer_stats, l, nullptr);
+        st.config                = merged.config;
+        merged.inputs[k]         = st.inputs[k];
+        decompose::InputSet    only{};
+        decompose::LayerErrors e;
+        only[k] = true;
+        const decompose::LayerQuant part =
+            decompose::quantize_layer(*ctx.stage, l, st, masks_of(sel.outliers, i),
+                                      masks_of(sel.significant, i), ctx.job.quant, &e, only);
+        for (std::size_t j = 0; j < model::kNumLinears; ++j)
+            if (std::size_t(model::linear_input(model::kLinears[j])) == k)
+                q[j] = part[j], errors[j] = e[j];
+    }
+    quantize_s += since(t0) - (stats_s - stats0);
+    quantize_cpu_s += process_cpu_s() - c0;
+    if (!mine(i)) return;
+    if (dump) write_dump(l, i, before, merged);
+    store::write_layer_state(ctx.out, l, q, ctx.fp, &errors);
+    ctx.log->info("layer {}: quantized and saved ({}/{} of this rank)", l, i + 1,
+                  ctx.range().layer_end - ctx.range().layer_begin);
 }
 
 }  // namespace
@@ -280,7 +363,7 @@ std::vector<decompose::LayerQuant> quantize(RunContext& ctx, Statistics& stats,
                                             const decompose::SparseSelection& sel) {
     const auto&             job    = ctx.job;
     const auto&             range  = ctx.range();
-    const quant::Quantizer& method = method_of(ctx);
+    const quant::StatsNeeds needs  = quant::stats_needs(job.quant);
     const int64_t           n_mine = range.layer_end - range.layer_begin;
     at::NoGradGuard         no_grad;
     LayerLoop               loop{ctx,
@@ -288,12 +371,12 @@ std::vector<decompose::LayerQuant> quantize(RunContext& ctx, Statistics& stats,
                    sel,
                    nullptr,
                    sensitivity::StatsCollector(sensitivity::stats_options(
-                                     method.needs, job.quant.awq_samples, ctx.calib.size(0) * ctx.calib.size(1))),
+                                     needs, job.quant.awq_samples, ctx.calib.size(0) * ctx.calib.size(1))),
                    std::vector<decompose::LayerQuant>(std::size_t(n_mine))};
     loop.defer = stats.passes > 1;
-    if (method.needs.forward() && job.quant.sequential) {
+    if (layerwise(job.quant)) {
         const auto t0 = Clock::now();
-        loop.seq      = std::make_unique<Sequential>(ctx);
+        loop.seq      = std::make_unique<Sequential>(ctx, !job.quant.sequential);
         loop.stats_s += since(t0);
     }
     Progress      progress("quantize (rank 0's layers)", n_mine, "layers");

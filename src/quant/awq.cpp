@@ -132,7 +132,8 @@ QuantizedLinear clip_search(const at::Tensor& ws, const at::Tensor& s, const at:
 }  // namespace
 
 std::vector<QuantizedLinear> awq_quantize(const std::vector<AwqLinear>& group, const at::Tensor& x,
-                                          const at::Tensor& x_abs_mean, const AwqParams& p) {
+                                          const at::Tensor& x_abs_mean, const AwqParams& p,
+                                          const BlockLoss& loss) {
     check_params(p);
     check_inputs(group, x, x_abs_mean);
     const at::Tensor        xd = x.to(at::kDouble);
@@ -150,11 +151,14 @@ std::vector<QuantizedLinear> awq_quantize(const std::vector<AwqLinear>& group, c
     for (int i = 0; p.scale && i < p.grid; ++i) {
         const at::Tensor             s = alpha_scales(x_abs_mean, double(i) / p.grid);
         std::vector<QuantizedLinear> qs;
+        std::vector<at::Tensor>      w_hat;
         double                       err = 0;
         for (const at::Tensor& w : ws) {
             qs.push_back(quantize_scaled(w, s, p));
-            err += row_errors(w, dequantize(qs.back()), H).sum().item<double>();
+            w_hat.push_back(dequantize(qs.back()));
+            if (!loss) err += row_errors(w, w_hat.back(), H).sum().item<double>();
         }
+        if (loss) err = loss(w_hat);
         if (i == 0 || err < best_err) best_err = err, best = std::move(qs), best_s = s;
     }
     if (!p.clip) return best;

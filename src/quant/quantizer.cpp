@@ -72,8 +72,8 @@ double gptq_objective(const at::Tensor& w, const at::Tensor& w_hat, const InputS
     return (d.matmul(in.xtx) * d).sum().item<double>();
 }
 
-// AWQ: one input scale for the linears that share the input; the output error |dW X^T|^2 on
-// the sampled input rows.
+// AWQ: one input scale for the linears that share the input, searched on the group's block
+// loss (g.loss) or else on the output error |dW X^T|^2 on the sampled input rows.
 std::vector<DenseFit> awq(const InputGroup& g, const io::JobQuant& p) {
     if (!g.in.samples.defined() || !g.in.abs_mean.defined())
         throw InternalError("awq: the input statistics were not collected");
@@ -84,7 +84,7 @@ std::vector<DenseFit> awq(const InputGroup& g, const io::JobQuant& p) {
     a.group_size = p.group_size;
     a.grid       = p.awq_grid;
     a.scale      = g.scale;
-    return fits(awq_quantize(ws, g.in.samples, g.in.abs_mean, a));
+    return fits(awq_quantize(ws, g.in.samples, g.in.abs_mean, a, g.loss));
 }
 double awq_objective(const at::Tensor& w, const at::Tensor& w_hat, const InputStats& in,
                      const at::Tensor&) {
@@ -93,6 +93,12 @@ double awq_objective(const at::Tensor& w, const at::Tensor& w_hat, const InputSt
 
 // SqueezeLLM: Fisher-weighted k-means per row; sum F dW^2.
 }  // namespace
+
+StatsNeeds stats_needs(const io::JobQuant& p) {
+    StatsNeeds n = quantizer(p.method).needs;
+    if (p.method == io::QuantMethod::Awq && p.awq_loss == io::AwqLoss::Block) n.xtx = n.rows = true;
+    return n;
+}
 
 SqueezeParams squeeze_params(const io::JobQuant& p) {
     SqueezeParams s;

@@ -16,8 +16,36 @@ StatsOptions stats_options(const quant::StatsNeeds& needs, int64_t max_samples,
     o.abs_mean    = needs.abs_mean;
     o.max_samples = needs.samples ? max_samples : 0;
     o.total_rows  = total_rows;
+    o.rows        = needs.rows;
     return o;
 }
+
+namespace {
+
+bool block_input(model::LinearInput which) {  // read by the first linears of a block
+    return which == model::LinearInput::Attn || which == model::LinearInput::Mlp;
+}
+
+// Each replica's parts, concatenated along dim 0, at its offset of a zeroed tensor (x + 0 is
+// exact), summed over the replicas: every replica gets all of them in replica order. `shape`:
+// the parts' shape after dim 0, for a replica that has none.
+at::Tensor gather(const std::vector<at::Tensor>& parts, std::vector<int64_t> shape,
+                  at::ScalarType dtype, const parallel::ScheduleOptions& schedule) {
+    parallel::Transport& across = *schedule.across;
+    shape.insert(shape.begin(), 0);
+    const at::Tensor mine    = parts.empty() ? at::empty(shape, dtype) : at::cat(parts, 0);
+    at::Tensor       counts  = at::zeros({schedule.replicas}, at::kLong);
+    counts[schedule.replica] = mine.size(0);
+    across.allreduce_sum(counts)->wait();
+    const int64_t offset = counts.narrow(0, 0, schedule.replica).sum().item<int64_t>();
+    shape[0]             = counts.sum().item<int64_t>();
+    at::Tensor all       = at::zeros(shape, mine.options());
+    all.narrow(0, offset, mine.size(0)).copy_(mine);
+    across.allreduce_sum(all)->wait();
+    return all;
+}
+
+}  // namespace
 
 void StatsCollector::observe(int64_t layer, model::LinearInput which, const at::Tensor& x) {
     if (layer < window_.first || layer >= window_.second) return;
@@ -39,14 +67,14 @@ void StatsCollector::observe(int64_t layer, model::LinearInput which, const at::
     }
     if (opt_.max_samples > 0) {
         // Rows e.rows, e.rows+1, ... of the whole calibration stream; keep every stride-th.
-        const int64_t stride =
-            std::max<int64_t>(1, (opt_.total_rows + opt_.max_samples - 1) / opt_.max_samples);
-        const int64_t at    = row0_ + e.rows;  // in the whole calibration stream
-        const int64_t first = (stride - at % stride) % stride;
+        const int64_t stride = std::max<int64_t>(1, opt_.total_rows / opt_.max_samples);
+        const int64_t at     = row0_ + e.rows;  // in the whole calibration stream
+        const int64_t first  = (stride - at % stride) % stride;
         if (first < x2.size(0))
             e.samples.push_back(
                 x2.narrow(0, first, x2.size(0) - first).slice(0, 0, c10::nullopt, stride).clone());
     }
+    if (opt_.rows && block_input(which)) e.all.push_back(x.detach().to(at::kFloat, false, true));
     e.rows += x2.size(0);
 }
 
@@ -55,26 +83,25 @@ void StatsCollector::reduce(const parallel::ScheduleOptions& schedule) {
     if (schedule.replicas <= 1) return;
     parallel::Transport& across = *schedule.across;
     for (auto& [key, e] : acc_) {  // the same keys on every replica, in the same order
-        (void)key;
         if (e.xtx.defined()) across.allreduce_sum(e.xtx)->wait();
         if (e.abs_sum.defined()) across.allreduce_sum(e.abs_sum)->wait();
         at::Tensor n = at::tensor({e.rows}, at::kLong);
         across.allreduce_sum(n)->wait();
         e.rows = n.item<int64_t>();
+        if (opt_.rows && block_input(model::LinearInput(key.second))) {
+            // [T, I] from the replicas that have rows (a replica may have no microbatch)
+            at::Tensor d = at::zeros({3}, at::kLong);
+            if (!e.all.empty())
+                d[0] = 1, d[1] = e.all.front().size(1), d[2] = e.all.front().size(2);
+            across.allreduce_sum(d)->wait();
+            const int64_t n = std::max<int64_t>(1, d[0].item<int64_t>());
+            e.all = {gather(e.all, {d[1].item<int64_t>() / n, d[2].item<int64_t>() / n}, at::kFloat,
+                            schedule)};
+        }
         if (opt_.max_samples <= 0) continue;
-        // Each replica's rows at its offset of a zeroed [total, I] (x + 0 is exact), summed.
         if (e.samples.empty() && !e.abs_sum.defined())
             throw InternalError("stats: sampled inputs without their width");
-        const at::Tensor mine    = e.samples.empty() ? at::empty({0, e.abs_sum.size(0)}, at::kFloat)
-                                                     : at::cat(e.samples, 0);  // float [n, I]
-        at::Tensor       counts  = at::zeros({schedule.replicas}, at::kLong);
-        counts[schedule.replica] = mine.size(0);
-        across.allreduce_sum(counts)->wait();
-        const int64_t offset = counts.narrow(0, 0, schedule.replica).sum().item<int64_t>();
-        at::Tensor    all = at::zeros({counts.sum().item<int64_t>(), mine.size(1)}, mine.options());
-        all.narrow(0, offset, mine.size(0)).copy_(mine);
-        across.allreduce_sum(all)->wait();
-        e.samples = {all};
+        e.samples = {gather(e.samples, {e.abs_sum.size(0)}, at::kFloat, schedule)};
     }
 }
 
@@ -103,11 +130,17 @@ at::Tensor StatsCollector::samples(int64_t layer, model::LinearInput which) cons
     return at::cat(entry(layer, which).samples, 0);
 }
 
+at::Tensor StatsCollector::rows(int64_t layer, model::LinearInput which) const {
+    const Entry& e = entry(layer, which);
+    return e.all.empty() ? at::Tensor() : at::cat(e.all, 0);
+}
+
 quant::InputStats StatsCollector::input(int64_t layer, model::LinearInput which) const {
     quant::InputStats s;
     if (opt_.xtx) s.xtx = xtx(layer, which);
     if (opt_.abs_mean) s.abs_mean = abs_mean(layer, which);
     if (opt_.max_samples > 0) s.samples = samples(layer, which);
+    if (opt_.rows) s.rows = rows(layer, which);
     return s;
 }
 

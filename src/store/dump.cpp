@@ -53,6 +53,16 @@ void write_layer_dump(const std::string& path, int64_t layer, const io::JobQuant
         put(f, g + "/xtx", stats.inputs[k].xtx, at::kDouble);
         put(f, g + "/abs_mean", stats.inputs[k].abs_mean, at::kFloat);
         put(f, g + "/samples", stats.inputs[k].samples, at::kFloat);
+        put(f, g + "/rows", stats.inputs[k].rows, at::kFloat);
+    }
+    const at::Tensor& rows = stats.inputs[0].rows;
+    if (stats.config != nullptr && rows.defined()) {  // what the attention block needs
+        const model::RopeTables rope = model::rope_tables(*stats.config, rows.size(1), at::kFloat);
+        put(f, "/rope/cos", rope.cos, at::kFloat);
+        put(f, "/rope/sin", rope.sin, at::kFloat);
+        f.set_attr("/", "n_head", stats.config->n_head);
+        f.set_attr("/", "n_head_kv", stats.config->n_head_kv);
+        f.set_attr("/", "head_dim", stats.config->head_dim);
     }
     f.set_attr("/", "layer", layer);
     f.set_attr("/", "method", std::string(io::name(p.method)));
@@ -64,6 +74,8 @@ void write_layer_dump(const std::string& path, int64_t layer, const io::JobQuant
     f.set_attr("/", "static_groups", int64_t{p.static_groups});
     f.set_attr("/", "sequential", int64_t{p.sequential});
     f.set_attr("/", "awq_grid", int64_t{p.awq_grid});
+    f.set_attr("/", "awq_samples", int64_t{p.awq_samples});
+    f.set_attr("/", "awq_loss", std::string(io::name(p.awq_loss)));
     f.set_attr("/", "kmeans_iters", int64_t{p.kmeans_iters});
     f.set_attr("/", "kmeans_init", std::string(io::name(p.kmeans_init)));
     f.commit();

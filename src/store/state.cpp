@@ -98,8 +98,12 @@ Fingerprint fingerprint(const io::Job& job, const std::string& model_dir) {
     // run.mem_gib shapes the schedule, never a result: its line is left out, so that a run
     // resumes under another budget and fingerprints of versions before the key stay valid.
     // run.replicas = 1 is left out too (the fingerprints of versions before the key), and the
-    // qtip keys for other methods (they shape nothing there), static_groups outside GPTQ and
-    // the kmeans_init/seed keys outside SqueezeLLM.
+    // qtip keys for other methods (they shape nothing there), static_groups and
+    // true_sequential outside GPTQ, the kmeans_init/seed keys outside SqueezeLLM and
+    // requant.holdout when off.
+    // The AWQ keys shape nothing outside AWQ: there awq_loss is left out and awq_samples
+    // written at its earlier default (2048), so fingerprints of earlier versions stay valid.
+    if (k.quant.method != io::QuantMethod::Awq) k.quant.awq_samples = 2048;
     std::string toml = io::job_to_toml(k);
     auto        drop = [&toml](const std::string& line_start) {
         const auto at = toml.find("\n" + line_start);
@@ -108,8 +112,10 @@ Fingerprint fingerprint(const io::Job& job, const std::string& model_dir) {
     drop("mem_gib ");
     if (k.run.replicas == 1) drop("replicas ");
     if (k.quant.method != io::QuantMethod::Qtip) drop("qtip_code "), drop("qtip_seed ");
-    if (k.quant.method != io::QuantMethod::Gptq) drop("static_groups ");
+    if (k.quant.method != io::QuantMethod::Gptq) drop("static_groups "), drop("true_sequential ");
     if (k.quant.method != io::QuantMethod::SqueezeLlm) drop("kmeans_init "), drop("kmeans_seed ");
+    if (k.quant.method != io::QuantMethod::Awq) drop("awq_loss ");
+    if (k.requant.holdout == 0) drop("holdout ");
     fp.job = io::Sha256().add(toml).hex();
     return fp;
 }

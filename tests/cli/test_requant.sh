@@ -2,8 +2,8 @@
 # ReQuant end to end on stories260k: SqueezeLLM + self-adaptive outliers (Alg. 1) + step-wise
 # PQI detach (Alg. 2) gives the same numbers on 1, 2 and 3 ranks, meets its budgets exactly,
 # beats dense-only SqueezeLLM; AWQ, GPTQ (sequential) and RTN take adaptive outliers; random
-# selection and one-step detach run; bad ReQuant keys are refused; the run report and the
-# per-linear errors in results.json and inspect.
+# selection and one-step detach run; the held-out stop; bad ReQuant keys are refused; the run
+# report and the per-linear errors in results.json and inspect.
 # Usage: test_requant.sh PATH/TO/requant-dist REPO_ROOT PATH/TO/mpiexec
 set -uo pipefail
 bin=$1; root=$2; mpiexec=$3; job=$root/jobs/stories260k-gptq.toml
@@ -71,6 +71,30 @@ done
   --set requant.outlier_select=random --set requant.significant_ratio=0.0005 --set requant.significant_select=random \
   > "$tmp/log" 2>&1 && awk -v s="$(val "$tmp/rand/results.json" significant)" 'BEGIN{exit !(s > 0)}' \
   && ok "random selection: ppl $(val "$tmp/rand/results.json" $key)" || fail "random: $(tail -3 "$tmp/log")"
+
+# The held-out stop: 2 of the 8 calibration sequences held out; the same on 1 and 2 ranks; every
+# round's held-out loss recorded, and a kept round lowers it.
+HO=("${RQ[@]}" --set requant.holdout=0.25)
+"$bin" run "$job" --out "$tmp/ho1" "${HO[@]}" > "$tmp/log" 2>&1 || fail "holdout np=1: $(tail -3 "$tmp/log")"
+grep -q "calibration 6 x" "$tmp/log" && ok "holdout: 6 of 8 calibration sequences fitted on" || fail "holdout: no 6-sequence calibration"
+"$mpiexec" -np 2 "$bin" run "$job" --out "$tmp/ho2" "${HO[@]}" > "$tmp/log" 2>&1 || fail "holdout np=2: $(tail -3 "$tmp/log")"
+/usr/bin/python3 - "$tmp/ho1/results.json" "$tmp/ho2/results.json" > "$tmp/ho.out" 2>&1 <<'PY'   && ok "holdout: $(cat "$tmp/ho.out")" || fail "holdout report: $(cat "$tmp/ho.out")"
+import json, sys
+a, b = (json.load(open(p)) for p in sys.argv[1:3])
+ra, rb = a["requant"], b["requant"]
+assert ra["detach"]["pqi"] == rb["detach"]["pqi"] and ra["significant"] == rb["significant"], "1 vs 2 ranks"
+f = ra["holdout_start"]
+rounds = ra["detach"]["pqi"]
+assert rounds and all("f_holdout" in r and "kept" in r for r in rounds), rounds
+for r in rounds:
+    assert r["kept"] == (r["f_holdout"] < f), r
+    if not r["kept"]:
+        assert r is rounds[-1], "a round after an undone one"
+        break
+    f = r["f_holdout"]
+print("held-out loss %.5f -> %s, the same on 1 and 2 ranks" % (ra["holdout_start"],
+      ", ".join("%.5f (%s)" % (r["f_holdout"], "kept" if r["kept"] else "undone") for r in rounds)))
+PY
 
 "$bin" run "$job" --out "$tmp/bad" --set requant.significant_ratio=0.0001 --set requant.step_ratio=0.001 > "$tmp/log" 2>&1; rc=$?
 [ $rc -ne 0 ] && grep -q "step_ratio' must not exceed" "$tmp/log" && ok "step_ratio > significant_ratio refused" || fail "bad step_ratio: rc $rc"

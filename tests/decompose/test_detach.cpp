@@ -316,6 +316,75 @@ TEST(Detach, RandomIsOneSeededRoundOfTheSameCount) {
             EXPECT_TRUE(csr_equal(s.q[il][i].significant, s2.q[il][i].significant)) << where(il, i);
 }
 
+// Held-out stop with a scripted held-out loss: start, then after each round.
+DetachHooks scripted(Recorded& run, std::vector<double> losses, int& calls) {
+    DetachHooks h  = recording(run);
+    h.holdout_loss = [losses, &calls] { return losses.at(std::size_t(calls++)); };
+    return h;
+}
+
+TEST(Detach, HeldOutStopUndoesTheFirstRoundThatDoesNotLowerTheHeldOutLoss) {
+    Quantized                     s;
+    test::SoloTransport           t;
+    const std::vector<LayerQuant> before = s.q;
+    Recorded                      run;
+    int                           calls = 0;
+    detach_significant(s.stage, t, s.w_orig, s.q, tokens(), 2, requant(io::SignificantSelect::Pqi),
+                       pqi_opt(), run.report, scripted(run, {5.0, 4.0, 4.5}, calls));
+    EXPECT_EQ(calls, 3);
+    EXPECT_EQ(run.rounds_seen, (std::vector<int>{1, 2}));
+    const auto& d = run.report["detach"]["pqi"];
+    ASSERT_EQ(d.size(), 2u);
+    EXPECT_EQ(run.report["holdout_start"].get<double>(), 5.0);
+    EXPECT_EQ(d[0]["f_holdout"].get<double>(), 4.0);
+    EXPECT_TRUE(d[0]["kept"].get<bool>());
+    EXPECT_EQ(d[1]["f_holdout"].get<double>(), 4.5);
+    EXPECT_FALSE(d[1]["kept"].get<bool>());
+    ASSERT_EQ(run.picks.size(), 2u);
+    EXPECT_GT(count(run.picks[0]), 0);
+    EXPECT_EQ(count(run.picks[1]), 0) << "the undone round is saved with an empty pick";
+    int64_t n_sig = 0;
+    for (std::size_t il = 0; il < s.q.size(); ++il)
+        for (std::size_t i = 0; i < model::kNumLinears; ++i) {
+            n_sig += s.q[il][i].significant.nnz();
+            EXPECT_TRUE(at::equal(quant::csr_mask(s.q[il][i].significant), run.picks[0][il][i]))
+                << where(il, i) << ": not round 1's pick alone";
+        }
+    EXPECT_EQ(n_sig, count(run.picks[0]));
+    EXPECT_EQ(run.report["detach"]["count"].get<double>(), double(n_sig));
+    check_result(s, before, s.q, s.stage);
+}
+
+TEST(Detach, HeldOutStopCanUndoTheFirstRoundAndAResumeRunsNoMore) {
+    Quantized                     s;
+    test::SoloTransport           t;
+    const std::vector<LayerQuant> before = s.q;
+    Recorded                      run;
+    int                           calls = 0;
+    detach_significant(s.stage, t, s.w_orig, s.q, tokens(), 2, requant(io::SignificantSelect::Pqi),
+                       pqi_opt(), run.report, scripted(run, {5.0, 5.0}, calls));
+    EXPECT_EQ(calls, 2) << "an equal loss is not lower";
+    EXPECT_EQ(run.rounds_seen, (std::vector<int>{1}));
+    for (std::size_t il = 0; il < s.q.size(); ++il)
+        for (std::size_t i = 0; i < model::kNumLinears; ++i)
+            EXPECT_EQ(s.q[il][i].significant.nnz(), 0) << where(il, i);
+    check_result(s, before, s.q, s.stage);
+
+    // Resumed after that round: nothing more runs, and the held-out loss is not asked again.
+    Quantized   s2;
+    Recorded    resumed;
+    int         calls2 = 0;
+    DetachHooks h      = scripted(resumed, {}, calls2);
+    h.rounds_done      = 1;
+    h.picked           = run.picks[0];
+    h.rounds           = rounds_from_json(run.report["detach"]["pqi"]);
+    detach_significant(s2.stage, t, s2.w_orig, s2.q, tokens(), 2,
+                       requant(io::SignificantSelect::Pqi), pqi_opt(), resumed.report, h);
+    EXPECT_EQ(calls2, 0);
+    EXPECT_TRUE(resumed.rounds_seen.empty());
+    EXPECT_EQ(resumed.report["detach"].dump(), run.report["detach"].dump());
+}
+
 TEST(Detach, RoundRecordsRoundTripThroughJson) {
     const std::vector<DetachRound> rounds = {{1, 0.25, 0.2, 1.5, 1.75}, {2, -1e-3, 3e-4, 2, 1.999}};
     const nlohmann::json           j      = rounds_json(rounds);
@@ -331,6 +400,15 @@ TEST(Detach, RoundRecordsRoundTripThroughJson) {
         EXPECT_EQ(back[k].f_quant, rounds[k].f_quant);
     }
     EXPECT_TRUE(rounds_from_json(nlohmann::json::array()).empty());
+    EXPECT_FALSE(j[0].contains("f_holdout")) << "no held-out keys without the held-out stop";
+
+    std::vector<DetachRound> held = rounds;
+    held[0].f_holdout = 3.5, held[1].f_holdout = 3.75, held[1].kept = false;
+    const auto hb = rounds_from_json(rounds_json(held));
+    EXPECT_EQ(hb[0].f_holdout, 3.5);
+    EXPECT_TRUE(hb[0].kept);
+    EXPECT_EQ(hb[1].f_holdout, 3.75);
+    EXPECT_FALSE(hb[1].kept);
 }
 
 }  // namespace

@@ -22,6 +22,7 @@ namespace fs = std::filesystem;
 using rq::ConfigError;
 using rq::FormatError;
 using rq::IoError;
+using rq::io::AwqLoss;
 using rq::io::Job;
 using rq::io::job_to_toml;
 using rq::io::kPqiRules;
@@ -79,7 +80,9 @@ TEST(Job, Defaults) {
     EXPECT_FALSE(j.quant.act_order);
     EXPECT_EQ(j.quant.block_size, 128);
     EXPECT_EQ(j.quant.awq_grid, 20);
-    EXPECT_EQ(j.quant.awq_samples, 2048);
+    EXPECT_EQ(j.quant.awq_samples, 512);
+    EXPECT_EQ(j.quant.awq_loss, AwqLoss::Block);
+    EXPECT_TRUE(j.quant.true_sequential);
     EXPECT_EQ(j.quant.kmeans_iters, 50);
     EXPECT_EQ(j.requant.outlier_ratio, 0.0);
     EXPECT_EQ(j.requant.outlier_select, OutlierSelect::None);
@@ -267,7 +270,7 @@ Job everything_set() {
     Job j =
         parse(kMinimal,
               {"quant.method=squeezellm", "quant.bits=3", "quant.group_size=0", "quant.damp=0.1",
-               "quant.awq_samples=512", "quant.act_order=true", "quant.sequential=true",
+               "quant.awq_samples=2048", "quant.act_order=true", "quant.sequential=true",
                "requant.outlier_ratio=0.0045", "requant.significant_ratio=5e-4",
                "requant.step_ratio=0.00025", "requant.scope=linear", "requant.signed_ranking=false",
                "data.eval=[\"it's.txt\", 'b \"q\".txt']", "run.transport=nccl",
@@ -282,6 +285,34 @@ TEST(Job, AwqSamplesIsAJobKey) {
     EXPECT_EQ(parse(kMinimal, {"quant.awq_samples=64"}).quant.awq_samples, 64);
     EXPECT_NE(job_to_toml(parse(kMinimal, {"quant.awq_samples=64"})), job_to_toml(parse(kMinimal)));
     expect_config_error(kMinimal, {"'quant.awq_samples' must be >= 1"}, {"quant.awq_samples=0"});
+}
+
+TEST(Job, TrueSequentialKey) {
+    EXPECT_FALSE(parse(kMinimal, {"quant.true_sequential=false"}).quant.true_sequential);
+    EXPECT_NE(job_to_toml(parse(kMinimal, {"quant.true_sequential=false"})),
+              job_to_toml(parse(kMinimal)));
+}
+
+TEST(Job, HoldoutKey) {
+    const std::vector<std::string> pqi = {"requant.significant_ratio=0.0005",
+                                          "requant.significant_select=pqi"};
+    std::vector<std::string>       on  = pqi;
+    on.push_back("requant.holdout=0.25");
+    EXPECT_EQ(parse(kMinimal, on).requant.holdout, 0.25);
+    EXPECT_EQ(parse(kMinimal).requant.holdout, 0.0);
+    EXPECT_NE(job_to_toml(parse(kMinimal, on)), job_to_toml(parse(kMinimal, pqi)));
+    expect_config_error(kMinimal, {"requant.holdout", "needs Alg. 2"}, {"requant.holdout=0.25"});
+    on.back() = "requant.holdout=1";
+    expect_config_error(kMinimal, {"requant.holdout", "[0, 1)"}, on);
+}
+
+TEST(Job, AwqLossKey) {
+    EXPECT_EQ(parse(kMinimal, {"quant.awq_loss=linear"}).quant.awq_loss, AwqLoss::Linear);
+    EXPECT_EQ(parse(kMinimal, {"quant.awq_loss='block'"}).quant.awq_loss, AwqLoss::Block);
+    EXPECT_NE(job_to_toml(parse(kMinimal, {"quant.awq_loss=linear"})),
+              job_to_toml(parse(kMinimal)));
+    expect_config_error(kMinimal, {"quant.awq_loss", "allowed: block, linear"},
+                        {"quant.awq_loss=sum"});
 }
 
 TEST(Job, QtipKeys) {

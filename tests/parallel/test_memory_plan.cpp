@@ -193,6 +193,23 @@ TEST(MemoryPlan, SqueezeLlmAddsFisherDiagonalAndGradients) {
     }
 }
 
+TEST(MemoryPlan, AwqBlockLossAddsOneLayersRowsAndGrowsWithCalibration) {
+    for (const auto& [name, c] : configs()) {
+        const MemoryPlan lin =
+            plan_memory(c, job({"quant.method=awq", "quant.awq_loss=linear"}), 2);
+        const MemoryPlan blk = plan_memory(c, job({"quant.method=awq"}), 2);
+        const MemoryPlan big =
+            plan_memory(c, job({"quant.method=awq", "data.calibration_seqs=256"}), 2);
+        for (std::size_t r = 0; r < 2; ++r) {
+            const double rows = double(job().data.calibration_seqs) * double(job().data.seq_len);
+            // at least the layer's inputs and outputs and its two block inputs, fp32 [N, T, C]
+            EXPECT_GE(blk.ranks[r].stats() - lin.ranks[r].stats(), 4 * 4 * rows * double(c.n_embd))
+                << name << " rank " << r;
+            EXPECT_GT(big.ranks[r].stats(), blk.ranks[r].stats()) << name << " rank " << r;
+        }
+    }
+}
+
 TEST(MemoryPlan, GptqAddsXtxPerLinearInput) {
     const auto   c = llama_1b();
     const int    P = 4;

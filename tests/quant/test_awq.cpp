@@ -173,6 +173,48 @@ TEST(Awq, WithoutTheScaleSearchNoInScaleAndClippingStillRuns) {
     EXPECT_FALSE(at::equal(clipped.scales, plain.scales)) << "no group was clipped";
 }
 
+TEST(Awq, ABlockLossThatIsTheLinearsOwnOutputErrorGivesTheSameResult) {
+    const at::Tensor w1 = synth_weights(10), w2 = synth_weights(11), x = synth_inputs(12);
+    const at::Tensor m = x.abs().mean(0), xd = x.to(at::kDouble), H = xd.t().matmul(xd);
+    const std::vector<AwqLinear> g     = {{w1, true}, {w2, false}};
+    int                          calls = 0;
+    const BlockLoss              own   = [&](const std::vector<at::Tensor>& w_hat) {
+        ++calls;
+        EXPECT_EQ(w_hat.size(), 2u);
+        double e = 0;
+        for (std::size_t k = 0; k < w_hat.size(); ++k) e += output_error(g[k].w, w_hat[k], H);
+        return e;
+    };
+    const auto a = awq_quantize(g, x, m, params(3, 32));
+    const auto b = awq_quantize(g, x, m, params(3, 32), own);
+    EXPECT_EQ(calls, 20) << "one call per grid point";
+    for (std::size_t k = 0; k < a.size(); ++k) {
+        EXPECT_TRUE(at::equal(a[k].in_scale, b[k].in_scale)) << k;
+        EXPECT_TRUE(at::equal(a[k].codes, b[k].codes)) << k;
+        EXPECT_TRUE(at::equal(a[k].scales, b[k].scales)) << k;
+    }
+}
+
+TEST(Awq, TheBlockLossDecidesTheScale) {
+    // A loss that falls with every call picks the last grid point; a flat one keeps alpha = 0
+    // (s = 1: a later alpha must be strictly better). The w_hat it sees is what is stored.
+    const at::Tensor w = synth_weights(13), x = synth_inputs(14), m = x.abs().mean(0);
+    int              calls = 0;
+    at::Tensor       last;
+    const BlockLoss  falling = [&](const std::vector<at::Tensor>& w_hat) {
+        last = w_hat[0];
+        return -double(++calls);
+    };
+    const QuantizedLinear q = awq_quantize({{w, false}}, x, m, params(4, 32, 5, false), falling)[0];
+    EXPECT_TRUE(at::equal(dequantize(q), last));
+    const at::Tensor s  = m.to(at::kDouble).pow(0.8).clamp_min(1e-4);
+    const at::Tensor s4 = (s / (s.max() * s.min()).sqrt()).to(at::kHalf);
+    EXPECT_TRUE(at::equal(q.in_scale, s4)) << "not alpha = 4/5";
+    const BlockLoss       flat = [](const std::vector<at::Tensor>&) { return 1.0; };
+    const QuantizedLinear q0   = awq_quantize({{w, false}}, x, m, params(4, 32, 5, false), flat)[0];
+    EXPECT_TRUE(at::equal(q0.in_scale, at::ones({kI}, at::kHalf)));
+}
+
 TEST(Awq, ScalesAreClampedAfterThePower) {
     // max(m^alpha, 1e-4), not max(m, 1e-4)^alpha: with grid 2 (alpha 0 or 1/2) and a channel
     // whose mean |x| is 1e-6, alpha = 1/2 gives it 1e-3 / sqrt(max min) (the floor would give

@@ -69,8 +69,8 @@ at::Tensor exact_chunk(int64_t B, int64_t T, at::Generator& gen) {
     return at::clamp(at::round(at::randn({B, T, kI}, gen) * 16.0) / 8.0, -7.875, 7.875);
 }
 
-// Chunks of 14, 3, 15 and 4 rows (36 in all). With stride 6 the samples are rows 0, 6, ..., 30:
-// chunks 1 and 3 start off the stride, and chunks 2 and 4 (rows 14..16, 32..35) hold none.
+// Chunks of 14, 3, 15 and 4 rows (36 in all). With stride 5 the samples are rows 0, 5, ..., 35:
+// chunks 2, 3 and 4 (rows 14.., 17.., 32..) start off the stride and hold one, three and one.
 std::vector<at::Tensor> chunks() {
     auto gen = at::detail::createCPUGenerator(20240601);
     return {exact_chunk(2, 7, gen), exact_chunk(1, 3, gen), exact_chunk(3, 5, gen),
@@ -88,10 +88,10 @@ TEST(StatsCollector, AccumulatesXtxAbsMeanAndStridedSamples) {
     const auto       xs     = chunks();
     const at::Tensor X      = all_rows(xs);  // float [36, I]
     const int64_t    n      = X.size(0);
-    const int64_t    max_s  = 7;                        // ceil(36 / 7) = 6 (floor would be 5)
-    const int64_t    stride = (n + max_s - 1) / max_s;  // 6
+    const int64_t    max_s  = 7;          // the reference AWQ's x[0 :: n // n_sample_token]
+    const int64_t    stride = n / max_s;  // 5: 8 rows, more than max_s (ceil would keep 6)
     ASSERT_EQ(n, 36);
-    ASSERT_EQ(stride, 6);
+    ASSERT_EQ(stride, 5);
 
     StatsOptions o;
     o.xtx         = true;
@@ -119,8 +119,29 @@ TEST(StatsCollector, AccumulatesXtxAbsMeanAndStridedSamples) {
         if (r % stride == 0) want.push_back(X[r]);
     const at::Tensor samples = s.samples(kLayer, LinearInput::Attn);
     ASSERT_EQ(samples.size(0), int64_t(want.size()));
-    EXPECT_LE(samples.size(0), max_s);
+    EXPECT_EQ(samples.size(0), 8);
     EXPECT_TRUE(at::equal(samples, at::stack(want, 0)));
+}
+
+TEST(StatsCollector, KeepsEveryRowOfTheBlockInputsAsSequences) {
+    auto                          gen = at::detail::createCPUGenerator(20261203);
+    const std::vector<at::Tensor> xs  = {exact_chunk(2, 5, gen), exact_chunk(1, 5, gen),
+                                         exact_chunk(3, 5, gen)};  // [B, T, I]
+    StatsOptions                  o;
+    o.rows = true;
+    StatsCollector s(o);
+    for (const auto& x : xs) {
+        s.observe(kLayer, LinearInput::Attn, x);
+        s.observe(kLayer, LinearInput::AttnOut, x);
+    }
+    const at::Tensor        rows = s.rows(kLayer, LinearInput::Attn);
+    std::vector<at::Tensor> want;
+    for (const auto& x : xs) want.push_back(x.to(at::kFloat));
+    EXPECT_TRUE(at::equal(rows, at::cat(want, 0)));  // [N, T, I], in observation order
+    EXPECT_TRUE(at::equal(s.input(kLayer, LinearInput::Attn).rows, rows));
+    EXPECT_FALSE(s.rows(kLayer, LinearInput::AttnOut).defined());  // only the block inputs
+    xs[0].fill_(7.0);
+    EXPECT_TRUE(at::equal(s.rows(kLayer, LinearInput::Attn), rows));  // copies
 }
 
 TEST(StatsCollector, KeepsEveryRowWhenThereAreFewerThanMaxSamples) {
@@ -213,7 +234,9 @@ TEST(StatsOptions, MapsEveryNeed) {
         needs.abs_mean       = mask & 2;
         needs.samples        = mask & 4;
         needs.fisher         = mask & 8;
+        needs.rows           = mask & 1;
         const StatsOptions o = stats_options(needs, 2048, 4096);
+        EXPECT_EQ(o.rows, needs.rows) << "mask " << mask;
         EXPECT_EQ(o.xtx, needs.xtx) << "mask " << mask;
         EXPECT_EQ(o.abs_mean, needs.abs_mean) << "mask " << mask;
         EXPECT_EQ(o.max_samples, needs.samples ? 2048 : 0) << "mask " << mask;

@@ -1,4 +1,5 @@
 #pragma once
+#include <cmath>
 #include <functional>
 #include <vector>
 
@@ -26,6 +27,10 @@ struct DetachRound {
     double pqi_sum = 0;
     double f_orig  = 0;
     double f_quant = 0;
+    // Held-out stop (requant.holdout): the mean loss on the held-out sequences after the round
+    // (NaN without), and whether the round was kept (a round that does not lower it is undone).
+    double f_holdout = NAN;
+    bool   kept      = true;
 };
 
 // Resume and progress: the rounds an earlier run finished (their picks per layer of this rank,
@@ -40,8 +45,13 @@ struct DetachHooks {
         on_round;
     // (round, K) -> on_node(k, total) for that round's PQI pass; may be empty.
     std::function<std::function<void(int, int)>(int round, int K)> node_progress;
+    // The mean loss of the stage's current weights on held-out sequences (collective, the same
+    // on every rank), or empty: no held-out stop.
+    std::function<double()> holdout_loss;
 };
 
+// With hooks.holdout_loss, a round is kept only if it lowers the held-out loss; the first that
+// does not is undone (its record stays, kept = false) and no further round runs.
 // `stage` holds W_hat = dense + outliers on entry and the final W_hat on return; w_orig is this
 // rank's w; q gains the significant CSR parts (W - dequant(dense) on the selected weights).
 // `report` gets "detach": per round the PQI self-test and the selection. Collective.

@@ -22,9 +22,13 @@ using LayerQuant = std::array<quant::LinearQuant, model::kNumLinears>;  // kLine
 
 // A layer's statistics as its quantizer takes them: per linear input (model::LinearInput
 // order) and, where the method needs it, the Fisher diagonal of each linear (else null).
+// config: the model's, for AWQ's block-output loss (with the rows of the block inputs; without
+// either, as in Alg. 1's candidate scoring from the full-precision pass, AWQ scores the
+// linears' own outputs on the sampled rows).
 struct LayerStats {
     std::array<quant::InputStats, 4> inputs;
     const model::LayerTensors*       fisher = nullptr;
+    const model::LlamaConfig*        config = nullptr;
 };
 // From a collector (null: none collected) and this layer's Fisher diagonals (or null).
 LayerStats layer_stats(const sensitivity::StatsCollector* stats, int64_t layer,
@@ -45,21 +49,26 @@ struct LinearErrors {
 };
 using LayerErrors = std::array<LinearErrors, model::kNumLinears>;  // kLinears order
 
-// Quantizes the layer's linears `w` with the job's method; masked weights (either mask may be
-// null, or undefined per linear) go to the sparse parts. The dequantized
-// W_hat = dense + outliers + significant goes to w_hat (fp32 -> w's dtype). Errors name the
-// layer and the linears.
-// `errors` (optional) receives each linear's LinearErrors.
+// Which linear inputs' groups (model::LinearInput order) to quantize: the others' linears keep
+// W (w_hat = w, an empty LinearQuant, no errors).
+using InputSet                = std::array<bool, 4>;
+constexpr InputSet kAllInputs = {true, true, true, true};
+
+// Quantizes the layer's linears `w` (those reading the inputs in `only`) with the job's method;
+// masked weights (either mask may be null, or undefined per linear) go to the sparse parts. The
+// dequantized W_hat = dense + outliers + significant goes to w_hat (fp32 -> w's dtype). Errors name
+// the layer and the linears. `errors` (optional) receives each linear's LinearErrors.
 LayerQuant quantize_weights(const model::LayerTensors& w, int64_t layer, const LayerStats& stats,
                             const model::LayerTensors* outlier_masks,
                             const model::LayerTensors* significant_masks, const io::JobQuant& p,
-                            model::LayerTensors& w_hat, LayerErrors* errors = nullptr);
+                            model::LayerTensors& w_hat, LayerErrors* errors = nullptr,
+                            const InputSet& only = kAllInputs);
 
 // The same on the stage's layer `layer` (absolute index), whose linears become W_hat.
 LayerQuant quantize_layer(model::Stage& stage, int64_t layer, const LayerStats& stats,
                           const model::LayerTensors* outlier_masks,
                           const model::LayerTensors* significant_masks, const io::JobQuant& p,
-                          LayerErrors* errors = nullptr);
+                          LayerErrors* errors = nullptr, const InputSet& only = kAllInputs);
 
 // Puts W_hat = reconstruct(q) of every linear of stage layer `il` (0-based in the stage).
 void set_layer_weights(model::Stage& stage, std::size_t il, const LayerQuant& q);

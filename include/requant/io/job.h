@@ -18,6 +18,7 @@ namespace rq::io {
 enum class QuantMethod { Rtn, Gptq, Awq, SqueezeLlm, Qtip };
 enum class QtipCode { Hyb, OneMad, ThreeInst };  // QTIP's trellis codes (PAPER.md §9.5)
 enum class KmeansInit { PlusPlus, Multistart };  // SqueezeLLM's k-means start(s)
+enum class AwqLoss { Block, Linear };            // what AWQ's scale search scores
 enum class OutlierSelect { None, Fixed, Adaptive, Random };
 enum class SignificantSelect { None, Fisher, Pqi, Random };  // None: never in a file (ratio 0)
 enum class SelectScope { Global, Linear };
@@ -29,6 +30,7 @@ constexpr PqiRule kPqiRules[] = {PqiRule::Left, PqiRule::Right, PqiRule::Midpoin
 const char* name(QuantMethod v);        // rtn | gptq | awq | squeezellm | qtip
 const char* name(QtipCode v);           // hyb | 1mad | 3inst
 const char* name(KmeansInit v);         // kmeans++ | multistart
+const char* name(AwqLoss v);            // block | linear
 const char* name(OutlierSelect v);      // none | fixed | adaptive | random
 const char* name(SignificantSelect v);  // none | fisher | pqi | random
 const char* name(SelectScope v);        // global | linear
@@ -72,9 +74,18 @@ struct JobQuant {
     // GPTQ: every group's grid fitted up front in the original column order (the reference's
     // --static-groups; with act_order, the groups stay contiguous: no g_idx).
     bool static_groups = false;
-    int  awq_grid      = 20;    // AWQ: grid points searched for the scale exponent, >= 1
-    int  awq_samples   = 2048;  // AWQ: input rows kept per linear input for its searches
-    int  kmeans_iters  = 50;    // SqueezeLLM: weighted k-means iterations, >= 1
+    // GPTQ with sequential: within a layer, q/k/v, then o, then gate/up, then down, each
+    // calibrated with the ones before it already quantized (the reference's --true-sequential).
+    bool true_sequential = true;
+    int  awq_grid        = 20;  // AWQ: grid points searched for the scale exponent, >= 1
+    // AWQ: every (n / awq_samples)-th input row is kept for the clipping search (the
+    // reference's n_sample_token = 512) and, with awq_loss = linear, the scale search.
+    int awq_samples = 512;
+    // AWQ: the scale search scores the output of the block the linears feed, on every
+    // calibration token (the reference), or the summed outputs of the linears themselves on the
+    // sampled rows (this project's earlier variant).
+    AwqLoss awq_loss     = AwqLoss::Block;
+    int     kmeans_iters = 50;  // SqueezeLLM: weighted k-means iterations, >= 1
     // SqueezeLLM: the reference's one weighted k-means++ start (seeded by kmeans_seed, >= 0),
     // or this project's three starts kept at fp16 (quant/squeezellm.h).
     KmeansInit kmeans_init = KmeansInit::PlusPlus;
@@ -89,7 +100,7 @@ struct JobQuant {
         // clang-format off
         ar & method & bits & group_size & sequential & damp & act_order & block_size
            & static_groups & awq_grid & awq_samples & kmeans_iters & kmeans_init & kmeans_seed
-           & qtip_code & qtip_seed;
+           & qtip_code & qtip_seed & awq_loss & true_sequential;
         // clang-format on
     }
 };
@@ -103,6 +114,11 @@ struct JobRequant {
     SelectScope         scope              = SelectScope::Global;     // where ratios are budgeted
     SignificantSelect   significant_select = SignificantSelect::Pqi;  // pqi | fisher | random
     bool                signed_ranking     = true;  // rank by signed PQI (false: by |PQI|)
+    // Alg. 2's held-out stop: this fraction of the calibration sequences (the last
+    // round(N * holdout), at least 1) is left out of every fit; a detach round is kept only if
+    // it lowers the mean loss on them, and the first that does not is undone and ends Alg. 2.
+    // 0: off. [0, 1); needs significant_select = pqi.
+    double holdout = 0;
 
     // The selections in effect: None where the ratio is 0.
     OutlierSelect outliers() const {
@@ -121,7 +137,7 @@ struct JobRequant {
     void serialize(Ar& ar, unsigned /*version*/) {
         // clang-format off
         ar & outlier_ratio & outlier_select & outlier_candidates & significant_ratio & step_ratio
-           & scope & significant_select & signed_ranking;
+           & scope & significant_select & signed_ranking & holdout;
         // clang-format on
     }
 };

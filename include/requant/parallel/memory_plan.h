@@ -16,7 +16,8 @@
 //               layers of the stage at once unless quant.sequential, or a group of layers per
 //               calibration pass when run.mem_gib asks for it) and GPTQ's fp64
 //               workspace on the widest linear (two [I, I] and W, Q), SqueezeLLM / Fisher
-//               diagonals with the gradients they are summed from (fp32, one each per weight);
+//               diagonals with the gradients they are summed from (fp32, one each per weight),
+//               AWQ's block loss (one layer's inputs, outputs and block-input rows, fp32);
 //               a layer's statistics are freed once it is quantized
 //   w_orig      the detach phase: the stage's original linears, mapped from the checkpoint in
 //               its stored dtype (config.json's torch_dtype), resident once read, and the

@@ -70,10 +70,11 @@ class RunContext {
     io::HfCheckpoint     ckpt;
     const std::string    out;  // the run directory
 
-    store::RunState               st;  // rank 0 writes it to run.h5; every rank holds its records
-    std::string                   fp;  // the run's combined fingerprint (ties layer files to it)
-    at::Tensor                    calib;     // int64 [N, T], on every rank
-    std::vector<EvalSet>          evals;     // on every rank
+    store::RunState      st;       // rank 0 writes it to run.h5; every rank holds its records
+    std::string          fp;       // the run's combined fingerprint (ties layer files to it)
+    at::Tensor           calib;    // int64 [N, T], on every rank
+    at::Tensor           holdout;  // int64 [H, T]: requant.holdout's sequences, left out of calib
+    std::vector<EvalSet> evals;    // on every rank
     std::unique_ptr<model::Stage> stage;     // this rank's layers
     parallel::ScheduleOptions     schedule;  // run.microbatch, in-flight cap
     int64_t stats_passes = 1;  // passes that collect X^T X (run.mem_gib; parallel::stats_passes)

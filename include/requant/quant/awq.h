@@ -1,5 +1,6 @@
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include <ATen/core/Tensor.h>
@@ -13,10 +14,12 @@
 // rounded to fp16 (the search evaluates exactly the s that is stored). Each linear stores the
 // codes of W diag(s) on RTN's uniform grid (rtn.h) and in_scale = s, so its weight is
 // What = dequant(codes) diag(s)^-1.
-// Objective (a layer-level version of the reference's block-output MSE): the summed output error
-// of the group's linears on the sampled inputs, sum_l ||x W_l^T - x What_l^T||^2 =
-// sum_l trace(dW_l H dW_l^T), H = x^T x. alpha = 0 gives s = 1, i.e. plain RTN, and ties keep
-// the smaller alpha, so the result never does worse than RTN on that objective.
+// Objective: the caller's BlockLoss when given (the reference's: the output error of the block
+// the linears feed, e.g. the attention output through softmax and o_proj for q/k/v, on every
+// calibration token); else the summed output error of the group's own linears on the sampled
+// inputs, sum_l ||x W_l^T - x What_l^T||^2 = sum_l trace(dW_l H dW_l^T), H = x^T x. alpha = 0
+// gives s = 1, i.e. plain RTN, and a later alpha must be strictly better (as the reference), so
+// the result never does worse than RTN on that objective.
 // Clipping (per linear with clip = true, after the scale search): per output row and group,
 // max_val = absmax(W diag(s)) * (1 - k/clip_grid) for k = 0 .. floor(max_shrink*clip_grid)-1
 // (as auto_clip.py; k = 0, no clipping, is always tried), weights clamped to [-max_val, max_val],
@@ -39,18 +42,24 @@ struct AwqParams {
     bool    scale      = true;  // search the input scale s (false: s = none)
 };
 
+// The error of the output of the block a group of linears feeds when the group's linears take
+// w_hat (float [O_k, I] each, in the group's order, in the original basis: dequant / s).
+using BlockLoss = std::function<double(const std::vector<at::Tensor>& w_hat)>;
+
 struct AwqLinear {
     at::Tensor w;            // float [O, I]
     bool       clip = true;  // false for q/k: attention scores are sensitive to clipping (AWQ)
 };
 
 // group: the linears reading one input (same I). x: float [n, I] sampled input rows;
-// x_abs_mean: float [I], mean |x| over all calibration tokens. Returns one uniform
+// x_abs_mean: float [I], mean |x| over all calibration tokens; loss: the scale search's
+// objective (empty: the linears' own outputs on x). Returns one uniform
 // QuantizedLinear per linear, in order, each with in_scale = s (fp16 [I], positive; none when
 // p.scale is false).
 // Throws ConfigError for bad parameters, ShapeError for an empty group or mismatched shapes,
 // Error for a negative or non-finite x_abs_mean.
 std::vector<QuantizedLinear> awq_quantize(const std::vector<AwqLinear>& group, const at::Tensor& x,
-                                          const at::Tensor& x_abs_mean, const AwqParams& p);
+                                          const at::Tensor& x_abs_mean, const AwqParams& p,
+                                          const BlockLoss& loss = {});
 
 }  // namespace rq::quant

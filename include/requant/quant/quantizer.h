@@ -5,6 +5,7 @@
 #include <ATen/core/Tensor.h>
 
 #include "requant/io/job.h"
+#include "requant/quant/awq.h"
 #include "requant/quant/quantized.h"
 #include "requant/quant/squeezellm.h"
 
@@ -23,7 +24,10 @@ struct StatsNeeds {
     bool abs_mean = false;  // mean |x| per input channel (AWQ's scale search)
     bool samples  = false;  // input rows sampled evenly from the calibration stream (AWQ)
     bool fisher   = false;  // Fisher diagonal of every weight (SqueezeLLM)
-    bool forward() const { return xtx || abs_mean || samples; }  // taken in a forward pass
+    // Every row of the inputs of q/k/v and of gate/up, as sequences (AWQ's block-output loss).
+    // Too large to hold for every layer at once: collected layer by layer.
+    bool rows = false;
+    bool forward() const { return xtx || abs_mean || samples || rows; }  // in a forward pass
 };
 
 // Statistics of one linear input; undefined where the method does not need them.
@@ -31,6 +35,7 @@ struct InputStats {
     at::Tensor xtx;       // double [I, I]
     at::Tensor abs_mean;  // float [I]
     at::Tensor samples;   // float [n, I]
+    at::Tensor rows;      // float [N, T, I]: every row, as sequences (q/k/v's, gate/up's input)
 };
 
 // The linears of one layer that read one input.
@@ -44,6 +49,7 @@ struct InputGroup {
     bool                  scale = true;
     std::vector<uint64_t> ids;  // layer * 7 + linear of each (QTIP seeds its signs by it)
     InputStats            in;
+    BlockLoss             loss;  // AWQ with awq_loss = block; empty: the linears' own outputs
 };
 
 // One linear's dense part. Most methods fit it on W with the sparse weights zeroed (they are
@@ -73,6 +79,9 @@ struct Quantizer {
 
 const std::vector<Quantizer>& quantizers();  // every method, in QuantMethod order
 const Quantizer&              quantizer(io::QuantMethod m);
+// What the job's method needs: its row's, and for AWQ with awq_loss = block also X^T X (the
+// own-output loss of o_proj and down_proj on every token) and the rows.
+StatsNeeds stats_needs(const io::JobQuant& p);
 
 SqueezeParams squeeze_params(const io::JobQuant& p);  // what the squeezellm row runs
 

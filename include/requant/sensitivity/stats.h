@@ -22,10 +22,13 @@ namespace rq::sensitivity {
 
 // What to keep of each linear input seen during forward.
 struct StatsOptions {
-    bool    xtx         = false;  // X^T X (fp64), GPTQ's Hessian
-    bool    abs_mean    = false;  // mean |x| per input channel over every token (AWQ)
-    int64_t max_samples = 0;      // keep up to this many input rows, evenly strided (AWQ search)
+    bool xtx      = false;  // X^T X (fp64), GPTQ's Hessian
+    bool abs_mean = false;  // mean |x| per input channel over every token (AWQ)
+    // Keep every (total_rows / max_samples)-th input row (at least every row), from the first:
+    // the reference AWQ's input_feat[0::n // n_sample_token].
+    int64_t max_samples = 0;
     int64_t total_rows  = 0;      // rows that will be observed per input (sets the stride)
+    bool    rows        = false;  // every row of the q/k/v and gate/up inputs, as sequences
 };
 // The options that collect `needs` (samples: up to max_samples rows of total_rows).
 StatsOptions stats_options(const quant::StatsNeeds& needs, int64_t max_samples, int64_t total_rows);
@@ -39,6 +42,8 @@ class StatsCollector : public model::LinearObserver {
     const at::Tensor& xtx(int64_t layer, model::LinearInput which) const;       // double [I, I]
     at::Tensor        abs_mean(int64_t layer, model::LinearInput which) const;  // float [I]
     at::Tensor        samples(int64_t layer, model::LinearInput which) const;   // float [n, I]
+    // float [N, T, I]; undefined for the other inputs or without options.rows.
+    at::Tensor rows(int64_t layer, model::LinearInput which) const;
     // Whatever was collected for the input, as the quantizers take it.
     quant::InputStats input(int64_t layer, model::LinearInput which) const;
     void              clear() { acc_.clear(); }
@@ -48,8 +53,8 @@ class StatsCollector : public model::LinearObserver {
     // samples are strided over the whole stream).
     void start_at_row(int64_t row) { row0_ = row; }
     // With replicas: sums what every replica collected over schedule.across in replica order
-    // (samples concatenated in replica order), so every replica holds what one pass over all
-    // rows would have. A no-op for one replica. Collective over the replicas.
+    // (samples and rows concatenated in replica order), so every replica holds what one pass
+    // over all rows would have. A no-op for one replica. Collective over the replicas.
     void reduce(const parallel::ScheduleOptions& schedule);
     // Frees what was collected for `layer` (its quantization is done); other layers keep theirs.
     void release(int64_t layer);
@@ -58,6 +63,7 @@ class StatsCollector : public model::LinearObserver {
     struct Entry {
         at::Tensor              xtx, abs_sum;
         std::vector<at::Tensor> samples;
+        std::vector<at::Tensor> all;  // options.rows: every microbatch, float [B, T, I]
         int64_t                 rows = 0;
     };
     const Entry& entry(int64_t layer, model::LinearInput which) const;
