@@ -332,15 +332,18 @@ void LayerLoop::quantize_true_sequential(int64_t l, int64_t i) {
         before[j] = lw.linear(model::kLinears[j]);
     merged.config = &ctx.stage->config();
     for (std::size_t k = 0; k < merged.inputs.size(); ++k) {
-        const auto ts = Clock::now();
-        seq->collect(l, layer_stats);
-        stats_s += since(ts);
-        decompose::LayerStats st = decompose::layer_stats(&layer_stats, l, nullptr);
-        st.config                = merged.config;
-        merged.inputs[k]         = st.inputs[k];
-        decompose::InputSet    only{};
-        decompose::LayerErrors e;
+        const auto          ts = Clock::now();
+        decompose::InputSet only{};
         only[k] = true;
+        layer_stats.observe_inputs(only);  // this group's input alone
+        seq->collect(l, layer_stats);
+        layer_stats.observe_inputs(decompose::kAllInputs);
+        stats_s += since(ts);
+        decompose::LayerStats st;  // the group's input only: the others were not observed
+        st.config        = merged.config;
+        st.inputs[k]     = layer_stats.input(l, model::LinearInput(k));
+        merged.inputs[k] = st.inputs[k];
+        decompose::LayerErrors      e;
         const decompose::LayerQuant part =
             decompose::quantize_layer(*ctx.stage, l, st, masks_of(sel.outliers, i),
                                       masks_of(sel.significant, i), ctx.job.quant, &e, only);

@@ -48,7 +48,7 @@ at::Tensor gather(const std::vector<at::Tensor>& parts, std::vector<int64_t> sha
 }  // namespace
 
 void StatsCollector::observe(int64_t layer, model::LinearInput which, const at::Tensor& x) {
-    if (layer < window_.first || layer >= window_.second) return;
+    if (layer < window_.first || layer >= window_.second || !inputs_[std::size_t(which)]) return;
     const at::Tensor x2 = x.detach().reshape({-1, x.size(-1)});  // [rows, I]
     Entry&           e  = acc_[{layer, int(which)}];
     if (opt_.xtx) {

@@ -11,6 +11,7 @@ namespace rq::store {
 namespace {
 
 constexpr const char* kInputNames[] = {"attn", "attn_out", "mlp", "mlp_out"};  // LinearInput
+constexpr const char* kRope         = "rope";  // the attention block's RoPE tables
 
 void put(io::H5File& f, const std::string& path, const at::Tensor& t, at::ScalarType dtype) {
     if (t.defined()) f.write(path, t.detach().to(dtype).contiguous());
@@ -58,8 +59,9 @@ void write_layer_dump(const std::string& path, int64_t layer, const io::JobQuant
     const at::Tensor& rows = stats.inputs[0].rows;
     if (stats.config != nullptr && rows.defined()) {  // what the attention block needs
         const model::RopeTables rope = model::rope_tables(*stats.config, rows.size(1), at::kFloat);
-        put(f, "/rope/cos", rope.cos, at::kFloat);
-        put(f, "/rope/sin", rope.sin, at::kFloat);
+        const std::string       g    = std::string("/") + kRope;
+        put(f, g + "/cos", rope.cos, at::kFloat);
+        put(f, g + "/sin", rope.sin, at::kFloat);
         f.set_attr("/", "n_head", stats.config->n_head);
         f.set_attr("/", "n_head_kv", stats.config->n_head_kv);
         f.set_attr("/", "head_dim", stats.config->head_dim);

@@ -322,16 +322,20 @@ DetachHooks scripted(Recorded& run, std::vector<double> losses, int& calls) {
     h.holdout_loss = [losses, &calls] { return losses.at(std::size_t(calls++)); };
     return h;
 }
+// Two PQI rounds on s with those held-out losses; returns how many were asked for.
+int held_out_run(Quantized& s, Recorded& run, std::vector<double> losses) {
+    test::SoloTransport t;
+    int                 calls = 0;
+    detach_significant(s.stage, t, s.w_orig, s.q, tokens(), 2, requant(io::SignificantSelect::Pqi),
+                       pqi_opt(), run.report, scripted(run, std::move(losses), calls));
+    return calls;
+}
 
 TEST(Detach, HeldOutStopUndoesTheFirstRoundThatDoesNotLowerTheHeldOutLoss) {
     Quantized                     s;
-    test::SoloTransport           t;
     const std::vector<LayerQuant> before = s.q;
     Recorded                      run;
-    int                           calls = 0;
-    detach_significant(s.stage, t, s.w_orig, s.q, tokens(), 2, requant(io::SignificantSelect::Pqi),
-                       pqi_opt(), run.report, scripted(run, {5.0, 4.0, 4.5}, calls));
-    EXPECT_EQ(calls, 3);
+    EXPECT_EQ(held_out_run(s, run, {5.0, 4.0, 4.5}), 3);
     EXPECT_EQ(run.rounds_seen, (std::vector<int>{1, 2}));
     const auto& d = run.report["detach"]["pqi"];
     ASSERT_EQ(d.size(), 2u);
@@ -357,13 +361,9 @@ TEST(Detach, HeldOutStopUndoesTheFirstRoundThatDoesNotLowerTheHeldOutLoss) {
 
 TEST(Detach, HeldOutStopCanUndoTheFirstRoundAndAResumeRunsNoMore) {
     Quantized                     s;
-    test::SoloTransport           t;
     const std::vector<LayerQuant> before = s.q;
     Recorded                      run;
-    int                           calls = 0;
-    detach_significant(s.stage, t, s.w_orig, s.q, tokens(), 2, requant(io::SignificantSelect::Pqi),
-                       pqi_opt(), run.report, scripted(run, {5.0, 5.0}, calls));
-    EXPECT_EQ(calls, 2) << "an equal loss is not lower";
+    EXPECT_EQ(held_out_run(s, run, {5.0, 5.0}), 2) << "an equal loss is not lower";
     EXPECT_EQ(run.rounds_seen, (std::vector<int>{1}));
     for (std::size_t il = 0; il < s.q.size(); ++il)
         for (std::size_t i = 0; i < model::kNumLinears; ++i)
@@ -371,13 +371,14 @@ TEST(Detach, HeldOutStopCanUndoTheFirstRoundAndAResumeRunsNoMore) {
     check_result(s, before, s.q, s.stage);
 
     // Resumed after that round: nothing more runs, and the held-out loss is not asked again.
-    Quantized   s2;
-    Recorded    resumed;
-    int         calls2 = 0;
-    DetachHooks h      = scripted(resumed, {}, calls2);
-    h.rounds_done      = 1;
-    h.picked           = run.picks[0];
-    h.rounds           = rounds_from_json(run.report["detach"]["pqi"]);
+    test::SoloTransport t;
+    Quantized           s2;
+    Recorded            resumed;
+    int                 calls2 = 0;
+    DetachHooks         h      = scripted(resumed, {}, calls2);
+    h.rounds_done              = 1;
+    h.picked                   = run.picks[0];
+    h.rounds                   = rounds_from_json(run.report["detach"]["pqi"]);
     detach_significant(s2.stage, t, s2.w_orig, s2.q, tokens(), 2,
                        requant(io::SignificantSelect::Pqi), pqi_opt(), resumed.report, h);
     EXPECT_EQ(calls2, 0);

@@ -1,7 +1,8 @@
 # Sourced by the reference tests: `run NAME JOB LAYER [--set ...]` runs requant-dist with a
 # layer dump and then $ref (the independent implementation) on that dump; `tiny_job METHOD
 # [KEY = VALUE lines]` writes $tmp/tiny.toml, llama3-tiny-random calibrated on 16 x 128 seeded
-# random tokens of its 1024-token vocabulary. Needs $bin, $root and $ref.
+# random tokens of its 1024-token vocabulary; `refused NAME...` checks that $ref fails on the
+# changed dumps $tmp/NAME.h5 (negative controls). Needs $bin, $root and $ref.
 source "$root/tests/cli/check_lib.sh"
 [ -d "$root/../shared/models" ] || { echo "FAIL: ../shared not found beside the checkout"; exit 1; }
 py=/usr/bin/python3
@@ -19,6 +20,17 @@ run() {  # run NAME JOB LAYER [--set ...]: the run, then the reference on its du
   else
     cat "$tmp/$name.ref"; fail "$name: the reference disagrees"
   fi
+}
+
+refused() {  # refused NAME...: $ref must fail on each changed dump $tmp/NAME.h5
+  local bad
+  for bad in "$@"; do
+    if $py "$ref" "$tmp/$bad.h5" > "$tmp/$bad.ref" 2>&1; then
+      cat "$tmp/$bad.ref"; fail "the reference passes a changed dump ($bad)"
+    else
+      ok "changed dump ($bad): $(grep -c MISMATCH "$tmp/$bad.ref") flagged, the first: $(grep -m1 MISMATCH "$tmp/$bad.ref")"
+    fi
+  done
 }
 
 tiny_job() {  # tiny_job METHOD [extra [quant] lines]

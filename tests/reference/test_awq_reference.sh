@@ -35,9 +35,6 @@ with h5py.File(sys.argv[2], "r+") as f:
     s[0, 0] *= 0.9
     f["v_proj/scales"][...] = s
 PY
-for bad in alpha clip; do
-  if $py "$ref" "$tmp/$bad.h5" > "$tmp/$bad.ref" 2>&1; then cat "$tmp/$bad.ref"; fail "the reference passes a changed dump ($bad)"
-  else ok "changed dump ($bad): $(grep MISMATCH "$tmp/$bad.ref" | head -1)"; fi
-done
+refused alpha clip
 
 [ $fails -eq 0 ] && echo "PASS" || { echo "$fails FAILED"; exit 1; }

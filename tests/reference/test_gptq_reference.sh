@@ -61,9 +61,6 @@ with h5py.File(sys.argv[2], "r+") as f:
     c = f["q_proj/codes"]
     c[5, 7] = (int(c[5, 7]) + 1) % 8
 PY
-for bad in block code; do
-  if $py "$ref" "$tmp/$bad.h5" > "$tmp/$bad.ref" 2>&1; then fail "the reference passes a changed dump ($bad)"
-  else ok "changed dump ($bad): $(grep -c MISMATCH "$tmp/$bad.ref") linear(s) flagged"; fi
-done
+refused block code
 
 [ $fails -eq 0 ] && echo "PASS" || { echo "$fails FAILED"; exit 1; }

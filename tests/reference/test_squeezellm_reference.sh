@@ -33,9 +33,6 @@ with h5py.File(sys.argv[1], "r+") as f:
 with h5py.File(sys.argv[2], "r+") as f:
     f["/"].attrs["kmeans_iters"] = 1
 PY
-for bad in lut iters; do
-  if $py "$ref" "$tmp/$bad.h5" > "$tmp/$bad.ref" 2>&1; then cat "$tmp/$bad.ref"; fail "the reference passes a changed dump ($bad)"
-  else ok "changed dump ($bad): $(grep -c MISMATCH "$tmp/$bad.ref") linear(s) flagged"; fi
-done
+refused lut iters
 
 [ $fails -eq 0 ] && echo "PASS" || { echo "$fails FAILED"; exit 1; }

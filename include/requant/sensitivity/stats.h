@@ -1,4 +1,5 @@
 #pragma once
+#include <array>
 #include <climits>
 #include <cstdint>
 #include <map>
@@ -49,6 +50,9 @@ class StatsCollector : public model::LinearObserver {
     void              clear() { acc_.clear(); }
     // Observe only layers [begin, end) from now on (all by default).
     void observe_layers(int64_t begin, int64_t end) { window_ = {begin, end}; }
+    // Observe only the linear inputs marked (model::LinearInput order) from now on (all by
+    // default): GPTQ's true_sequential needs one input per pass.
+    void observe_inputs(const std::array<bool, 4>& which) { inputs_ = which; }
     // With replicas: this replica's rows start at `row` of the whole calibration stream (the
     // samples are strided over the whole stream).
     void start_at_row(int64_t row) { row0_ = row; }
@@ -70,6 +74,7 @@ class StatsCollector : public model::LinearObserver {
 
     StatsOptions                             opt_;
     std::pair<int64_t, int64_t>              window_{0, INT64_MAX};
+    std::array<bool, 4>                      inputs_{true, true, true, true};
     int64_t                                  row0_ = 0;
     std::map<std::pair<int64_t, int>, Entry> acc_;
 };
