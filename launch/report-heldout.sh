@@ -18,7 +18,9 @@
 # already there are reused, so the study can be stopped and resumed. The table is
 # $OUT/heldout-table.md, each cell's wall time in $OUT/times.tsv.
 # Usage: launch/report-heldout.sh [OUT] (default runs/report-heldout)
-# Environment: RQ_RANKS (1); RQ_SIZES ("16 64 256") to run a subset.
+# Environment: RQ_RANKS (1); RQ_SIZES ("16 64 256") to run a subset; RQ_CELLS (a regex: run
+# only the cells whose name matches, e.g. 'base|abs$'). Per size the cells without the held-out
+# stop run first.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 rq_need_shared
@@ -30,6 +32,7 @@ cell() {  # cell NAME JOB ARGS...
   local name=$1 job=$2; shift 2
   local dir="$OUT/$name"
   [ -f "$dir/results.json" ] && return 0
+  [[ $name =~ ${RQ_CELLS:-.} ]] || return 0
   echo "== $name"
   local t0=$SECONDS
   rq_launch run "$job" --out "$dir" "${COMMON[@]}" "$@" > "$OUT/$name.log" 2>&1 \
@@ -37,19 +40,22 @@ cell() {  # cell NAME JOB ARGS...
   printf '%s\t%d\n' "$name" $((SECONDS - t0)) >> "$OUT/times.tsv"
   grep -E "bits/weight" "$OUT/$name.log" || true
 }
-variants() {  # variants PREFIX JOB ARGS...: the four ReQuant cells
-  local p=$1 job=$2; shift 2
-  cell "$p-signed" "$job" "$@"
-  cell "$p-abs" "$job" "$@" --set requant.signed_ranking=false
-  cell "$p-signed-ho" "$job" "$@" --set requant.holdout=0.25
-  cell "$p-abs-ho" "$job" "$@" --set requant.signed_ranking=false --set requant.holdout=0.25
-}
+ABS=(--set requant.signed_ranking=false)
+HO=(--set requant.holdout=0.25)
 for S in ${RQ_SIZES:-16 64 256}; do
   C=(--set data.calibration_seqs=$S)
-  cell "cal$S-squeezellm-base" "$J/llama-7m-en-squeezellm-ds.toml" "${C[@]}"
-  variants "cal$S-squeezellm" "$J/llama-7m-en-squeezellm-requant.toml" "${C[@]}"
-  cell "cal$S-gptq-base" "$J/llama-7m-en-gptq.toml" "${C[@]}"
-  variants "cal$S-gptq" "$J/llama-7m-en-gptq-requant.toml" "${C[@]}"
+  for m in squeezellm gptq; do
+    base=$J/llama-7m-en-$m.toml; [ $m = squeezellm ] && base=$J/llama-7m-en-squeezellm-ds.toml
+    rq=$J/llama-7m-en-$m-requant.toml
+    cell "cal$S-$m-base" "$base" "${C[@]}"
+    cell "cal$S-$m-signed" "$rq" "${C[@]}"
+    cell "cal$S-$m-abs" "$rq" "${C[@]}" "${ABS[@]}"
+  done
+  for m in squeezellm gptq; do
+    rq=$J/llama-7m-en-$m-requant.toml
+    cell "cal$S-$m-signed-ho" "$rq" "${C[@]}" "${HO[@]}"
+    cell "cal$S-$m-abs-ho" "$rq" "${C[@]}" "${ABS[@]}" "${HO[@]}"
+  done
 done
 
 python3 - "$OUT" <<'PY'

@@ -13,6 +13,20 @@ namespace {
 
 // The linears (indices into kLinears) that read each model::LinearInput, in that order.
 const std::array<std::vector<std::size_t>, 4> kInputGroups = {{{0, 1, 2}, {3}, {4, 5}, {6}}};
+// AWQ quantizes o and down first: their input scales fold into the rows of v and up (the
+// linears whose outputs they read), which need them before their clipping search.
+constexpr std::array<std::size_t, 4> kAwqOrder   = {1, 3, 0, 2};
+constexpr std::array<std::size_t, 4> kInputOrder = {0, 1, 2, 3};
+
+// AWQ: the input scale of the linear reading linear i's output, to fold into i's rows: o_proj's
+// for v_proj, down_proj's for up_proj (undefined where that linear has none, e.g. o on GQA).
+at::Tensor folded_row_scale(const LayerQuant& out, std::size_t i) {
+    if (model::kLinears[i] == model::Linear::V)
+        return out[std::size_t(model::Linear::O)].dense.in_scale;
+    if (model::kLinears[i] == model::Linear::Up)
+        return out[std::size_t(model::Linear::Down)].dense.in_scale;
+    return {};
+}
 
 bool sparse_empty(const quant::LinearQuant& q) {
     return q.outliers.nnz() == 0 && q.significant.nnz() == 0;
@@ -150,7 +164,8 @@ LayerQuant quantize_weights(const model::LayerTensors& w, int64_t layer, const L
         for (std::size_t i = 0; i < model::kNumLinears; ++i)
             bl.w.linear(model::kLinears[i]) = w0[i].to(at::kFloat);
     }
-    for (std::size_t k = 0; k < kInputGroups.size(); ++k) {
+    const bool awq = p.method == io::QuantMethod::Awq;
+    for (std::size_t k : awq ? kAwqOrder : kInputOrder) {
         if (!only[k]) continue;
         const auto&       idx = kInputGroups[k];
         quant::InputGroup g;
@@ -163,6 +178,8 @@ LayerQuant quantize_weights(const model::LayerTensors& w, int64_t layer, const L
             g.w.push_back(w0[i]);
             g.sparse.push_back(sparse[i]);
             g.clip.push_back(i >= 2);  // AWQ: q and k are not clipped
+            const at::Tensor r = awq ? folded_row_scale(out, i) : at::Tensor();
+            g.row_scale.push_back(r.defined() ? r.to(at::kFloat) : r);
             g.ids.push_back(uint64_t(layer) * model::kNumLinears + i);
             if (method.needs.fisher && stats.fisher != nullptr) {  // missing: the method says so
                 const at::Tensor& f = (*stats.fisher)[i];

@@ -61,6 +61,11 @@ std::string linear_tensor_name(int64_t il, Linear l) {
            linear_name(l) + ".weight";
 }
 
+std::string norm_tensor_name(int64_t il, LayerNorm n) {
+    return "model.layers." + std::to_string(il) +
+           (n == LayerNorm::Attn ? ".input_layernorm.weight" : ".post_attention_layernorm.weight");
+}
+
 namespace {
 
 // Expected shape of each linear, [out, in].
@@ -114,10 +119,9 @@ StageWeights load_stage_weights(const io::HfCheckpoint& ckpt, const StageRange& 
     const std::vector<int64_t> vc = {c.n_vocab, c.n_embd};
     if (range.first) w.tok_embd = ckpt.load("model.embed_tokens.weight", vc, dtype);
     for (int64_t il = range.layer_begin; il < range.layer_end; ++il) {
-        const std::string p = "model.layers." + std::to_string(il) + ".";
-        LayerWeights      lw;
-        lw.attn_norm = ckpt.load(p + "input_layernorm.weight", {c.n_embd}, dtype);
-        lw.ffn_norm  = ckpt.load(p + "post_attention_layernorm.weight", {c.n_embd}, dtype);
+        LayerWeights lw;
+        lw.attn_norm = ckpt.load(norm_tensor_name(il, LayerNorm::Attn), {c.n_embd}, dtype);
+        lw.ffn_norm  = ckpt.load(norm_tensor_name(il, LayerNorm::Ffn), {c.n_embd}, dtype);
         for (Linear l : kLinears)
             lw.linear(l) = ckpt.load(linear_tensor_name(il, l), linear_shape(c, l), dtype);
         w.layers.push_back(std::move(lw));

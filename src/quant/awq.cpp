@@ -1,6 +1,6 @@
 // AWQ (requant/quant/awq.h): the scale search and the clipping search over one group of linears
-// that read the same input. Not the statistics collection (pipeline/calibrate) and not the
-// folding of s into the preceding operation: s is stored with each linear (in_scale).
+// that read the same input. Not the statistics collection (sensitivity/stats): s is stored with
+// each linear (in_scale), the next group's folded into the rows that feed it (out_scale).
 // Weights are quantized in fp32 exactly as rtn_quantize does; every error is computed in fp64
 // from H = x^T x, so a result does not depend on BLAS blocking of the n sampled rows.
 #include "requant/quant/awq.h"
@@ -52,6 +52,13 @@ void check_inputs(const std::vector<AwqLinear>& group, const at::Tensor& x,
         if (!w.defined() || w.dim() != 2 || w.size(1) != I)
             throw ShapeError("awq: weight " + std::to_string(i) + " of the group must be [O, " +
                              std::to_string(I) + "] to match x, got " + shape_str(w));
+        const at::Tensor& r = group[i].row_scale;
+        if (!r.defined()) continue;
+        if (r.dim() != 1 || r.size(0) != w.size(0))
+            throw ShapeError("awq: row_scale of weight " + std::to_string(i) + " must be [" +
+                             std::to_string(w.size(0)) + "], got " + shape_str(r));
+        if (!at::isfinite(r).all().item<bool>() || (r <= 0).any().item<bool>())
+            throw NumericError("awq: row_scale must be finite and > 0");
     }
     const at::Tensor m = x_abs_mean.to(at::kDouble);
     if (!at::isfinite(m).all().item<bool>() || (m < 0).any().item<bool>())
@@ -161,12 +168,19 @@ std::vector<QuantizedLinear> awq_quantize(const std::vector<AwqLinear>& group, c
         if (loss) err = loss(w_hat);
         if (i == 0 || err < best_err) best_err = err, best = std::move(qs), best_s = s;
     }
-    if (!p.clip) return best;
-
-    // Clipping search on W diag(s), per linear that allows it: its choice is taken as it is.
-    for (std::size_t l = 0; l < group.size(); ++l)
-        if (group[l].clip)
-            best[l] = clip_search(best_s.defined() ? ws[l] * best_s : ws[l], best_s, H, p);
+    // The scales applied (llm-awq apply_scale): W diag(s), then the rows by 1/r where the next
+    // linear's r is folded in. Then the clipping search, per linear that allows it (its choice
+    // taken as it is), or plain RTN of the scaled weights where the rows changed.
+    for (std::size_t l = 0; l < group.size(); ++l) {
+        const at::Tensor& r = group[l].row_scale;
+        if (!(p.clip && group[l].clip) && !r.defined()) continue;
+        at::Tensor w = best_s.defined() ? ws[l] * best_s : ws[l];
+        if (r.defined()) w = w / r.to(at::kFloat).unsqueeze(1);
+        best[l] = p.clip && group[l].clip ? clip_search(w, best_s, H, p)
+                                          : rtn_quantize(w, {p.bits, p.group_size});
+        if (best_s.defined()) best[l].in_scale = best_s.to(at::kHalf);
+        if (r.defined()) best[l].out_scale = r.to(at::kHalf);
+    }
     return best;
 }
 

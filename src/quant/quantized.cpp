@@ -26,7 +26,8 @@ static at::Tensor dequantize_codes(const QuantizedLinear& q) {
 at::Tensor dequantize(const QuantizedLinear& q) {
     if (q.is_trellis()) return qtip_dequantize(q);
     at::Tensor w = dequantize_codes(q);
-    return q.in_scale.defined() ? w / q.in_scale.to(at::kFloat) : w;
+    if (q.in_scale.defined()) w = w / q.in_scale.to(at::kFloat);
+    return q.out_scale.defined() ? w * q.out_scale.to(at::kFloat).unsqueeze(1) : w;
 }
 
 int64_t dense_storage_bits(const QuantizedLinear& q) {
@@ -41,7 +42,6 @@ int64_t dense_storage_bits(const QuantizedLinear& q) {
     else
         bits += (q.scales.numel() + q.zeros.numel()) * 16;
     if (q.g_idx.defined()) bits += I * 32;
-    if (q.in_scale.defined()) bits += I * 16;
     return bits;
 }
 

@@ -78,7 +78,9 @@ std::vector<DenseFit> awq(const InputGroup& g, const io::JobQuant& p) {
     if (!g.in.samples.defined() || !g.in.abs_mean.defined())
         throw InternalError("awq: the input statistics were not collected");
     std::vector<AwqLinear> ws;
-    for (std::size_t k = 0; k < g.w.size(); ++k) ws.push_back({zeroed(g, k), g.clip.at(k)});
+    for (std::size_t k = 0; k < g.w.size(); ++k)
+        ws.push_back(
+            {zeroed(g, k), g.clip.at(k), k < g.row_scale.size() ? g.row_scale[k] : at::Tensor()});
     AwqParams a;
     a.bits       = p.bits;
     a.group_size = p.group_size;

@@ -12,6 +12,7 @@
 #include <map>
 #include <optional>
 #include <sstream>
+#include <utility>
 
 #include "requant/error.h"
 #include "requant/io/h5.h"
@@ -28,6 +29,7 @@ namespace fs = std::filesystem;
 namespace {
 
 constexpr const char* kFormat       = "requant-dist checkpoint 1";
+constexpr const char* kFoldedGroup  = "/folded/";  // AWQ's folded norms (HDF5 group)
 const char* const kTokenizerFiles[] = {"tokenizer.model", "tokenizer.json", "tokenizer_config.json",
                                        "special_tokens_map.json", "generation_config.json"};
 
@@ -99,6 +101,19 @@ void write_qtip_shared(io::H5File& f, const QtipShared& s) {
                 quant::kron_factor(m, s.first->factor_seed));
 }
 
+// AWQ: the layer's RMSNorm weights with the input scales of q/k/v and gate/up folded in.
+void write_folded_norms(io::H5File& f, const io::HfCheckpoint& src, int64_t l,
+                        const decompose::LayerQuant& q) {
+    const std::pair<model::Linear, model::LayerNorm> folds[] = {
+        {model::Linear::Q, model::LayerNorm::Attn}, {model::Linear::Gate, model::LayerNorm::Ffn}};
+    for (const auto& [lin, norm] : folds) {
+        const at::Tensor& s = q[std::size_t(lin)].dense.in_scale;
+        if (!s.defined()) continue;
+        const std::string name = model::norm_tensor_name(l, norm);
+        f.write(kFoldedGroup + name, src.load_stored(name).to(at::kFloat) / s.to(at::kFloat));
+    }
+}
+
 }  // namespace
 
 quant::StorageBits storage_bits(const decompose::LayerQuant& q) {
@@ -135,6 +150,7 @@ void write_final_checkpoint(const std::string& out, int64_t n_layer, const io::H
         if (l == 0)
             if (const QtipShared s = qtip_shared(*q); s.first) write_qtip_shared(f, s);
         write_layer_quant(f, layer_group(l), *q);
+        write_folded_norms(f, src, l, *q);
         if (auto e = read_layer_errors(out, l, run_fp))
             f.write(layer_group(l) + "/errors", errors_tensor(*e));
     }

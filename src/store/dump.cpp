@@ -24,6 +24,7 @@ void put_dense(io::H5File& f, const std::string& g, const quant::QuantizedLinear
     put(f, g + "/lut", d.lut, at::kFloat);
     put(f, g + "/g_idx", d.g_idx, at::kInt);
     put(f, g + "/in_scale", d.in_scale, at::kFloat);
+    put(f, g + "/out_scale", d.out_scale, at::kFloat);
 }
 
 }  // namespace

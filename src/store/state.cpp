@@ -266,6 +266,7 @@ void write_layer_quant(io::H5File& f, const std::string& prefix, const decompose
         }
         if (d.g_idx.defined()) f.write(j(g, "g_idx"), d.g_idx);
         if (d.in_scale.defined()) f.write(j(g, "in_scale"), d.in_scale);
+        if (d.out_scale.defined()) f.write(j(g, "out_scale"), d.out_scale);
         write_csr(f, j(g, "outliers"), q[i].outliers);
         write_csr(f, j(g, "significant"), q[i].significant);
     }
@@ -290,6 +291,7 @@ decompose::LayerQuant read_layer_quant(const io::H5File& f, const std::string& p
         }
         if (f.exists(j(g, "g_idx"))) d.g_idx = f.read(j(g, "g_idx"));
         if (f.exists(j(g, "in_scale"))) d.in_scale = f.read(j(g, "in_scale"));
+        if (f.exists(j(g, "out_scale"))) d.out_scale = f.read(j(g, "out_scale"));
         q[i].outliers    = read_csr(f, j(g, "outliers"));
         q[i].significant = read_csr(f, j(g, "significant"));
     }

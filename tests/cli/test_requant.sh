@@ -67,6 +67,22 @@ for spec in "awq --set quant.group_size=128" "gptq --set quant.sequential=true" 
     && ok "$m + adaptive outliers: ppl $(val "$tmp/$m/results.json" $key), outliers $(val "$tmp/$m/results.json" outliers)" \
     || fail "$m + adaptive: $(tail -3 "$tmp/log")"
 done
+# AWQ's folded form in the checkpoint: the norms divided by the input scales they feed, and
+# down's input scale carried by up's rows (stories260k is GQA: o_proj has none).
+/usr/bin/python3 - "$tmp/awq/model.requant.h5" > "$tmp/fold.out" 2>&1 <<'PY' && ok "awq: $(cat "$tmp/fold.out")" || fail "awq folded norms: $(cat "$tmp/fold.out")"
+import h5py, numpy as np, sys
+f = h5py.File(sys.argv[1], "r")
+n = int(f.attrs["n_layer"])
+for l in range(n):
+    g = f["layers/%03d" % l]
+    for lin, norm in (("q_proj", "input_layernorm"), ("gate_proj", "post_attention_layernorm")):
+        name = "model.layers.%d.%s.weight" % (l, norm)
+        want = f["tensors/" + name][()].astype(np.float32) / g[lin + "/in_scale"][()].astype(np.float32)
+        assert np.array_equal(f["folded/" + name][()], want), name
+    assert np.array_equal(g["up_proj/out_scale"][()], g["down_proj/in_scale"][()]), l
+    assert "o_proj/in_scale" not in g and "v_proj/out_scale" not in g, l
+print("folded norms of %d layers, up_proj rows carry down_proj's scale" % n)
+PY
 "$bin" run "$job" --out "$tmp/rand" "${base[@]}" --set quant.method=squeezellm --set requant.outlier_ratio=0.0045 \
   --set requant.outlier_select=random --set requant.significant_ratio=0.0005 --set requant.significant_select=random \
   > "$tmp/log" 2>&1 && awk -v s="$(val "$tmp/rand/results.json" significant)" 'BEGIN{exit !(s > 0)}' \

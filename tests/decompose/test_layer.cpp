@@ -27,6 +27,8 @@
 #include "requant/decompose/outliers.h"
 #include "requant/error.h"
 #include "requant/io/hf_checkpoint.h"
+#include "requant/model/llama.h"
+#include "requant/model/rope.h"
 #include "requant/quant/decomposed.h"
 #include "requant/quant/rtn.h"
 #include "requant/quant/sparse.h"
@@ -243,6 +245,60 @@ TEST(QuantizeWeights, AwqScalesOProjOnlyWhereVAndOShareAShape) {
     w[2] = at::randn({64, 64}, gen) * 0.02;  // v as wide as o: MHA
     q    = quantize_weights(w, 0, stats, nullptr, nullptr, p, w_hat);
     EXPECT_TRUE(q[3].dense.in_scale.defined()) << "o_proj of an MHA layer is scaled";
+}
+
+// AWQ's scales cost no bits because a deployed model folds them away, as the reference does:
+// the RMSNorm weights divided by the q/k/v and gate/up input scales, and o's and down's input
+// scales carried by the rows of v and up (out_scale). That model, every linear's codes taken
+// as they are, computes the layer of the original-basis W_hat.
+TEST(QuantizeWeights, AwqScalesFoldIntoTheNormsAndTheRowsBefore) {
+    auto                         gen     = at::detail::createCPUGenerator(23);
+    const std::array<int64_t, 4> in_dims = {64, 64, 64, 172};
+    LayerStats                   stats;
+    for (std::size_t k = 0; k < 4; ++k) {
+        const at::Tensor x       = at::randn({256, in_dims[k]}, gen).exp();  // uneven channels
+        stats.inputs[k].samples  = x;
+        stats.inputs[k].abs_mean = x.abs().mean(0);
+    }
+    io::JobQuant p            = rtn3();
+    p.method                  = io::QuantMethod::Awq;
+    model::LayerTensors w     = random_layer(23), w_hat;  // MHA: v_proj and o_proj [64, 64]
+    const LayerQuant    q     = quantize_weights(w, 0, stats, nullptr, nullptr, p, w_hat);
+    const auto          dense = [&](model::Linear l) -> const quant::QuantizedLinear& {
+        return q[std::size_t(l)].dense;
+    };
+    using model::Linear;
+    ASSERT_TRUE(dense(Linear::O).in_scale.defined() && dense(Linear::Down).in_scale.defined());
+    EXPECT_TRUE(at::equal(dense(Linear::V).out_scale, dense(Linear::O).in_scale));
+    EXPECT_TRUE(at::equal(dense(Linear::Up).out_scale, dense(Linear::Down).in_scale));
+    for (Linear l : {Linear::Q, Linear::K, Linear::O, Linear::Gate, Linear::Down})
+        EXPECT_FALSE(dense(l).out_scale.defined()) << model::linear_name(l);
+
+    io::LlamaConfig c;
+    c.n_embd = 64, c.n_ff = 172, c.n_head = 8, c.n_head_kv = 8, c.head_dim = 8;
+    c.rms_norm_eps               = 1e-5;
+    const int64_t           T    = 16;
+    const model::RopeTables rope = model::rope_tables(c, T, at::kFloat);
+    model::LayerWeights     orig, folded;
+    orig.attn_norm = at::rand({64}, gen) + 0.5;
+    orig.ffn_norm  = at::rand({64}, gen) + 0.5;
+    for (std::size_t i = 0; i < model::kNumLinears; ++i) {
+        orig.linear(model::kLinears[i]) = w_hat[i];
+        quant::QuantizedLinear d        = q[i].dense;
+        d.in_scale = d.out_scale          = at::Tensor();  // the codes as they are
+        folded.linear(model::kLinears[i]) = quant::dequantize(d);
+        EXPECT_EQ(quant::dense_storage_bits(d), quant::dense_storage_bits(q[i].dense));
+    }
+    folded.attn_norm      = orig.attn_norm / dense(Linear::Q).in_scale.to(at::kFloat);
+    folded.ffn_norm       = orig.ffn_norm / dense(Linear::Gate).in_scale.to(at::kFloat);
+    const at::Tensor x    = at::randn({2, T, 64}, gen);
+    const at::Tensor y    = model::decoder_layer(x, orig, c, rope) - x;
+    const at::Tensor y_f  = model::decoder_layer(x, folded, c, rope) - x;
+    const double     diff = (y_f - y).abs().max().item<double>() / y.abs().max().item<double>();
+    EXPECT_LT(diff, 1e-5);
+    folded.ffn_norm      = orig.ffn_norm;  // a control: one norm left unfolded
+    const at::Tensor y_u = model::decoder_layer(x, folded, c, rope) - x;
+    EXPECT_GT((y_u - y).abs().max().item<double>() / y.abs().max().item<double>(), 1e-2);
 }
 
 TEST(QuantizeWeights, ErrorsMatchTheirDefinitionsOnTheInputRows) {

@@ -273,6 +273,34 @@ TEST(Awq, NoClipKeepsTheFullRange) {  // codes are RTN's of W diag(s): the range
     }
 }
 
+// The next linear's scale folded into the rows (llm-awq apply_scale on up_proj): the search is
+// the same, the codes are those of diag(1/r) W diag(s), and dequant is in the original basis.
+TEST(Awq, ARowScaleQuantizesTheFoldedRowsInTheOriginalBasis) {
+    const at::Tensor w = synth_weights(13), x = synth_inputs(14), m = x.abs().mean(0);
+    auto             gen = at::detail::createCPUGenerator(15);
+    const at::Tensor r   = (at::rand({w.size(0)}, gen) * 3.75 + 0.25).to(at::kHalf).to(at::kFloat);
+    const auto       plain = awq_quantize({{w, false}}, x, m, params(3, 32))[0];
+    const auto       rowed = awq_quantize({{w, false, r}}, x, m, params(3, 32))[0];
+    ASSERT_TRUE(rowed.out_scale.defined());
+    EXPECT_TRUE(at::equal(rowed.out_scale.to(at::kFloat), r));
+    EXPECT_TRUE(at::equal(rowed.in_scale, plain.in_scale)) << "the search saw W";
+    const at::Tensor      s = rowed.in_scale.to(at::kFloat);
+    const QuantizedLinear q = rtn_quantize(w * s / r.unsqueeze(1), {3, 32});
+    EXPECT_TRUE(at::equal(rowed.codes, q.codes) && at::equal(rowed.scales, q.scales));
+    const double e_plain = (dequantize(plain) - w).norm().item<double>();
+    const double e_rowed = (dequantize(rowed) - w).norm().item<double>();
+    EXPECT_NEAR(e_rowed / e_plain, 1.0, 0.01) << "not the original basis";
+    // Clipped: the choices scale with the row, so the codes are plain's but where the fp16
+    // rounding of a group's scale moves a weight across a rounding boundary.
+    const auto   c_plain = awq_quantize({{w, true}}, x, m, params(3, 32))[0];
+    const auto   c_rowed = awq_quantize({{w, true, r}}, x, m, params(3, 32))[0];
+    const double differ  = c_rowed.codes.ne(c_plain.codes).to(at::kDouble).mean().item<double>();
+    EXPECT_LT(differ, 0.02);
+    EXPECT_THROW(awq_quantize({{w, true, -r}}, x, m, params(3, 32)), NumericError);
+    EXPECT_THROW(awq_quantize({{w, true, r.narrow(0, 1, r.size(0) - 1)}}, x, m, params(3, 32)),
+                 ShapeError);
+}
+
 TEST(Awq, BadInputsThrow) {
     const at::Tensor w = synth_weights(8), x = synth_inputs(9), m = x.abs().mean(0);
     const AwqParams  p = params(4, 32);

@@ -14,7 +14,10 @@ The recipe, per group of linears that read one input:
       o_proj    its own output (only where v_proj and o_proj have one shape: never on GQA),
       down_proj its own output;
     a = 0 first, a later a only if strictly better.
-  clipping search (not q/k), on W diag(s) against the inputs divided by s, on the rows
+  apply_scale: the scales of o_proj (where it has one) and down_proj are also folded into the
+    rows of the linears whose outputs they read, before clipping: v_proj and up_proj become
+    diag(1/r) W diag(s), r the next group's s (the run stores r as out_scale).
+  clipping search (not q/k), on the scaled weights against the inputs divided by s, on the rows
     x[0 :: n // n_sample_token] (n_sample_token: the dump's awq_samples, 512 in the reference):
     per output row and group, max_val = absmax * (1 - k/20), k = 0 .. 9, weights clamped to
     [-max_val, max_val]; the k with the least mean squared error of the group's partial output,
@@ -28,6 +31,8 @@ The losses here are fp64. Checks:
     of the block inputs through the full-precision layer);
   - per group, the run's a (read back from its in_scale) is the reference's, or its reference
     loss is within 1e-6 relative of the best (a near-tie);
+  - v_proj's and up_proj's out_scale is o_proj's and down_proj's s, where the reference folds
+    one (and absent where it does not);
   - per clipped linear, per (row, group), the run's k (read back from its grid) is the
     reference's under the run's s, or its error is within 1e-6 relative of the best;
   - where every choice agrees, the codes are equal.
@@ -46,6 +51,8 @@ TOL = 1e-6
 GROUPS = [("attn", ["q_proj", "k_proj", "v_proj"]), ("attn_out", ["o_proj"]),
           ("mlp", ["gate_proj", "up_proj"]), ("mlp_out", ["down_proj"])]
 NO_CLIP = {"q_proj", "k_proj"}
+# apply_scale's row folds: linear -> the linear whose input scale divides its rows.
+ROW_FOLD = {"v_proj": "o_proj", "up_proj": "down_proj"}
 
 
 def fp16_up(s):
@@ -173,10 +180,12 @@ def alpha_of(L, m, in_scale):
     return None
 
 
-def clip_check(L, n, s, x_all, g):
+def clip_check(L, n, s, r, x_all, g):
     """Per (row, group): the reference's k and the run's, and their errors; and the codes that
-    differ in the rows where the two agree."""
+    differ in the rows where the two agree. r: the row fold (float [O]) or None."""
     ws = L.given(n) * s if s is not None else L.given(n)
+    if r is not None:
+        ws = ws / r.unsqueeze(1)
     step = max(1, x_all.shape[0] // L.n_sample)
     x = x_all[0::step] / (s.to(DT) if s is not None else 1.0)  # [n_s, I]
     run_codes = torch.from_numpy(g["codes"][()]).float()
@@ -278,8 +287,17 @@ def main(path):
                     choice_ok = choice_ok and run_i == best
             for n in names:
                 g = f[n]
+                r = None
+                nxt = ROW_FOLD.get(n)
+                if nxt is not None and nxt + "/in_scale" in f:
+                    r = torch.from_numpy(f[nxt + "/in_scale"][()]).float()
+                run_r = torch.from_numpy(g["out_scale"][()]).float() if "out_scale" in g else None
+                if (r is None) != (run_r is None) or (r is not None and not torch.equal(r, run_r)):
+                    bad.append("MISMATCH %s: out_scale %s, the reference folds %s" %
+                               (n, "absent" if run_r is None else "stored",
+                                "none" if r is None else nxt + "'s s"))
                 if n not in NO_CLIP:
-                    d, t, tot, cd = clip_check(L, n, s, x_all, g)
+                    d, t, tot, cd = clip_check(L, n, s, r, x_all, g)
                     print("%-8s %-24s clip: %d (row, group)s, %d differ, %d near-ties" %
                           (which, n, tot, d, t))
                     if d:

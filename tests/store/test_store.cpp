@@ -145,8 +145,8 @@ LayerQuant rtn_layer(int bits, model::LayerTensors& w_hat) {
 }
 
 // The LUT case built by hand: SqueezeLLM 3-bit with random Fisher weights, outliers on all but
-// one linear, no significant part; linear 1 carries an explicit g_idx and linear 5 an in_scale,
-// which the file must keep as well.
+// one linear, no significant part; linear 1 carries an explicit g_idx and linear 5 an in_scale
+// and an out_scale, which the file must keep as well.
 LayerQuant lut_layer() {
     const model::LayerTensors w   = random_linears(21);
     auto                      gen = at::detail::createCPUGenerator(22);
@@ -164,6 +164,7 @@ LayerQuant lut_layer() {
     q[1].dense.g_idx = at::randperm(I1, gen, at::kLong).remainder(4).to(at::kInt);
     q[5].dense.in_scale =
         (at::rand({kShapes[5][1]}, gen) + 0.5).to(at::kHalf);  // AWQ-like scales in [0.5, 1.5)
+    q[5].dense.out_scale = (at::rand({kShapes[5][0]}, gen) + 0.5).to(at::kHalf);
     return q;
 }
 
@@ -200,6 +201,7 @@ void expect_same_layer(const LayerQuant& a, const LayerQuant& b) {
         expect_same_tensor(x.lut, y.lut, n + "/lut");
         expect_same_tensor(x.g_idx, y.g_idx, n + "/g_idx");
         expect_same_tensor(x.in_scale, y.in_scale, n + "/in_scale");
+        expect_same_tensor(x.out_scale, y.out_scale, n + "/out_scale");
         expect_same_csr(a[i].outliers, b[i].outliers, n + "/outliers");
         expect_same_csr(a[i].significant, b[i].significant, n + "/significant");
         EXPECT_TRUE(at::equal(quant::reconstruct(a[i]), quant::reconstruct(b[i])))
@@ -232,7 +234,8 @@ std::string layer_difference(const LayerQuant& a, const LayerQuant& b) {
             {"zeros", difference(x.zeros, y.zeros)},
             {"lut", difference(x.lut, y.lut)},
             {"g_idx", difference(x.g_idx, y.g_idx)},
-            {"in_scale", difference(x.in_scale, y.in_scale)}};
+            {"in_scale", difference(x.in_scale, y.in_scale)},
+            {"out_scale", difference(x.out_scale, y.out_scale)}};
         for (const auto& [part, u, v] :
              {std::make_tuple("outliers", a[i].outliers, b[i].outliers),
               std::make_tuple("significant", a[i].significant, b[i].significant)}) {
@@ -320,6 +323,7 @@ TEST(StoreLayerState, LutRoundTripIsBitExact) {
     EXPECT_FALSE(back[4].outliers.indptr.defined());
     EXPECT_TRUE(back[1].dense.g_idx.defined());
     EXPECT_TRUE(back[5].dense.in_scale.defined());
+    EXPECT_TRUE(back[5].dense.out_scale.defined());
 }
 
 // QTIP's linears (1MAD: no table to compute; 100 and 40 are padded to 112 and 48): trellis

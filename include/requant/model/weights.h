@@ -65,6 +65,12 @@ struct StageWeights {
 // HF tensor name of decoder layer `il`'s linear `l` ("model.layers.3.mlp.down_proj.weight").
 std::string linear_tensor_name(int64_t il, Linear l);
 
+// A decoder layer's RMSNorms: before attention (input_layernorm), before the MLP
+// (post_attention_layernorm).
+enum class LayerNorm { Attn, Ffn };
+// HF tensor name of decoder layer `il`'s norm ("model.layers.3.input_layernorm.weight").
+std::string norm_tensor_name(int64_t il, LayerNorm n);
+
 // Loads exactly the tensors of `range`, checked against the config, converted to `dtype`.
 // When the range is the whole model, a checkpoint tensor left unused is an error (it means the
 // config and the weights disagree).

@@ -13,7 +13,9 @@
 //   s(alpha) = max(mean|x|^alpha, 1e-4) / sqrt(max * min),  alpha = 0, 1/grid, .., (grid-1)/grid,
 // rounded to fp16 (the search evaluates exactly the s that is stored). Each linear stores the
 // codes of W diag(s) on RTN's uniform grid (rtn.h) and in_scale = s, so its weight is
-// What = dequant(codes) diag(s)^-1.
+// What = dequant(codes) diag(s)^-1; with the next linear's scale r folded into its rows
+// (AwqLinear::row_scale), of diag(1/r) W diag(s) and What = diag(r) dequant(codes) diag(s)^-1.
+// Both scales cost no bits: a deployed model folds them away (quant/quantized.h).
 // Objective: the caller's BlockLoss when given (the reference's: the output error of the block
 // the linears feed, e.g. the attention output through softmax and o_proj for q/k/v, on every
 // calibration token); else the summed output error of the group's own linears on the sampled
@@ -49,15 +51,20 @@ using BlockLoss = std::function<double(const std::vector<at::Tensor>& w_hat)>;
 struct AwqLinear {
     at::Tensor w;            // float [O, I]
     bool       clip = true;  // false for q/k: attention scores are sensitive to clipping (AWQ)
+    // The next linear's scale r (float [O], fp16 values, positive) folded into this one's rows,
+    // as the reference's apply_scale does before clipping (up_proj by down_proj's s; v_proj by
+    // o_proj's where o is scaled); undefined = none. The scale search still scores W; the
+    // clipping and the final codes are of diag(1/r) W diag(s), and out_scale = r.
+    at::Tensor row_scale = {};
 };
 
 // group: the linears reading one input (same I). x: float [n, I] sampled input rows;
 // x_abs_mean: float [I], mean |x| over all calibration tokens; loss: the scale search's
 // objective (empty: the linears' own outputs on x). Returns one uniform
 // QuantizedLinear per linear, in order, each with in_scale = s (fp16 [I], positive; none when
-// p.scale is false).
+// p.scale is false) and out_scale = its row_scale.
 // Throws ConfigError for bad parameters, ShapeError for an empty group or mismatched shapes,
-// Error for a negative or non-finite x_abs_mean.
+// NumericError for a negative or non-finite x_abs_mean or row_scale.
 std::vector<QuantizedLinear> awq_quantize(const std::vector<AwqLinear>& group, const at::Tensor& x,
                                           const at::Tensor& x_abs_mean, const AwqParams& p,
                                           const BlockLoss& loss = {});

@@ -37,6 +37,10 @@ struct QuantizedLinear {
                                 // permuted order (GPTQ act-order); empty = column / G
     at::Tensor in_scale;        // fp16 [I]: AWQ per-input-channel scale s; the codes quantize
                                 // W*diag(s), so the weight is dequant(codes)/s; empty = none
+    at::Tensor out_scale;       // fp16 [O]: AWQ's scale r of the next linear folded into this
+                                // one's rows (up_proj by down_proj's; v_proj by o_proj's where
+                                // o is scaled): the codes quantize diag(1/r) W diag(s), so the
+                                // weight is diag(r) dequant(codes) diag(s)^-1; empty = none
     TrellisDense trellis;       // QTIP (K = bits); then codes and the tensors above are empty
 
     int64_t out_features() const { return is_trellis() ? trellis.rows : codes.size(0); }
@@ -48,12 +52,15 @@ struct QuantizedLinear {
 int64_t n_groups(int64_t in_features, int64_t group_size);  // ceil(I/G), 1 when G == 0
 
 // fp32 [O, I]: scale * (code - zero) per group, or lut[row][code]; divided by in_scale per
-// column when present; QTIP's decoded tiles taken back to the original basis.
+// column and multiplied by out_scale per row when present (the weight in the original basis);
+// QTIP's decoded tiles taken back to the original basis.
 at::Tensor dequantize(const QuantizedLinear& q);
 
 // Storage of the dense part in bits: codes (bit-packed rows padded to 32-bit words, as stored),
-// fp16 scales and zeros or LUTs, g_idx (32 bits per column) and in_scale (16 bits per column;
-// AWQ folds it into the preceding operation, it is counted anyway) when present. QTIP: K bits
+// fp16 scales and zeros or LUTs, g_idx (32 bits per column) when present. AWQ's in_scale and
+// out_scale cost nothing: a deployed model folds them away, as the reference does (the
+// preceding RMSNorm's weight divided by in_scale for q/k/v and gate/up; down_proj's in_scale
+// and up_proj's out_scale, o_proj's and v_proj's, cancel; store/checkpoint.h). QTIP: K bits
 // per padded weight, one bit per padded row and column (signs) and the fp32 Wscale; what the
 // model shares (HYB's table, Kronecker factors) is counted once per model (qtip_shared_bits).
 int64_t dense_storage_bits(const QuantizedLinear& q);

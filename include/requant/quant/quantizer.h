@@ -46,10 +46,13 @@ struct InputGroup {
     std::vector<bool>       clip;    // AWQ: search a clipping range (false for q and k)
     // AWQ: search an input scale; false for o_proj when v_proj and o_proj differ in shape (GQA),
     // where the reference has no v -> o scale.
-    bool                  scale = true;
-    std::vector<uint64_t> ids;  // layer * 7 + linear of each (QTIP seeds its signs by it)
-    InputStats            in;
-    BlockLoss             loss;  // AWQ with awq_loss = block; empty: the linears' own outputs
+    bool scale = true;
+    // AWQ: per linear, the next group's input scale folded into its rows (float [O_k]), or
+    // undefined (awq.h AwqLinear::row_scale); may be shorter than w (missing = none).
+    std::vector<at::Tensor> row_scale;
+    std::vector<uint64_t>   ids;  // layer * 7 + linear of each (QTIP seeds its signs by it)
+    InputStats              in;
+    BlockLoss               loss;  // AWQ with awq_loss = block; empty: the linears' own outputs
 };
 
 // One linear's dense part. Most methods fit it on W with the sparse weights zeroed (they are

@@ -18,6 +18,14 @@
 //   /tensors/<HF name>         every other tensor (embeddings, norms, head): float32 when the
 //                              model stores bf16 (exact), else as stored
 //   /tokenizer/<file name>     the model folder's tokenizer files, byte for byte (uint8)
+//   /folded/<HF norm name>     AWQ only: each layer's two RMSNorm weights with the input scale
+//                              of the linears they feed folded in (float32: norm / in_scale of
+//                              q/k/v, of gate/up). A deployed model takes these norms and every
+//                              linear's codes as they are, ignoring in_scale and out_scale (which
+//                              then cancel: quant/quantized.h); the sparse parts, stored in the
+//                              original basis, are multiplied by in_scale per column and divided
+//                              by out_scale per row. `export` and requant-dist itself use the
+//                              original basis (/tensors and dequant with both scales).
 //   /qtip                      QTIP only, what its linears share: lut (fp16 [512, 2], HYB's
 //                              table), factors/<m> (float64 [m, m]); root attributes qtip_code,
 //                              qtip_K, qtip_L, qtip_V, qtip_tile, qtip_factor_seed and

@@ -14,7 +14,8 @@
 //                weights stored apart, when any), fisher float [O, I] (SqueezeLLM) and
 //                lut_init float [O, K] (its k-means++ start, NaN rows: exact), the dense
 //                part as the method made it: codes uint8 [O, I] (unpacked), scales, zeros,
-//                lut (float), g_idx int32, in_scale float, where present; w_hat float [O, I]
+//                lut (float), g_idx int32, in_scale and out_scale float, where present;
+//                w_hat float [O, I]
 //                (the reconstruction: dense + sparse parts)
 //   /inputs/<attn|attn_out|mlp|mlp_out>/   xtx float64 [I, I], abs_mean float [I],
 //                samples float [n, I], rows float [N, T, I] (attn and mlp, AWQ's block loss):

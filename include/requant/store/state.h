@@ -74,9 +74,10 @@ void                    write_run_state(const std::string& out, const RunState& 
 
 // One layer's decomposition in an HDF5 group `prefix` (also the layout of model.requant.h5):
 //   <prefix>/<linear>/codes (int32, bit-packed rows), scales + zeros | lut (fp16), g_idx,
-//   in_scale, outliers/{indptr,indices,values}, significant/{...}; attributes bits, group_size,
-//   rows, cols. Sparse groups are absent when the part is empty. QTIP's linears hold instead of
-//   codes: trellis (uint8 [O'/16, I'/16, 32 K]: each 16 x 16 tile's 256 K bits, most
+//   in_scale, out_scale (AWQ, quant/quantized.h), outliers/{indptr,indices,values},
+//   significant/{...}; attributes bits, group_size, rows, cols. Sparse groups are absent when
+//   the part is empty. QTIP's linears hold instead of codes: trellis (uint8
+//   [O'/16, I'/16, 32 K]: each 16 x 16 tile's 256 K bits, most
 //   significant first), signs_rows / signs_cols (uint8, one bit per padded row / column, 1 = -1,
 //   numpy.packbits order) and attributes code (hyb | 1mad | 3inst), wscale, factor_seed.
 void write_layer_quant(io::H5File& f, const std::string& prefix, const decompose::LayerQuant& q);
