@@ -2,6 +2,8 @@
 # Benchmarks, one run, results as ratios. Needs a build (launch/setup.sh).
 #  1. the fp32 GEMM roofline and the BLAS in use; llama-7m-en forward and forward+backward at
 #     sequence length 256 and their fraction of the roofline (FLOPs counted analytically);
+#  1b. the same model in plain PyTorch eager (tests/reference/llama_eager.py, Debian python3-torch)
+#     at 16 x 256 with the same tokens, threads and OpenBLAS core: both rates and their ratio;
 #  2. the 1F1B pipeline: forward+backward tokens/s for P = 1 and P = 2 on llama-7m-en, the
 #     measured bubble against the ideal (P-1)/(M+P-1), peak RSS per rank for P = 1, 2, 4;
 #  3. peak RSS per rank for P = 1, 2, 4 on a synthetic 1.3 GB (BF16) model in HF layout, written
@@ -38,6 +40,28 @@ rm -f "$c0" "$c1"
 echo "## 1. single process vs the GEMM roofline"
 "$RQ_BUILD/bin/bench_model" --model "$M7" --seq-len 256 --batch "${RQ_BENCH_BATCH:-8}" \
   --threads "${RQ_BENCH_THREADS:-2}" --min-seconds "${RQ_BENCH_SECONDS:-3}"
+
+echo "## 1b. against PyTorch eager (tests/reference/llama_eager.py): llama-7m-en, 16 x 256, same tokens, threads and OpenBLAS core"
+eager_cmp() {
+  local cpp py core
+  cpp=$(mktemp); py=$(mktemp)
+  "$RQ_BUILD/bin/bench_model" --model "$M7" --seq-len 256 --batch 16 \
+    --threads "${RQ_BENCH_THREADS:-2}" --min-seconds "${RQ_BENCH_SECONDS:-3}" > "$cpp"
+  core=$(grep -o 'core=[A-Za-z0-9]*' "$cpp" | head -1 | cut -d= -f2)
+  OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-$core} /usr/bin/python3 "$RQ_ROOT/tests/reference/llama_eager.py" \
+    --model "$M7" --seq-len 256 --batch 16 --threads "${RQ_BENCH_THREADS:-2}" \
+    --min-seconds "${RQ_BENCH_SECONDS:-3}" > "$py"
+  grep -E "^# BLAS|^  (loss|forward)" "$cpp" | sed 's/^/  requant-dist: /'
+  sed 's/^/  /' "$py"
+  awk -v core="$core" '
+    FNR == NR && /^  loss/ {lc = $2} FNR == NR && /^  forward / {fc = $3} FNR == NR && /^  forward\+backward/ {bc = $3}
+    FNR != NR && /^  loss/ {le = $2} FNR != NR && /eager forward / {fe = $4} FNR != NR && /eager forward\+backward/ {be = $4}
+    END { d = lc - le; if (d < 0) d = -d
+      printf "# losses %s vs %s (|diff| %.1e: %s)\n", lc, le, d, d < 1e-4 ? "the same computation" : "DIFFERENT MODELS"
+      printf "# requant-dist / eager, OpenBLAS core %s: forward %.2fx, forward+backward %.2fx (target >= 2x)\n", core, fc / fe, bc / be }' "$cpp" "$py"
+  rm -f "$cpp" "$py"
+}
+eager_cmp
 
 echo "## 2. 1F1B pipeline, llama-7m-en, 32 sequences x 256, microbatch 2 (M = 16)"
 BP="$RQ_BUILD/bin/bench_pipeline --model $M7 --seqs 32 --seq-len 256 --microbatch 2 --reps 2"

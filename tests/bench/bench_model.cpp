@@ -89,6 +89,11 @@ int main(int argc, char** argv) try {
     at::Generator gen  = at::detail::createCPUGenerator(1);
     at::Tensor    tok  = at::randint(0, c.n_vocab, {a.batch, a.seq_len}, gen, at::kLong);
     const double  ntok = double(a.batch * a.seq_len);
+    double        loss = 0;  // the mean next-token loss: the eager comparison checks it
+    {
+        at::NoGradGuard g;
+        loss = stage.forward(tok, tok).mean().item<double>();
+    }
 
     const double t_fwd = time_it(
         [&] {
@@ -122,6 +127,7 @@ int main(int argc, char** argv) try {
         "# FLOPs/token: forward = 2*N_lin + 4*L*T*H*D + 2*C*V*(T-1)/T = %.3g,  "
         "fwd+bwd = 3*(2*N_lin + 4*L*T*H*D) + 2*(2*C*V*(T-1)/T) = %.3g   (N_lin = %.0f)\n",
         f_fwd, f_fb, n_lin);
+    std::printf("  loss %.6f\n", loss);
     std::printf("# %-22s %10s %12s %10s %10s\n", "what", "shape", "tokens/s", "GFLOP/s",
                 "roofline");
     std::printf("  %-22s %10s %12s %10.1f %9.0f%%\n", "gemm fp32 (roofline)", "2048^3", "-", gemm_g,
