@@ -13,6 +13,9 @@
 #     (target >= 50%), and each rank's gradient accumulators (its own layers' linears only);
 #  5. tokenizers: MB/s encoding sotu-1790-1980.txt (9 MB) with the Llama 3 tokenizer.json and
 #     llama-7m-en's tokenizer.model, one thread and all cores (ids checked equal to one pass).
+#  6. where one forward+backward step's time goes, on 1 and 2 threads (bench_model --profile,
+#     launch/profile_summary.py): GEMMs by where they run, norms, RoPE, softmax, SwiGLU, loss,
+#     copies, allocation.
 # Environment: RQ_BENCH_THREADS (2), RQ_BENCH_BATCH (8), RQ_BENCH_SECONDS (3), RQ_BENCH_SYNTH (1),
 # RQ_BENCH_NODES (8).
 set -euo pipefail
@@ -92,4 +95,14 @@ echo "## 5. tokenizers on sotu-1790-1980.txt (target >= 5 MB/s per core)"
 for t in "$RQ_SHARED/tokenizers/llama3/tokenizer.json" "$M7/tokenizer.model"; do
   "$RQ_BUILD/bin/bench_tokenizer" --tokenizer "$t" --text "$RQ_SHARED/data/sotu-1790-1980.txt" \
     --threads "$(nproc)"
+done
+
+echo "## 6. where a forward+backward step goes (llama-7m-en, 16 x 256; libtorch's profiler, launch/profile_summary.py)"
+for th in 1 2; do
+  tr=$(mktemp --suffix=.json)
+  "$RQ_BUILD/bin/bench_model" --model "$M7" --seq-len 256 --batch 16 --threads $th \
+    --min-seconds 1 --profile "$tr" > /dev/null
+  echo "# $th thread(s)"
+  /usr/bin/python3 "$RQ_ROOT/launch/profile_summary.py" "$tr"
+  rm -f "$tr"
 done

@@ -6,6 +6,7 @@
 #include "requant/model/attention.h"
 
 #include <ATen/ATen.h>
+#include <ATen/record_function.h>
 #include <torch/csrc/autograd/custom_function.h>
 
 #include <algorithm>
@@ -13,6 +14,7 @@
 #include <limits>
 
 #include "requant/error.h"
+#include "requant/model/profile_scopes.h"
 
 namespace rq::model {
 namespace {
@@ -116,6 +118,7 @@ int64_t attention_block(int64_t B, int64_t H, int64_t T) {
 
 at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                             int64_t block) {
+    RECORD_USER_SCOPE(kScopeAttention);
     if (block <= 0) block = attention_block(q.size(0), q.size(1), q.size(2));
     return BlockedAttention::apply(q, k, v, block);
 }

@@ -4,11 +4,13 @@
 
 #include <ATen/ATen.h>
 #include <ATen/core/Reduction.h>
+#include <ATen/record_function.h>
 #include <torch/csrc/autograd/custom_function.h>
 
 #include <algorithm>
 
 #include "requant/error.h"
+#include "requant/model/profile_scopes.h"
 
 namespace rq::model {
 namespace {
@@ -76,6 +78,7 @@ int64_t loss_chunk_rows(int64_t V) {
 
 at::Tensor head_losses(const at::Tensor& x, const at::Tensor& head, const at::Tensor& targets,
                        int64_t rows) {
+    RECORD_USER_SCOPE(kScopeHeadLoss);
     check_shapes(x, head, targets);
     const int64_t B = x.size(0), n = x.size(1), C = x.size(2);
     if (rows <= 0) rows = loss_chunk_rows(head.size(0));

@@ -7,6 +7,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/core/Reduction.h>
+#include <ATen/record_function.h>
 
 #include <cmath>
 #include <limits>
@@ -14,6 +15,7 @@
 #include "requant/error.h"
 #include "requant/model/attention.h"
 #include "requant/model/head_loss.h"
+#include "requant/model/profile_scopes.h"
 
 namespace rq::model {
 
@@ -35,6 +37,7 @@ LinearInput linear_input(Linear l) {
 }
 
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w, double eps) {
+    RECORD_USER_SCOPE(kScopeRmsNorm);
     return x * at::rsqrt(x.pow(2).mean(-1, /*keepdim=*/true) + eps) * w;
 }
 
@@ -54,7 +57,12 @@ at::Tensor attention(const at::Tensor& x, const LayerWeights& w, const LlamaConf
 
 at::Tensor mlp(const at::Tensor& x, const LayerWeights& w, LinearObserver* obs, int64_t layer) {
     if (obs) obs->observe(layer, LinearInput::Mlp, x);
-    at::Tensor h = at::silu(at::linear(x, w.w_gate)) * at::linear(x, w.w_up);
+    const at::Tensor g = at::linear(x, w.w_gate), u = at::linear(x, w.w_up);  // [B, T, F]
+    at::Tensor       h;
+    {
+        RECORD_USER_SCOPE(kScopeSwiglu);
+        h = at::silu(g) * u;
+    }
     if (obs) obs->observe(layer, LinearInput::MlpOut, h);
     return at::linear(h, w.w_down);
 }
@@ -66,6 +74,7 @@ at::Tensor decoder_layer(const at::Tensor& x, const LayerWeights& w, const Llama
 }
 
 at::Tensor embed(const at::Tensor& tokens, const at::Tensor& tok_embd) {
+    RECORD_USER_SCOPE(kScopeEmbed);
     return at::embedding(tok_embd, tokens);
 }
 

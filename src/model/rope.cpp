@@ -2,8 +2,11 @@
 #include "requant/model/rope.h"
 
 #include <ATen/ATen.h>
+#include <ATen/record_function.h>
 
 #include <cmath>
+
+#include "requant/model/profile_scopes.h"
 
 namespace rq::model {
 
@@ -35,6 +38,7 @@ RopeTables rope_tables(const io::LlamaConfig& c, int64_t n_pos, at::ScalarType d
 }
 
 at::Tensor apply_rope(const at::Tensor& x, const RopeTables& rt) {
+    RECORD_USER_SCOPE(kScopeRope);
     const int64_t T    = x.size(2);
     const int64_t half = x.size(3) / 2;
     at::Tensor    cos  = rt.cos.narrow(0, 0, T);

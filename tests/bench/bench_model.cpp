@@ -1,7 +1,11 @@
 // bench_model: the fp32 GEMM roofline of this machine, and forward / forward+backward throughput
 // of a Llama model at a given sequence length, with the achieved fraction of the roofline.
 // FLOPs are counted analytically (formula printed). Run through launch/bench.sh.
+// --profile PATH: also records two forward+backward steps with libtorch's profiler into a Chrome
+// trace (launch/profile_summary.py says where the time goes; the model's parts are named by
+// the rq:: scopes of model/llama.h).
 #include <ATen/ATen.h>
+#include <torch/csrc/autograd/profiler_legacy.h>
 
 #include <chrono>
 #include <cstdio>
@@ -37,6 +41,7 @@ struct Args {
     int64_t     seq_len = 256, batch = 8;
     int         threads = 2;
     double      min_s   = 3.0;
+    std::string profile;  // Chrome trace of two forward+backward steps; empty = none
 };
 
 Args parse(int argc, char** argv) {
@@ -53,13 +58,15 @@ Args parse(int argc, char** argv) {
             a.threads = std::stoi(v);
         else if (k == "--min-seconds")
             a.min_s = std::stod(v);
+        else if (k == "--profile")
+            a.profile = v;
         else
             throw std::runtime_error("unknown option " + k);
     }
     if (a.model.empty())
         throw std::runtime_error(
             "usage: bench_model --model DIR [--seq-len L] "
-            "[--batch B] [--threads N] [--min-seconds S]");
+            "[--batch B] [--threads N] [--min-seconds S] [--profile TRACE.json]");
     return a;
 }
 
@@ -102,12 +109,15 @@ int main(int argc, char** argv) try {
         },
         1, a.min_s);
     rq::model::enable_linear_grads(stage.weights());
-    const double t_fb = time_it(
-        [&] {
-            at::Tensor out = stage.forward(tok, tok);
-            rq::model::stage_backward(tok, out, at::scalar_tensor(1.0 / out.numel()));
-        },
-        1, a.min_s);
+    const auto step = [&] {
+        at::Tensor out = stage.forward(tok, tok);
+        rq::model::stage_backward(tok, out, at::scalar_tensor(1.0 / out.numel()));
+    };
+    const double t_fb = time_it(step, 1, a.min_s);
+    if (!a.profile.empty()) {
+        torch::autograd::profiler::RecordProfile trace(a.profile);
+        for (int i = 0; i < 2; ++i) step();
+    }
 
     // Analytic FLOPs per token. N_lin = linear weights in decoder layers; attention computes the
     // full T x T score matrix (QK^T and PV: 4*T*H*D per layer per token); the head uses T-1 of T
