@@ -40,6 +40,7 @@ cell() {  # cell NAME JOB ARGS...
   printf '%s\t%d\n' "$name" $((SECONDS - t0)) >> "$OUT/times.tsv"
   grep -E "bits/weight" "$OUT/$name.log" || true
 }
+SIGNED=(--set requant.signed_ranking=true)  # explicit: the job files rank by |PQI|
 ABS=(--set requant.signed_ranking=false)
 HO=(--set requant.holdout=0.25)
 for S in ${RQ_SIZES:-16 64 256}; do
@@ -48,12 +49,12 @@ for S in ${RQ_SIZES:-16 64 256}; do
     base=$J/llama-7m-en-$m.toml; [ $m = squeezellm ] && base=$J/llama-7m-en-squeezellm-ds.toml
     rq=$J/llama-7m-en-$m-requant.toml
     cell "cal$S-$m-base" "$base" "${C[@]}"
-    cell "cal$S-$m-signed" "$rq" "${C[@]}"
+    cell "cal$S-$m-signed" "$rq" "${C[@]}" "${SIGNED[@]}"
     cell "cal$S-$m-abs" "$rq" "${C[@]}" "${ABS[@]}"
   done
   for m in squeezellm gptq; do
     rq=$J/llama-7m-en-$m-requant.toml
-    cell "cal$S-$m-signed-ho" "$rq" "${C[@]}" "${HO[@]}"
+    cell "cal$S-$m-signed-ho" "$rq" "${C[@]}" "${SIGNED[@]}" "${HO[@]}"
     cell "cal$S-$m-abs-ho" "$rq" "${C[@]}" "${ABS[@]}" "${HO[@]}"
   done
 done

@@ -3,7 +3,8 @@
 # base + ReQuant, and the ablation of PAPER.md Table 8 on SqueezeLLM. Every cell is a real
 # `requant-dist run` (results.json under $OUT/<model>-<cell>/); the summary is
 # $OUT/requant-table.md. Usage: launch/report-requant.sh [OUT] (default runs/report-requant)
-# Environment: RQ_RANKS (1) runs each job under mpirun -np RQ_RANKS.
+# Environment: RQ_RANKS (1) runs each job under mpirun -np RQ_RANKS; RQ_MODELS ("llama-7m-en
+# stories260k") to run one model's cells (the table shows every cell there is).
 #
 # Cells (G = 128 on llama-7m-en, 32 on stories260k; ReQuant's uniform methods use 2G so that the
 # sparse parts are paid for, as the paper does for AWQ):
@@ -64,16 +65,17 @@ model() {  # model NAME JOB G
       --set requant.step_ratio=$(awk -v k=$k 'BEGIN{printf "%.8f", 0.0005/k}')
   done
 }
-model llama-7m-en "$RQ_ROOT/jobs/llama-7m-en-rtn.toml" 128
-model stories260k "$RQ_ROOT/jobs/stories260k-gptq.toml" 32
+want() { [[ " ${RQ_MODELS:-llama-7m-en stories260k} " == *" $1 "* ]]; }
+want llama-7m-en && model llama-7m-en "$RQ_ROOT/jobs/llama-7m-en-rtn.toml" 128
+want stories260k && model stories260k "$RQ_ROOT/jobs/stories260k-gptq.toml" 32
 # Does the signed-PQI detach over-fit the calibration set less when the set is 4x larger?
 # (llama-7m-en, 4-bit SqueezeLLM, 128 windows of 256 tokens instead of 32)
 C=(--set data.calibration_seqs=128 --set quant.method=squeezellm --set quant.bits=4 --set requant.outlier_ratio=0.0045)
 J=$RQ_ROOT/jobs/llama-7m-en-rtn.toml
-cell llama-7m-en "$J" cal128-squeezellm-ds "${C[@]}" --set requant.outlier_select=fixed \
+want llama-7m-en && cell llama-7m-en "$J" cal128-squeezellm-ds "${C[@]}" --set requant.outlier_select=fixed \
   --set requant.significant_ratio=0.0005 --set requant.significant_select=fisher
-cell llama-7m-en "$J" cal128-squeezellm-requant "${C[@]}" "${AO[@]}" "${PQI2[@]}"
-cell llama-7m-en "$J" cal128-squeezellm-requant-abs "${C[@]}" "${AO[@]}" "${PQI2[@]}" --set requant.signed_ranking=false
+want llama-7m-en && cell llama-7m-en "$J" cal128-squeezellm-requant "${C[@]}" "${AO[@]}" "${PQI2[@]}"
+want llama-7m-en && cell llama-7m-en "$J" cal128-squeezellm-requant-abs "${C[@]}" "${AO[@]}" "${PQI2[@]}" --set requant.signed_ranking=false
 
 python3 - "$OUT" <<'PY'
 import json, os, sys

@@ -57,12 +57,14 @@ io::TokenData load_tokens(const std::string& path, const RunContext& ctx, int64_
     return d;
 }
 
-// Rank 0: the state of the run directory, or a new one with the data tokenized.
-store::RunState open_state(const RunContext& ctx, Clock::time_point t0) {
+// Rank 0: the state of the run directory, or a new one with the data tokenized. The directory
+// is locked first: one run at a time.
+store::RunState open_state(RunContext& ctx, Clock::time_point t0) {
     const io::Job&  job = ctx.job;
     std::error_code ec;
     fs::create_directories(ctx.out, ec);
     if (ec) throw IoError(ctx.out + ": cannot create the run directory: " + ec.message());
+    ctx.lock = std::make_unique<store::RunLock>(ctx.out);
     if (ctx.restart) clear_run(ctx.out);
     const store::Fingerprint fp  = store::fingerprint(job, ctx.ckpt.dir());
     auto                     old = store::read_run_state(ctx.out);

@@ -3,8 +3,9 @@
 # - the kill harness: kill -9 one rank or all ranks at RQ_KILLS (default 20) random moments,
 #   resuming each time on a random rank count (1, 2 or 3); the final model.requant.h5 equals
 #   the uninterrupted run's byte for byte, and the kills landed in several phases;
-# - a truncated or bit-flipped layer file is redone; a damaged run.h5, a folder made for
-#   another job and one written by an older version are refused with a clear message;
+# - a truncated or bit-flipped layer file is redone; a second run on a folder in use, a
+#   damaged run.h5, a folder made for another job and one written by an older version are
+#   refused with a clear message;
 #   --restart starts over;
 # - h5dump and h5py read the checkpoint; inspect summarises it; export + eval gives the run's
 #   perplexity, from one file or from shards with an index.
@@ -108,6 +109,18 @@ grep -q "layer-002.h5: damaged" "$tmp/log" && grep -q "layer-003.h5: damaged.*ch
   || fail "damaged layer files not reported: $(grep damaged "$tmp/log" | head -2)"
 cmp -s "$ref" "$tmp/dmg/model.requant.h5" && ok "the checkpoint after redoing them equals the reference" \
   || fail "checkpoint after damaged layers differs"
+
+# One run per folder: a second run on a folder in use is refused at once, naming the holder,
+# and the first goes on to the reference's checkpoint.
+launch 1 "$tmp/busy"; first=$pid
+for i in $(seq 1 200); do [ -s "$tmp/busy/run.lock" ] && break; sleep 0.05; done
+"$bin" run "$job" --out "$tmp/busy" "${RQ[@]}" > "$tmp/log2" 2>&1; rc=$?
+kill -0 $first 2> /dev/null; alive=$?
+[ $rc -ne 0 ] && [ $alive = 0 ] && grep -q "is in use by another requant-dist run (host .* pid $first since" "$tmp/log2" \
+  && ok "a second run on a folder in use refused: $(grep -o 'is in use.*pid [0-9]*' "$tmp/log2" | head -1)" \
+  || fail "second run on a busy folder: rc $rc, first alive $alive: $(tail -2 "$tmp/log2")"
+wait $first && cmp -s "$ref" "$tmp/busy/model.requant.h5" && ok "the first run finished as the reference" \
+  || fail "the first run after the refused second: $(tail -3 "$tmp/log")"
 
 # A damaged run.h5 and another job's folder are refused; --restart starts over.
 cp -r "$tmp/ref" "$tmp/bad"; head -c 2000 "$tmp/ref/run.h5" > "$tmp/bad/run.h5"

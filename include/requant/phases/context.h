@@ -13,6 +13,7 @@
 #include "requant/parallel/replicas.h"
 #include "requant/parallel/schedule.h"
 #include "requant/parallel/transport.h"
+#include "requant/store/run_lock.h"
 #include "requant/store/state.h"
 
 namespace spdlog {
@@ -68,7 +69,8 @@ class RunContext {
     const int            replica, R;   // this rank's replica, replicas (run.replicas)
     const int            world_rank;
     io::HfCheckpoint     ckpt;
-    const std::string    out;  // the run directory
+    const std::string    out;              // the run directory
+    std::unique_ptr<store::RunLock> lock;  // rank 0: held from prepare to the process's end
 
     store::RunState      st;       // rank 0 writes it to run.h5; every rank holds its records
     std::string          fp;       // the run's combined fingerprint (ties layer files to it)
