@@ -34,11 +34,11 @@ std::string holder_line() {  // "host HOST pid PID since YYYY-MM-DD HH:MM:SS UTC
            "\n";
 }
 
-}  // namespace
-
-std::string run_lock_path(const std::string& out) {
+std::string run_lock_path(const std::string& out) {  // OUT/run.lock
     return out + "/run.lock";
 }
+
+}  // namespace
 
 RunLock::RunLock(const std::string& out) {
     const std::string path = run_lock_path(out);

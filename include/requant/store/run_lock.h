@@ -23,6 +23,4 @@ class RunLock {
     int fd_ = -1;
 };
 
-std::string run_lock_path(const std::string& out);  // OUT/run.lock
-
 }  // namespace rq::store
