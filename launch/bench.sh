@@ -4,6 +4,8 @@
 #     sequence length 256 and their fraction of the roofline (FLOPs counted analytically);
 #  1b. the same model in plain PyTorch eager (tests/reference/llama_eager.py, Debian python3-torch)
 #     at 16 x 256 with the same tokens, threads and OpenBLAS core: both rates and their ratio;
+#  1c. each fused kernel of the decoder block (RMSNorm, SwiGLU, RoPE, attention) against its
+#     plain twin of ATen ops, forward and forward+backward, at llama-7m-en's shapes (bench_kernels);
 #  2. the 1F1B pipeline: forward+backward tokens/s for P = 1 and P = 2 on llama-7m-en, the
 #     measured bubble against the ideal (P-1)/(M+P-1), peak RSS per rank for P = 1, 2, 4;
 #  3. peak RSS per rank for P = 1, 2, 4 on a synthetic 1.3 GB (BF16) model in HF layout, written
@@ -65,6 +67,9 @@ eager_cmp() {
   rm -f "$cpp" "$py"
 }
 eager_cmp
+
+echo "## 1c. fused kernels against their plain twins (bench_kernels, llama-7m-en shapes, 16 x 256)"
+"$RQ_BUILD/bin/bench_kernels" --threads "${RQ_BENCH_THREADS:-2}"
 
 echo "## 2. 1F1B pipeline, llama-7m-en, 32 sequences x 256, microbatch 2 (M = 16)"
 BP="$RQ_BUILD/bin/bench_pipeline --model $M7 --seqs 32 --seq-len 256 --microbatch 2 --reps 2"

@@ -8,6 +8,8 @@ children's) goes to one part of the model:
     head_loss, embed) go to that part; in the backward, to the part whose autograd node runs
     them (PowBackward0 -> rms_norm, SiluBackward0 -> swiglu, the custom attention and head-loss
     nodes, ...); MulBackward0 serves RMSNorm, RoPE and SwiGLU alike and is reported as such;
+  - a scope's own time and a custom node's own time (the fused kernels of model/block_ops.h,
+    rope.h and attention.h run as plain loops, not as ATen ops) go to that part;
   - what is left: residual adds, copies and views, allocation and zero-fill, gradient
     accumulation, and profiler/dispatcher overhead in the scopes themselves.
 Prints ms per step and the share of the step, largest first. The profiler's own cost per op
@@ -23,9 +25,10 @@ SCOPES = {"rq::embed": "embedding", "rq::rms_norm": "RMSNorm", "rq::rope": "RoPE
           "rq::attention": "attention (softmax, mask, copies)", "rq::swiglu": "SwiGLU",
           "rq::head_loss": "LM head loss (log-softmax, NLL)"}
 BACKWARD = {"PowBackward0": "RMSNorm", "RsqrtBackward0": "RMSNorm", "MeanBackward1": "RMSNorm",
-            "SiluBackward0": "SwiGLU", "NegBackward0": "RoPE", "CatBackward0": "RoPE",
+            "SiluBackward0": "SwiGLU", "RmsNormFn": "RMSNorm", "SwigluFn": "SwiGLU", "RopeFn": "RoPE", "NegBackward0": "RoPE", "CatBackward0": "RoPE",
             "MulBackward0": "mul backward (RMSNorm, RoPE, SwiGLU)",
             "AddBackward0": "residual adds", "torch::autograd::AccumulateGrad": "gradient accumulation"}
+FUSED = ("RmsNormFn", "SwigluFn", "RopeFn")
 NODE = "autograd::engine::evaluate_function: "
 ALLOC = {"aten::empty", "aten::empty_strided", "aten::empty_like", "aten::zeros", "aten::zero_",
          "aten::fill_", "aten::full"}
@@ -45,7 +48,25 @@ def context(ev, parent, i):
     return None
 
 
+def node_part(c):
+    """The part a backward node's own work belongs to, or None."""
+    if "BlockedAttention" in c:
+        return "attention (softmax, mask, copies)"
+    if "ChunkedHeadLoss" in c:
+        return "LM head loss (log-softmax, NLL)"
+    if c in BACKWARD:
+        return BACKWARD[c]
+    for fn in FUSED:  # the fused kernels' own nodes: CppNode<...::RmsNormFn>
+        if c.endswith("::" + fn + ">"):
+            return BACKWARD[fn]
+    return None
+
+
 def part(name, ctx):
+    if name in SCOPES:  # a scope's own time: a fused kernel's loops run in the scope itself
+        return SCOPES[name]
+    if name.startswith(NODE):
+        return node_part(name[len(NODE):]) or "profiler and dispatch overhead"
     if name in GEMM:
         if ctx is None:
             return "GEMM: decoder linears, forward"
@@ -59,12 +80,8 @@ def part(name, ctx):
         kind, c = ctx
         if kind == "scope":
             return SCOPES[c]
-        if "BlockedAttention" in c:
-            return "attention (softmax, mask, copies)"
-        if "ChunkedHeadLoss" in c:
-            return "LM head loss (log-softmax, NLL)"
-        if c in BACKWARD:
-            return BACKWARD[c]
+        if node_part(c):
+            return node_part(c)
         if name in ALLOC:
             return "allocation and zero-fill"
         return "views and copies (backward)"
@@ -74,8 +91,6 @@ def part(name, ctx):
         return "copies"
     if name == "aten::add":
         return "residual adds"
-    if name.startswith(NODE) or name in SCOPES:
-        return "profiler and dispatch overhead"
     return "other: " + name
 
 

@@ -11,6 +11,7 @@
 #include "requant/cli/commands.h"
 #include "requant/cli/sysinfo.h"
 #include "requant/error.h"
+#include "requant/model/tensor_cache.h"
 #include "requant/parallel/control.h"
 #include "requant/parallel/mpi_env.h"
 #include "requant/phases/stop.h"
@@ -181,6 +182,7 @@ int main(int argc, char** argv) {
         if (c.runs()) install_stops();  // again: MPI_Init may have put its own handlers in place
         rank = mpi->rank();
         size = mpi->size();
+        rq::model::install_tensor_cache(rq::model::tensor_cache_cap_from_env());
         spdlog::set_pattern(size > 1 ? "[%H:%M:%S %l rank " + std::to_string(rank) + "] %v"
                                      : "[%H:%M:%S %l] %v");
         if (rank != 0) spdlog::set_level(spdlog::level::warn);

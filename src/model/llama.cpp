@@ -36,11 +36,6 @@ LinearInput linear_input(Linear l) {
     return LinearInput::Attn;
 }
 
-at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w, double eps) {
-    RECORD_USER_SCOPE(kScopeRmsNorm);
-    return x * at::rsqrt(x.pow(2).mean(-1, /*keepdim=*/true) + eps) * w;
-}
-
 at::Tensor attention(const at::Tensor& x, const LayerWeights& w, const LlamaConfig& c,
                      const RopeTables& rope, LinearObserver* obs, int64_t layer) {
     if (obs) obs->observe(layer, LinearInput::Attn, x);
@@ -50,7 +45,7 @@ at::Tensor attention(const at::Tensor& x, const LayerWeights& w, const LlamaConf
     at::Tensor    v = at::linear(x, w.wv).view({B, T, Hkv, D}).transpose(1, 2);  // [B, Hkv, T, D]
     q               = apply_rope(q, rope);
     k               = apply_rope(k, rope);
-    at::Tensor oc   = causal_attention(q, k, v).transpose(1, 2).reshape({B, T, H * D});
+    at::Tensor oc   = causal_attention(q, k, v).view({B, T, H * D});
     if (obs) obs->observe(layer, LinearInput::AttnOut, oc);
     return at::linear(oc, w.wo);
 }
@@ -58,11 +53,7 @@ at::Tensor attention(const at::Tensor& x, const LayerWeights& w, const LlamaConf
 at::Tensor mlp(const at::Tensor& x, const LayerWeights& w, LinearObserver* obs, int64_t layer) {
     if (obs) obs->observe(layer, LinearInput::Mlp, x);
     const at::Tensor g = at::linear(x, w.w_gate), u = at::linear(x, w.w_up);  // [B, T, F]
-    at::Tensor       h;
-    {
-        RECORD_USER_SCOPE(kScopeSwiglu);
-        h = at::silu(g) * u;
-    }
+    const at::Tensor h = swiglu(g, u);
     if (obs) obs->observe(layer, LinearInput::MlpOut, h);
     return at::linear(h, w.w_down);
 }

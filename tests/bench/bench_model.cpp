@@ -17,6 +17,7 @@
 #include "requant/io/dataset.h"
 #include "requant/io/hf_checkpoint.h"
 #include "requant/model/llama.h"
+#include "requant/model/tensor_cache.h"
 
 namespace {
 
@@ -74,6 +75,7 @@ Args parse(int argc, char** argv) {
 
 int main(int argc, char** argv) try {
     rq::cli::reexec_with_runtime_env(argv);  // the OpenBLAS core and environment of requant-dist
+    rq::model::install_tensor_cache(rq::model::tensor_cache_cap_from_env());
     const Args a = parse(argc, argv);
     rq::cli::set_threads(a.threads);
     std::printf("# BLAS     : %s\n# threads  : %d (ATen intra-op and OpenBLAS)\n",

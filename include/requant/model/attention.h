@@ -13,18 +13,35 @@
 namespace rq::model {
 
 // The scores one block may hold: query rows per block = this / (B * H * T), at least 16.
-// About 64 MiB in fp32; at T <= 512 with 32 heads and one sequence, one block.
+// About 64 MiB in fp32.
 constexpr int64_t kAttentionBlockElems = int64_t(1) << 24;
+// At most this many query positions per block: smaller blocks skip more of the masked scores
+// and keep a block's scores in cache (bench_attention: at 16 x 256, 8 heads, blocks of 64
+// positions take about 0.6x the time of one block).
+constexpr int64_t kAttentionBlockPositions = 64;
 // Query positions per block for this shape (what causal_attention uses when block = 0).
 int64_t attention_block(int64_t B, int64_t H, int64_t T);
 
 // softmax(q k^T / sqrt(D) + causal mask) v, query head h attending to key/value head h / (H/Hkv).
-// q: [B, H, T, D], k and v: [B, Hkv, T, D] -> [B, H, T, D]. Differentiable in q, k and v.
-// block: query positions per block (0: attention_block(B, H, T)). With one block the forward
-// and backward are the same operations, in the same order, as causal_attention_ref's autograd.
+// q: [B, H, T, D], k and v: [B, Hkv, T, D] -> [B, T, H, D] (contiguous: the input of o_proj).
+// Differentiable in q, k and v, with a hand-written backward. block: query positions per block
+// (0: attention_block(B, H, T)); a block computes only the keys its queries can see, so more
+// blocks skip more of the masked scores. The softmax and its backward are causal_softmax_*.
 at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                             int64_t block = 0);
-// The plain twin: materialises the [B, H, T, T] scores; gradients by autograd.
+// The plain twin: materialises the [B, H, T, T] scores, ATen's softmax; gradients by autograd.
+// -> [B, T, H, D] (a view).
 at::Tensor causal_attention_ref(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v);
+
+// The fused softmax of one block, in place. s: contiguous [G, R*n, t0+n], the raw scores q.k of
+// query positions [t0, t0+n), R rows per position (row i is position t0 + i/R). Becomes
+// p = softmax(scale * s) over keys j <= position, and 0 for j > position. fp32 or fp64; each
+// row is one pass in one thread, so the result does not depend on the thread count.
+void causal_softmax_(at::Tensor& s, int64_t t0, int64_t R, double scale);
+// Its backward, in place of dp: the gradient of the raw scores, scale * p * (dp - sum(p * dp)).
+void causal_softmax_backward_(at::Tensor& dp, const at::Tensor& p, int64_t t0, int64_t R,
+                              double scale);
+// The plain twin of causal_softmax_: mask, then ATen's softmax (differentiable).
+at::Tensor causal_softmax_ref(const at::Tensor& s, int64_t t0, int64_t R, double scale);
 
 }  // namespace rq::model

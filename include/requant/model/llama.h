@@ -4,6 +4,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include "requant/model/block_ops.h"  // rms_norm, swiglu
 #include "requant/model/rope.h"
 #include "requant/model/weights.h"
 
@@ -26,7 +27,6 @@ class LinearObserver {
     virtual void observe(int64_t layer, LinearInput which, const at::Tensor& x) = 0;
 };
 
-at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w, double eps);  // x [.., C]
 // The layer's parts, x [B, T, C] -> [B, T, C]. `obs`, when given, sees the input of every
 // linear (as layer `layer`).
 at::Tensor attention(const at::Tensor& x, const LayerWeights& w, const LlamaConfig& c,

@@ -21,7 +21,11 @@ struct RopeTables {
 };
 RopeTables rope_tables(const io::LlamaConfig& c, int64_t n_pos, at::ScalarType dtype);
 
-// x: [B, nh, T, D]; returns x*cos + rotate_half(x)*sin with tables sliced to T.
+// x: [B, nh, T, D] (any strides; a transposed view of a linear's output is read in place);
+// returns x*cos + rotate_half(x)*sin with tables sliced to T, contiguous [B, nh, T, D]. A fused
+// kernel with a hand-written backward in fp32 and fp64 (the gradient comes back in x's layout).
 at::Tensor apply_rope(const at::Tensor& x, const RopeTables& rt);
+// The plain twin: ATen ops, gradients by autograd.
+at::Tensor apply_rope_ref(const at::Tensor& x, const RopeTables& rt);
 
 }  // namespace rq::model

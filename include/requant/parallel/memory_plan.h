@@ -32,8 +32,9 @@
 //               (the embedding) as stored, its file pages, and in fp32
 // The peak is weights + activations + the larger of the two phases (statistics, w_orig + pqi),
 // or the assembly if larger.
-// An estimate: allocator slack, libtorch's workspace and ~0.3 GiB of libraries per process come
-// on top.
+// An estimate: allocator slack, libtorch's workspace, ~0.3 GiB of libraries per process and
+// the freed blocks the tensor cache keeps for reuse (model/tensor_cache.h, at most
+// RQ_TENSOR_CACHE_MIB, 256 MiB by default) come on top.
 
 namespace rq::parallel {
 
