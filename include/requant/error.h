@@ -38,6 +38,7 @@ RQ_ERROR_CLASS(ConfigError, Error);   // a config, job or option value is invali
 RQ_ERROR_CLASS(StateError, Error);    // a run directory's state is refused (foreign, damaged, old)
 RQ_ERROR_CLASS(NumericError, Error);  // values a computation cannot take (not finite, not PD)
 RQ_ERROR_CLASS(UnsupportedError, Error);  // an operation this backend or build does not have
+RQ_ERROR_CLASS(ResourceError, Error);     // the machine lacks what the job needs (memory)
 RQ_ERROR_CLASS(InternalError, Error);     // a broken invariant: a bug in requant-dist
 RQ_ERROR_CLASS(InjectedFailure, Error);   // a failure injected by a test (RQ_FAIL_RANK)
 RQ_ERROR_CLASS(MpiError, Error);   // an MPI call failed (message has file:line and MPI's text)

@@ -34,7 +34,9 @@ const std::vector<std::pair<std::string, std::vector<std::string>>> kSchema = {
      {"outlier_ratio", "outlier_select", "outlier_candidates", "significant_ratio", "step_ratio",
       "scope", "significant_select", "signed_ranking", "holdout"}},
     {"sensitivity", {"nodes", "rule", "study", "lambdas", "hvp_eps"}},
-    {"run", {"out", "microbatch", "threads", "transport", "mem_gib", "replicas"}},
+    {"run",
+     {"out", "microbatch", "threads", "transport", "mem_gib", "replicas", "mem_check",
+      "rank_timeout"}},
 };
 
 const std::vector<std::string>* schema_keys(const std::string& section) {
@@ -267,7 +269,8 @@ auto fields(const JobSensitivity& s) {
     return std::tie(s.nodes, s.rule, s.study, s.lambdas, s.hvp_eps);
 }
 auto fields(const JobRun& r) {
-    return std::tie(r.out, r.microbatch, r.threads, r.transport, r.mem_gib, r.replicas);
+    return std::tie(r.out, r.microbatch, r.threads, r.transport, r.mem_gib, r.replicas, r.mem_check,
+                    r.rank_timeout);
 }
 
 }  // namespace
@@ -459,6 +462,11 @@ void read_run(const Reader& r, JobRun& run, const std::string& stem) {
                "must be a size in GiB >= 0 (0: no budget), got " + format_double(run.mem_gib));
     r.read("run", "replicas", run.replicas);
     at_least(r, "run.replicas", run.replicas, 1);
+    r.read("run", "mem_check", run.mem_check);
+    r.read("run", "rank_timeout", run.rank_timeout);
+    if (!(run.rank_timeout == 0 || (run.rank_timeout >= 1 && run.rank_timeout < 1e7)))
+        r.fail("run.rank_timeout",
+               "must be seconds >= 1, or 0 (never), got " + format_double(run.rank_timeout));
 }
 
 }  // namespace
@@ -564,6 +572,8 @@ std::string job_to_toml(const Job& j) {
     put("transport", str(name(j.run.transport)));
     put("mem_gib", format_double(j.run.mem_gib));
     put("replicas", num(j.run.replicas));
+    put("mem_check", flag(j.run.mem_check));
+    put("rank_timeout", format_double(j.run.rank_timeout));
     return os.str();
 }
 

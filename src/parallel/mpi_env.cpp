@@ -52,6 +52,17 @@ void abort_job(int code) {
     std::_Exit(code);
 }
 
+int ranks_on_node() {
+    if (!mpi_initialized()) return 1;
+    MPI_Comm node;
+    RQ_MPI_CHECK(
+        MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node));
+    int n = 1;
+    RQ_MPI_CHECK(MPI_Comm_size(node, &n));
+    RQ_MPI_CHECK(MPI_Comm_free(&node));
+    return n;
+}
+
 std::string host_name() {
     char buf[256] = {0};
     ::gethostname(buf, sizeof(buf) - 1);

@@ -11,8 +11,11 @@
 #include "requant/error.h"
 #include "requant/io/dataset.h"
 #include "requant/model/evaluate.h"
+#include "requant/model/tensor_cache.h"
 #include "requant/parallel/control.h"
+#include "requant/parallel/memory_budget.h"
 #include "requant/parallel/memory_plan.h"
+#include "requant/parallel/mpi_env.h"
 #include "requant/parallel/partition.h"
 #include "requant/phases/phases.h"
 #include "requant/units.h"
@@ -103,9 +106,62 @@ at::Tensor from_lead(RunContext& ctx, const at::Tensor& mine) {
     return parallel::broadcast_tensor(ctx.t, x, 0, at::kLong);
 }
 
+std::string gib_number(double bytes) {
+    char b[32];
+    std::snprintf(b, sizeof b, "%.2f", bytes / kGiB);
+    return b;
+}
+std::string gib(double bytes) {
+    return gib_number(bytes) + " GiB";
+}
+
+// Before anything is loaded: this rank's planned peak (parallel/memory_plan.h) and the tensor
+// cache's cap against the room the tightest memory limit leaves it (parallel/memory_budget.h).
+// Refused with the numbers and the rank count that would fit unless run.mem_check = false; the
+// tensor cache is shrunk when only its cap does not fit.
+void check_memory(const RunContext& ctx) {
+    const io::Job&              job = ctx.job;
+    const parallel::LimitInputs in{job.run.mem_gib, parallel::ranks_on_node(),
+                                   parallel::slurm_memory_env(), ""};
+    const double                startup = process_memory().rss;  // libraries, MPI
+    const auto                  limit   = parallel::tightest(parallel::memory_limits(in), startup);
+    if (!limit) return;
+    const parallel::MemoryPlan plan  = parallel::plan_memory(ctx.ckpt.config(), job, ctx.P);
+    const double               need  = plan.ranks[std::size_t(ctx.rank)].total();
+    const double               room  = parallel::plan_room(*limit, startup);
+    const int64_t              cache = model::tensor_cache_cap_from_env();
+    if (ctx.lead())
+        spdlog::info("memory: planned peak {} + {} tensor cache per rank; room {} ({}{})",
+                     gib(plan.max_total()), gib(double(cache)), gib(room), limit->detail,
+                     room < limit->bytes ? " less " + gib(startup) + " held at start-up" : "");
+    if (need + double(cache) <= room) return;
+    if (need <= room) {  // the cache is optional: it keeps what the budget leaves over
+        if (cache > 0) model::install_tensor_cache(std::max<int64_t>(1, int64_t(room - need)));
+        return;
+    }
+    const std::string msg =
+        "host " + parallel::host_name() + ": this rank's planned peak is " + gib(need) +
+        " (requant-dist plan), more than the " + gib(room) + " it may use (" + limit->detail +
+        (room < limit->bytes ? ", less " + gib(startup) + " held at start-up" : std::string()) +
+        ")";
+    if (!job.run.mem_check) {
+        spdlog::warn("{}; starting anyway (run.mem_check = false)", msg);
+        return;
+    }
+    const int S = parallel::ranks_for_memory(ctx.ckpt.config(), job, room / kGiB);
+    throw ResourceError(msg + "; " +
+                        (S > 0 ? std::to_string(S * ctx.R) + " ranks would fit in " + gib(room) +
+                                     " each (requant-dist plan JOB --mem-gib " + gib_number(room) +
+                                     ")"
+                               : std::string("even one rank per layer would not fit")) +
+                        ", or set run.mem_check = false to start anyway");
+}
+
 }  // namespace
 
 void prepare(RunContext& ctx) {
+    check_memory(ctx);    // a rank that does not fit throws here, and ends the job:
+    ctx.all_ranks(true);  // the others wait, so that nothing is written
     const auto          t0       = Clock::now();
     const ProcessMemory at_start = process_memory();  // libraries and MPI, before any data
     const io::Job&      job      = ctx.job;
@@ -134,6 +190,11 @@ void prepare(RunContext& ctx) {
         ctx.evals[i].tokens = from_lead(ctx, ctx.lead() ? ctx.st.eval_tokens[i] : at::Tensor());
     }
     ctx.log = open_rank_log(ctx.out, ctx.world_rank, ctx.P * ctx.R);
+    if (job.run.rank_timeout > 0 && ctx.P * ctx.R > 1) {
+        ctx.watchdog = std::make_unique<parallel::Watchdog>(parallel::WatchdogOptions{
+            ctx.out + "/logs", ctx.world_rank, ctx.P * ctx.R, job.run.rank_timeout, 0});
+        ctx.all_ranks(true);  // every first heartbeat is written before anyone watches
+    }
     if (ctx.R > 1)
         ctx.log->info("replica {} of {}, stage {} of {}", ctx.replica, ctx.R, ctx.rank, ctx.P);
     ctx.log->info("RSS at start-up {:.3f} GiB", at_start.rss / kGiB);

@@ -96,7 +96,8 @@ Fingerprint fingerprint(const io::Job& job, const std::string& model_dir) {
     k.data.calibration.clear();
     for (auto& e : k.data.eval) e = io::base_name(e);
     // run.mem_gib shapes the schedule, never a result: its line is left out, so that a run
-    // resumes under another budget and fingerprints of versions before the key stay valid.
+    // resumes under another budget and fingerprints of versions before the key stay valid;
+    // so are run.mem_check and run.rank_timeout, which shape nothing.
     // run.replicas = 1 is left out too (the fingerprints of versions before the key), and the
     // qtip keys for other methods (they shape nothing there), static_groups and
     // true_sequential outside GPTQ, the kmeans_init/seed keys outside SqueezeLLM and
@@ -109,7 +110,7 @@ Fingerprint fingerprint(const io::Job& job, const std::string& model_dir) {
         const auto at = toml.find("\n" + line_start);
         if (at != std::string::npos) toml.erase(at + 1, toml.find('\n', at + 1) - at);
     };
-    drop("mem_gib ");
+    drop("mem_gib "), drop("mem_check "), drop("rank_timeout ");
     if (k.run.replicas == 1) drop("replicas ");
     if (k.quant.method != io::QuantMethod::Qtip) drop("qtip_code "), drop("qtip_seed ");
     if (k.quant.method != io::QuantMethod::Gptq) drop("static_groups "), drop("true_sequential ");

@@ -166,6 +166,14 @@ TEST(Job, ValuesOutOfRange) {
                         {"'quant.bits' is out of range"});
     expect_config_error(kMinimal + "eval_max_seqs = -2\n",
                         {"'data.eval_max_seqs' must be -1 (all) or >= 1, got -2"});
+    expect_config_error(kMinimal + "[run]\nrank_timeout = 0.5\n",
+                        {"'run.rank_timeout' must be seconds >= 1, or 0 (never), got 0.5"});
+    expect_config_error(kMinimal + "[run]\nmem_check = 1\n",
+                        {"'run.mem_check' must be true or false"});
+    EXPECT_EQ(parse(kMinimal).run.rank_timeout, 300);
+    EXPECT_TRUE(parse(kMinimal).run.mem_check);
+    EXPECT_EQ(parse(kMinimal, {"run.rank_timeout=0"}).run.rank_timeout, 0);
+    EXPECT_FALSE(parse(kMinimal, {"run.mem_check=false"}).run.mem_check);
     // Any positive group size is allowed, not only powers of two; -1 keeps every eval window.
     EXPECT_EQ(parse(kMinimal + "[quant]\ngroup_size = 172\n").quant.group_size, 172);
     EXPECT_EQ(parse(kMinimal + "[quant]\ngroup_size = 0\n").quant.group_size, 0);

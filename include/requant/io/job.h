@@ -173,11 +173,18 @@ struct JobRun {
     // of the calibration microbatches and the sums are reduced in replica order. Results are
     // bitwise the same for every stage count at fixed replicas (a fingerprinted key).
     int replicas = 1;
+    // Refuse to start when a rank's planned peak exceeds the memory it may use (run.mem_gib,
+    // Slurm's --mem or --mem-per-cpu, the cgroup limit, physical memory; parallel/memory_budget.h).
+    bool mem_check = true;
+    // Seconds a rank may go without a sign of life (its heartbeat) before the job is ended,
+    // naming it (parallel/watchdog.h); 0: never. Busy ranks keep beating: only a stopped, hung
+    // or lost process trips it.
+    double rank_timeout = 300;
 
     template <class Ar>
     void serialize(Ar& ar, unsigned /*version*/) {
         // clang-format off
-        ar & out & microbatch & threads & transport & mem_gib & replicas;
+        ar & out & microbatch & threads & transport & mem_gib & replicas & mem_check & rank_timeout;
         // clang-format on
     }
 };

@@ -26,6 +26,9 @@ int  world_rank();  // 0 when MPI is not initialised
 // Ends every rank of the job (MPI_Abort on MPI_COMM_WORLD); never returns.
 [[noreturn]] void abort_job(int code);
 
+// The ranks of MPI_COMM_WORLD on this node (MPI_COMM_TYPE_SHARED), this one included; 1
+// without MPI. Collective.
+int         ranks_on_node();
 std::string host_name();
 
 }  // namespace rq::parallel

@@ -13,6 +13,7 @@
 #include "requant/parallel/replicas.h"
 #include "requant/parallel/schedule.h"
 #include "requant/parallel/transport.h"
+#include "requant/parallel/watchdog.h"
 #include "requant/store/run_lock.h"
 #include "requant/store/state.h"
 
@@ -80,9 +81,10 @@ class RunContext {
     std::unique_ptr<model::Stage> stage;     // this rank's layers
     parallel::ScheduleOptions     schedule;  // run.microbatch, in-flight cap
     int64_t stats_passes = 1;  // passes that collect X^T X (run.mem_gib; parallel::stats_passes)
-    std::unique_ptr<parallel::PipelineRunner> runner;   // runs `schedule`
-    std::shared_ptr<spdlog::logger>           log;      // OUT/logs/rank-NNN.log
-    std::map<std::string, double>             seconds;  // phases measured in this invocation
+    std::unique_ptr<parallel::PipelineRunner> runner;    // runs `schedule`
+    std::shared_ptr<spdlog::logger>           log;       // OUT/logs/rank-NNN.log
+    std::unique_ptr<parallel::Watchdog>       watchdog;  // run.rank_timeout, more than 1 rank
+    std::map<std::string, double>             seconds;   // phases measured in this invocation
     double compute_s = 0;  // CPU seconds of compute outside the runners (quantization), so far
     std::map<std::string, std::vector<PhaseLoad>> loads;  // coordinator: per phase, per rank
 
