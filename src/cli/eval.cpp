@@ -11,6 +11,7 @@
 #include "requant/cli/commands.h"
 #include "requant/cli/sysinfo.h"
 #include "requant/error.h"
+#include "requant/io/atomic_file.h"
 #include "requant/io/dataset.h"
 #include "requant/io/hf_checkpoint.h"
 #include "requant/model/evaluate.h"
@@ -106,9 +107,7 @@ int run_eval(const EvalOptions& o) {
             {"data", o.data},      {"seconds", secs},   {"threads", o.threads},
             {"ranks", P}};
         for (const auto& s : all) j["peak_rss_bytes"].push_back(s.peak_rss);
-        std::ofstream out(o.json);
-        if (!out) throw IoError(o.json + ": cannot write: " + errno_string());
-        out << j.dump(2) << "\n";
+        io::write_file_atomic(o.json, j.dump(2) + "\n");
     }
     return 0;
 }

@@ -1,6 +1,7 @@
 // HDF5 files over the C API (requant/io/h5.h). Each C call is checked exactly once by `check`,
 // which folds HDF5's error stack into the message (HDF5ErrMapper's idea in HighFive).
 #include "requant/io/h5.h"
+#include "requant/io/atomic_file.h"
 
 #include <ATen/ATen.h>
 #include <hdf5.h>
@@ -25,17 +26,32 @@ void silence_hdf5() {
     (void)once;
 }
 
+// The top of HDF5's error stack, and the system's reason where a file driver gave one (its
+// "error message = '...'": "No space left on device").
+struct ErrorStack {
+    std::string descs, last, system;
+};
+
 herr_t collect(unsigned n, const H5E_error2_t* e, void* data) {
-    auto* s = static_cast<std::string*>(data);
-    if (n < 4 && e->desc && *e->desc) *s += std::string(s->empty() ? "" : "; ") + e->desc;
+    auto* s = static_cast<ErrorStack*>(data);
+    if (e->desc == nullptr || *e->desc == 0) return 0;
+    const std::string d   = e->desc;
+    const auto        why = d.find("error message = '");
+    if (why != std::string::npos && s->system.empty()) {
+        const auto b = why + 17;
+        s->system    = d.substr(b, d.find('\'', b) - b);
+    }
+    if (n < 4 && d != s->last) s->descs += (s->descs.empty() ? "" : "; ") + d;
+    s->last = d;
     return 0;
 }
 
 std::string hdf5_stack() {
-    std::string s;
+    ErrorStack s;
     H5Ewalk2(H5E_DEFAULT, H5E_WALK_DOWNWARD, collect, &s);
     H5Eclear2(H5E_DEFAULT);
-    return s.empty() ? "" : " (HDF5: " + s + ")";
+    return (s.system.empty() ? "" : ": " + s.system) +
+           (s.descs.empty() ? "" : " (HDF5: " + s.descs + ")");
 }
 
 template <class T>
@@ -133,12 +149,6 @@ std::string digest(const at::Tensor& c) {
 }
 
 // Flushes a closed file's data to the disk (the rename that follows must not outrun it).
-void fsync_path(const std::string& path) {
-    const int fd = ::open(path.c_str(), O_RDONLY);
-    if (fd < 0) return;
-    ::fsync(fd);
-    ::close(fd);
-}
 
 }  // namespace
 
@@ -388,12 +398,12 @@ void H5File::commit() {
         check(rc, impl_->path, "cannot close");
     }
     if (!impl_->committed && !impl_->tmp.empty()) {
-        fsync_path(impl_->tmp);
+        fsync_file(impl_->tmp);  // a late write error (full disk, NFS) throws here
         std::error_code ec;
         std::filesystem::rename(impl_->tmp, impl_->path, ec);
         if (ec)
             throw H5Error(impl_->path + ": cannot rename from " + impl_->tmp + ": " + ec.message());
-        fsync_path(std::filesystem::path(impl_->path).parent_path().string());  // the rename
+        fsync_dir(std::filesystem::path(impl_->path).parent_path().string());  // the rename
     }
     impl_->committed = true;
 }

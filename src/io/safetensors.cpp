@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "requant/error.h"
+#include "requant/io/atomic_file.h"
 
 namespace rq::io {
 namespace {
@@ -283,14 +284,24 @@ void write_safetensors(const std::string& path, const std::map<std::string, at::
             out.write(static_cast<const char*>(b.data_ptr()),
                       static_cast<std::streamsize>(b.numel() * b.element_size()));
         out.flush();
+        out.close();
         if (!out) {
             const std::string why = errno_string();
             std::remove(tmp.c_str());
-            throw IoError(tmp + ": write failed: " + why);
+            throw IoError(path + ": cannot write: " + why);
         }
     }
-    if (std::rename(tmp.c_str(), path.c_str()) != 0)
-        throw IoError(path + ": cannot rename into place: " + errno_string());
+    try {
+        fsync_file(tmp);
+    } catch (const IoError&) {
+        std::remove(tmp.c_str());
+        throw;
+    }
+    if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+        const std::string why = errno_string();
+        std::remove(tmp.c_str());
+        throw IoError(path + ": cannot rename into place: " + why);
+    }
 }
 
 }  // namespace rq::io

@@ -9,6 +9,7 @@
 #include <utility>
 
 #include "requant/error.h"
+#include "requant/io/atomic_file.h"
 #include "requant/phases/phases.h"
 #include "requant/report/run_report.h"
 #include "requant/store/checkpoint.h"
@@ -216,10 +217,8 @@ void write_results(RunContext& ctx, const quant::StorageBits& all, const nlohman
         ctx.log->warn("report: not written ({}); results.json is", e.what());
     }
     const std::string path = ctx.out + "/results.json";
-    std::ofstream     o(path);
-    if (!o) throw IoError(path + ": cannot write: " + errno_string());
-    o << r.dump(2) << "\n";
-    std::ofstream(ctx.out + "/job.toml") << io::job_to_toml(job);
+    io::write_file_atomic(path, r.dump(2) + "\n");
+    io::write_file_atomic(ctx.out + "/job.toml", io::job_to_toml(job));
     std::printf("%s %d-bit g%lld: %.3f bits/weight, %.4f GiB;", io::name(job.quant.method),
                 job.quant.bits, (long long)job.quant.group_size, all.bits_per_weight(), memory);
     for (const auto& [name, v] : *ctx.st.ppl_q)

@@ -8,15 +8,14 @@
 #include <fstream>
 
 #include "requant/error.h"
+#include "requant/io/atomic_file.h"
 
 namespace rq::report {
 
 namespace fs = std::filesystem;
 
 void write_text(const std::string& path, const std::string& text) {
-    std::ofstream f(path);
-    f << text;
-    if (!f) throw IoError(path + ": cannot write: " + errno_string());
+    io::write_file_atomic(path, text);
 }
 
 std::vector<std::string> draw_plots(const std::string&                                      dir,

@@ -15,6 +15,7 @@
 #include <utility>
 
 #include "requant/error.h"
+#include "requant/io/atomic_file.h"
 #include "requant/io/h5.h"
 #include "requant/io/safetensors.h"
 #include "requant/model/weights.h"
@@ -382,13 +383,12 @@ void write_export_extras(const io::H5File& f, const std::string& out_dir,
                          const std::string& dtype) {
     auto cfg           = nlohmann::json::parse(f.attr_string("/", "config_json"));
     cfg["torch_dtype"] = dtype == "f32" ? "float32" : dtype == "bf16" ? "bfloat16" : "float16";
-    std::ofstream(out_dir + "/config.json") << cfg.dump(2) << "\n";
+    io::write_file_atomic(out_dir + "/config.json", cfg.dump(2) + "\n");
     if (f.exists("/tokenizer"))
         for (const auto& name : f.children("/tokenizer")) {
             const at::Tensor b = f.read("/tokenizer/" + name);
-            std::ofstream    o(out_dir + "/" + name, std::ios::binary);
-            o.write(static_cast<const char*>(b.data_ptr()), b.numel());
-            if (!o) throw IoError(out_dir + "/" + name + ": cannot write: " + errno_string());
+            io::write_file_atomic(out_dir + "/" + name,
+                                  {static_cast<const char*>(b.data_ptr()), std::size_t(b.numel())});
         }
 }
 
@@ -424,10 +424,11 @@ void export_hf(const std::string& from, const std::string& out_dir, const std::s
         }
     }
     if (shards.size() > 1)
-        std::ofstream(out_dir + "/model.safetensors.index.json")
-            << nlohmann::json{{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}}
-                   .dump(2)
-            << "\n";
+        io::write_file_atomic(
+            out_dir + "/model.safetensors.index.json",
+            nlohmann::json{{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}}.dump(
+                2) +
+                "\n");
     write_export_extras(f, out_dir, dtype);
     spdlog::info("export: {} tensors ({}, {} bytes) in {} file(s) to {}", ts.size(), dtype, total,
                  shards.size(), out_dir);

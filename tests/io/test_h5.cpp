@@ -7,9 +7,12 @@
 #include <sys/stat.h>
 
 #include <chrono>
+#include <filesystem>
+#include <fstream>
 #include <thread>
 
 #include "io_fixtures.h"
+#include "requant/io/atomic_file.h"
 #include "requant/io/h5.h"
 
 namespace rq::io_test {
@@ -85,6 +88,26 @@ TEST(H5, CreateIsAtomic) {
     h.commit();
     EXPECT_TRUE(exists(p));
     EXPECT_FALSE(exists(p + ".tmp"));
+}
+
+// write_file_atomic: the new bytes replace the old whole; a file that cannot be written is
+// refused naming it, and nothing is left beside it.
+TEST(AtomicFile, ReplacesWholeOrNotAtAll) {
+    TempDir           d;
+    const std::string p = d.file("r.json");
+    io::write_file_atomic(p, "first\n");
+    io::write_file_atomic(p, "second, longer\n");
+    std::ifstream f(p);
+    std::string   line;
+    std::getline(f, line);
+    EXPECT_EQ(line, "second, longer");
+    const std::string missing = d.file("no/such/folder/r.json");
+    expect_error<IoError>([&] { io::write_file_atomic(missing, "x"); },
+                          {missing, "cannot create", "No such file or directory"});
+    int n = 0;
+    for (const auto& e : std::filesystem::directory_iterator(d.path())) n += e.is_regular_file();
+    EXPECT_EQ(n, 1) << "only r.json";
+    expect_error<IoError>([&] { io::fsync_file(missing); }, {missing, "cannot open to sync"});
 }
 
 TEST(H5, EqualContentEqualBytesAndFlippedBitsCaught) {
