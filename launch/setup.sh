@@ -18,6 +18,7 @@ PKGS=(
   libpcre2-dev                                 # tokenizer.json pre-tokenizer regex (Unicode classes)
   gnuplot-nox                                  # the sensitivity report's PNG plots
   slurmctld slurmd slurm-client munge          # a real single-node Slurm for the sbatch test
+  clang-14 libclang-rt-14-dev                  # libFuzzer + ASan/UBSan for launch/fuzz.sh
 )
 missing=()
 for p in "${PKGS[@]}"; do

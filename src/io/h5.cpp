@@ -172,10 +172,12 @@ struct H5File::Impl {
             const auto next = object.find('/', pos);
             if (next == std::string::npos) return;
             const std::string part = object.substr(0, next);
-            if (!exists(part))
-                Handle{check(H5Gcreate2(file, part.c_str(), H5P_DEFAULT, gcpl.id, H5P_DEFAULT),
-                             path, "cannot create group " + part),
-                       H5Gclose};
+            if (!exists(part)) {
+                const Handle g{
+                    check(H5Gcreate2(file, part.c_str(), H5P_DEFAULT, gcpl.id, H5P_DEFAULT), path,
+                          "cannot create group " + part),
+                    H5Gclose};
+            }
             pos = next + 1;
         }
     }
