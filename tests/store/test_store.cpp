@@ -23,6 +23,7 @@
 #include <iterator>
 #include <map>
 #include <optional>
+#include <random>
 #include <set>
 #include <sstream>
 #include <string>
@@ -874,4 +875,115 @@ TEST(StoreCheckpoint, ExportAndAssemblyErrors) {
 }
 
 }  // namespace
+
+// ---- the damaged-state battery (issue 19): state that may come from another run or a damaged
+// disk never reaches a rank unchecked. A layer file and run.h5, each truncated at 200 offsets
+// and with single-bit flips at 1,000 seeded offsets, must read as damaged (nullopt: redone),
+// be refused (rq::Error) or read back exactly as written: never crash, never another value.
+
+// Every way `bytes` is damaged: 200 truncation lengths spread over the file, then 1,000 flips
+// of one seeded (byte, bit) each.
+std::vector<std::string> damaged_versions(const std::string& good, uint64_t seed) {
+    std::vector<std::string> out;
+    for (std::size_t k = 0; k < 200; ++k) out.push_back(good.substr(0, k * good.size() / 200));
+    std::mt19937_64 rng(seed);
+    for (int k = 0; k < 1000; ++k) {
+        std::string bad = good;
+        bad[rng() % bad.size()] ^= char(1u << (rng() % 8));
+        out.push_back(std::move(bad));
+    }
+    return out;
+}
+
+struct BatteryCount {
+    int64_t                  damaged = 0, refused = 0, same = 0;
+    std::vector<std::string> wrong;
+};
+
+TEST_F(WrittenLayer, DamagedLayerFileBattery) {
+    const std::string good = read_bytes(p);
+    BatteryCount      c;
+    const auto        all = damaged_versions(good, 20261204);
+    for (std::size_t i = 0; i < all.size(); ++i) {
+        write_bytes(p, all[i]);
+        try {
+            const auto back = read_layer_state(d.str(), kLayer, kFp);
+            if (!back)
+                ++c.damaged;
+            else if (layer_difference(q, *back).empty())
+                ++c.same;
+            else
+                c.wrong.push_back("case " + std::to_string(i) + ": " + layer_difference(q, *back));
+        } catch (const rq::Error&) {
+            ++c.refused;
+        }
+    }
+    std::printf(
+        "layer file %zu bytes, %zu damaged versions: %lld redone, %lld refused, %lld "
+        "unchanged, %zu different\n",
+        good.size(), all.size(), (long long)c.damaged, (long long)c.refused, (long long)c.same,
+        c.wrong.size());
+    EXPECT_TRUE(c.wrong.empty()) << c.wrong.front();
+    EXPECT_GE(c.damaged, 200) << "every truncation reads as damaged";
+}
+
+RunState sample_run_state() {
+    RunState s;
+    s.fp              = {"model-digest", "data-digest", "job-digest"};
+    s.calib           = at::arange(8 * 64, at::kLong).reshape({8, 64}) % 509;
+    s.calib_available = 8;
+    s.eval_names      = {"a.txt", "b.safetensors"};
+    s.eval_tokens     = {at::arange(4 * 64, at::kLong).reshape({4, 64}) % 97,
+                         at::arange(2 * 64, at::kLong).reshape({2, 64}) % 13};
+    s.mark("prepare", 1.5);
+    s.mark("baseline", 2.25);
+    s.ppl_fp = Perplexities{{"a.txt", 17.4413}, {"calibration", 17.94}};
+    return s;
+}
+
+bool same_run_state(const RunState& a, const RunState& b) {
+    bool same = a.fp == b.fp && a.calib_available == b.calib_available &&
+                a.eval_names == b.eval_names && a.records() == b.records() &&
+                a.eval_tokens.size() == b.eval_tokens.size() && at::equal(a.calib, b.calib);
+    for (std::size_t i = 0; same && i < a.eval_tokens.size(); ++i)
+        same = at::equal(a.eval_tokens[i], b.eval_tokens[i]);
+    return same;
+}
+
+TEST(StoreRunState, DamagedRunH5Battery) {
+    QuietLog       quiet;
+    TempDir        d;
+    const RunState s = sample_run_state();
+    write_run_state(d.str(), s);
+    const std::string path = run_state_path(d.str());
+    const std::string good = read_bytes(path);
+    ASSERT_TRUE(read_run_state(d.str()).has_value());
+    ASSERT_TRUE(same_run_state(s, *read_run_state(d.str())));
+    BatteryCount c;
+    const auto   all = damaged_versions(good, 4121);
+    for (std::size_t i = 0; i < all.size(); ++i) {
+        write_bytes(path, all[i]);
+        try {
+            const auto back = read_run_state(d.str());
+            if (back && same_run_state(s, *back))
+                ++c.same;
+            else if (back)
+                c.wrong.push_back("case " + std::to_string(i) + " read back different");
+            else
+                ++c.damaged;
+        } catch (const rq::StateError&) {
+            ++c.refused;
+        } catch (const rq::Error& e) {
+            c.wrong.push_back("case " + std::to_string(i) + ": not a StateError: " + e.what());
+        }
+    }
+    std::printf(
+        "run.h5 %zu bytes, %zu damaged versions: %lld refused, %lld unchanged, %lld "
+        "absent, %zu wrong\n",
+        good.size(), all.size(), (long long)c.refused, (long long)c.same, (long long)c.damaged,
+        c.wrong.size());
+    EXPECT_TRUE(c.wrong.empty()) << c.wrong.front();
+    EXPECT_GE(c.refused, 200) << "every truncation is refused with the way out";
+}
+
 }  // namespace rq::store
