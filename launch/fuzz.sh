@@ -42,7 +42,7 @@ one() {  # one TARGET: runs it, prints one result line, fails on a finding
     printf 'fuzz %-15s %5s s  %10s inputs  corpus %5s  clean\n' "$t" "$SECS" "${execs:-?}" "$units"
   else
     printf 'fuzz %-15s FAILED (exit %d): %s; input in %s; log %s\n' "$t" $rc \
-      "$(grep -m1 -E 'ERROR|not an rq::Error|deadly|timeout' "$OUT/$t.log" | cut -c1-160)" "$crashes" "$OUT/$t.log"
+      "$(grep -m1 -E 'ERROR|runtime error|not an rq::Error|deadly|timeout' "$OUT/$t.log" | cut -c1-160)" "$crashes" "$OUT/$t.log"
     return 1
   fi
 }

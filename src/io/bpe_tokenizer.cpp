@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <array>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <thread>
 #include <unordered_map>
@@ -33,6 +34,16 @@ struct Segment {  // a run of plain text, or one added token
     int32_t          added = -1;  // id when this is an added token
     std::size_t      end   = 0;   // bytes of the input up to the end of this segment
 };
+
+// A token id as stored: a whole number in [0, 2^31 - 1). A float or an out-of-range number
+// is refused before it is converted (a conversion out of range is undefined behaviour).
+int32_t token_id(const json& v, const std::string& path, const std::string& what) {
+    if (!v.is_number_integer() || v.get<int64_t>() < 0 ||
+        v.get<int64_t>() >= std::numeric_limits<int32_t>::max())
+        throw FormatError(path + ": " + what + " has id " + v.dump().substr(0, 40) +
+                          ", not a whole number in [0, 2^31 - 1)");
+    return int32_t(v.get<int64_t>());
+}
 
 bool ascii_alpha(char c) {
     return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
@@ -92,7 +103,8 @@ void BpeTokenizer::Impl::read_model(const json& m) {
     if (m.value("byte_fallback", false)) throw unsupported("byte_fallback");
     std::vector<std::pair<std::string, int32_t>> tokens;
     tokens.reserve(m.at("vocab").size());
-    for (const auto& [tok, id] : m.at("vocab").items()) tokens.emplace_back(tok, id.get<int32_t>());
+    for (const auto& [tok, id] : m.at("vocab").items())
+        tokens.emplace_back(tok, token_id(id, path, "vocab token '" + tok.substr(0, 40) + "'"));
     std::vector<std::pair<std::string, std::string>> merges;
     merges.reserve(m.at("merges").size());
     for (const auto& e : m.at("merges")) {
@@ -151,7 +163,7 @@ void BpeTokenizer::Impl::read_added(const json& list) {
     for (const auto& t : list) {
         AddedToken a;
         a.content = t.at("content").get<std::string>();
-        a.id      = t.at("id").get<int32_t>();
+        a.id      = token_id(t.at("id"), path, "added token '" + a.content.substr(0, 40) + "'");
         a.lstrip  = t.value("lstrip", false);
         a.rstrip  = t.value("rstrip", false);
         if (a.content.empty()) throw FormatError(path + ": an added token is empty");

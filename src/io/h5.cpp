@@ -152,6 +152,10 @@ std::string digest(const at::Tensor& c) {
 
 }  // namespace
 
+void h5_disable_free_lists() {
+    H5set_free_list_limits(0, 0, 0, 0, 0, 0);
+}
+
 struct H5File::Impl {
     std::string path, tmp;  // tmp: the name written to until commit() (Create only)
     hid_t       file      = -1;

@@ -62,7 +62,8 @@ TEST(Bpe, Llama3SpecialIds) {
 }
 
 TEST(Bpe, Llama3ProbesMatchReference) {
-    for (const auto& p : reference()["probes"]) {
+    const nlohmann::json ref = reference();  // the loop below must not outlive it
+    for (const auto& p : ref["probes"]) {
         const std::string text = p["text"].get<std::string>();
         EXPECT_EQ(llama3().encode(text), p["ids"].get<std::vector<int32_t>>()) << text;
         EXPECT_EQ(llama3().encode_ref(text), p["ids"].get<std::vector<int32_t>>()) << text;
@@ -203,6 +204,27 @@ TEST(Bpe, RefusesWhatItDoesNotImplement) {
     j                                                          = json;
     j["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = "(unclosed";
     refused(j, "regex does not compile");
+}
+
+// Found by fuzz_tokenizer_json (a vocab id of 5.55556e+49: its conversion to int was undefined
+// behaviour): ids that are floats, negative or beyond int32 are refused, naming the token.
+TEST(Bpe, RefusesIdsThatAreNotTokenIds) {
+    auto    json = nlohmann::json::parse(read_file(llama3_dir() + "/tokenizer.json"));
+    TempDir d;
+    auto    refused = [&](const nlohmann::json& j, const std::string& needle) {
+        write_file(d.file("tokenizer.json"), j.dump());
+        expect_error<rq::FormatError>([&] { Tokenizer tok(d.file("tokenizer.json")); },
+                                      {d.file("tokenizer.json"), needle, "not a whole number"});
+    };
+    for (const nlohmann::json& bad : {nlohmann::json(5.55556e+49), nlohmann::json(12.5),
+                                      nlohmann::json(-3), nlohmann::json(int64_t(1) << 40)}) {
+        auto j                   = json;
+        j["model"]["vocab"]["!"] = bad;
+        refused(j, "vocab token '!'");
+        j                          = json;
+        j["added_tokens"][0]["id"] = bad;
+        refused(j, "added token '<|begin_of_text|>'");
+    }
 }
 
 }  // namespace

@@ -21,6 +21,11 @@ class H5Error : public IoError {  // an HDF5 call failed, or an object is missin
     using IoError::IoError;
 };
 
+// Turns off libhdf5's free lists, so that every block it allocates is a fresh malloc and every
+// one it frees goes back at once: leak checkers then see which call allocated a block
+// (test_store under launch/test.sh --sanitize). Costs speed; not for production.
+void h5_disable_free_lists();
+
 class H5File {
   public:
     enum class Mode {
