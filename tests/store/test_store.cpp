@@ -111,7 +111,7 @@ std::string tensor_bytes(const at::Tensor& t) {
 // everything the valid files cost, still is.
 #if defined(__SANITIZE_ADDRESS__)
 // Without its free lists, a block libhdf5 loses was allocated by the call that lost it.
-const bool kNoFreeLists = (io::h5_disable_free_lists(), true);
+const bool  kNoFreeLists = (io::h5_disable_free_lists(), true);
 inline void leak_checks(bool on) {
     on ? __lsan_enable() : __lsan_disable();
 }
