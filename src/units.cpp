@@ -1,11 +1,21 @@
 // Process memory from /proc (requant/units.h).
 #include "requant/units.h"
 
+#include <cstdio>
 #include <ctime>
 #include <fstream>
 #include <string>
 
 namespace rq {
+
+std::string gib_number(double bytes) {
+    char b[32];
+    std::snprintf(b, sizeof b, "%.2f", bytes / kGiB);
+    return b;
+}
+std::string gib_text(double bytes) {
+    return gib_number(bytes) + " GiB";
+}
 
 double process_cpu_s() {
     timespec ts{};

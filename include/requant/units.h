@@ -1,5 +1,6 @@
 #pragma once
 #include <chrono>
+#include <string>
 
 // Units every module shares: bytes per GiB, and seconds since a point of the steady clock.
 
@@ -26,5 +27,8 @@ ProcessMemory process_memory();
 // CPU seconds this process has used (all its threads): compute that other processes sharing
 // the cores do not inflate, unlike wall time.
 double process_cpu_s();
+// Bytes as GiB with two decimals: "1.25" (gib_number) and "1.25 GiB" (gib_text).
+std::string gib_number(double bytes);
+std::string gib_text(double bytes);
 
 }  // namespace rq

@@ -30,14 +30,8 @@ std::optional<std::string> read_first_line(const fs::path& p) {
     return line;
 }
 
-std::string gib(double bytes) {
-    char b[32];
-    std::snprintf(b, sizeof b, "%.2f GiB", bytes / kGiB);
-    return b;
-}
-
 std::string per_node(const std::string& what, double bytes, int ranks) {
-    return what + " " + gib(bytes) + " per node / " + std::to_string(ranks) + " rank" +
+    return what + " " + gib_text(bytes) + " per node / " + std::to_string(ranks) + " rank" +
            (ranks == 1 ? "" : "s") + " on it";
 }
 
@@ -136,7 +130,7 @@ std::vector<MemoryLimit> memory_limits(const LimitInputs& in) {
     const int                n = std::max(1, in.ranks_on_node);
     if (in.run_mem_gib > 0)
         out.push_back({LimitSource::RunMemGib, in.run_mem_gib * kGiB,
-                       "run.mem_gib = " + gib(in.run_mem_gib * kGiB) + " per rank"});
+                       "run.mem_gib = " + gib_text(in.run_mem_gib * kGiB) + " per rank"});
     auto env = [&in](const char* k) -> std::optional<double> {
         const auto it = in.env.find(k);
         if (it == in.env.end()) return std::nullopt;
@@ -151,7 +145,7 @@ std::vector<MemoryLimit> memory_limits(const LimitInputs& in) {
     if (auto mb = env("SLURM_MEM_PER_CPU"); mb && *mb > 0) {
         const double cpus = std::max(1.0, env("SLURM_CPUS_PER_TASK").value_or(1.0));
         out.push_back({LimitSource::SlurmMemPerCpu, *mb * kMiB * cpus,
-                       "Slurm --mem-per-cpu " + gib(*mb * kMiB) + " x " +
+                       "Slurm --mem-per-cpu " + gib_text(*mb * kMiB) + " x " +
                            std::to_string(int(cpus)) + " CPU(s) per rank"});
     }
     if (auto c = cgroup_memory_limit(in.root))

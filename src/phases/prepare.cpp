@@ -106,15 +106,6 @@ at::Tensor from_lead(RunContext& ctx, const at::Tensor& mine) {
     return parallel::broadcast_tensor(ctx.t, x, 0, at::kLong);
 }
 
-std::string gib_number(double bytes) {
-    char b[32];
-    std::snprintf(b, sizeof b, "%.2f", bytes / kGiB);
-    return b;
-}
-std::string gib(double bytes) {
-    return gib_number(bytes) + " GiB";
-}
-
 // Before anything is loaded: this rank's planned peak (parallel/memory_plan.h) and the tensor
 // cache's cap against the room the tightest memory limit leaves it (parallel/memory_budget.h).
 // Refused with the numbers and the rank count that would fit unless run.mem_check = false; the
@@ -132,17 +123,19 @@ void check_memory(const RunContext& ctx) {
     const int64_t              cache = model::tensor_cache_cap_from_env();
     if (ctx.lead())
         spdlog::info("memory: planned peak {} + {} tensor cache per rank; room {} ({}{})",
-                     gib(plan.max_total()), gib(double(cache)), gib(room), limit->detail,
-                     room < limit->bytes ? " less " + gib(startup) + " held at start-up" : "");
+                     gib_text(plan.max_total()), gib_text(double(cache)), gib_text(room),
+                     limit->detail,
+                     room < limit->bytes ? " less " + gib_text(startup) + " held at start-up" : "");
     if (need + double(cache) <= room) return;
     if (need <= room) {  // the cache is optional: it keeps what the budget leaves over
         if (cache > 0) model::install_tensor_cache(std::max<int64_t>(1, int64_t(room - need)));
         return;
     }
     const std::string msg =
-        "host " + parallel::host_name() + ": this rank's planned peak is " + gib(need) +
-        " (requant-dist plan), more than the " + gib(room) + " it may use (" + limit->detail +
-        (room < limit->bytes ? ", less " + gib(startup) + " held at start-up" : std::string()) +
+        "host " + parallel::host_name() + ": this rank's planned peak is " + gib_text(need) +
+        " (requant-dist plan), more than the " + gib_text(room) + " it may use (" + limit->detail +
+        (room < limit->bytes ? ", less " + gib_text(startup) + " held at start-up"
+                             : std::string()) +
         ")";
     if (!job.run.mem_check) {
         spdlog::warn("{}; starting anyway (run.mem_check = false)", msg);
@@ -150,9 +143,9 @@ void check_memory(const RunContext& ctx) {
     }
     const int S = parallel::ranks_for_memory(ctx.ckpt.config(), job, room / kGiB);
     throw ResourceError(msg + "; " +
-                        (S > 0 ? std::to_string(S * ctx.R) + " ranks would fit in " + gib(room) +
-                                     " each (requant-dist plan JOB --mem-gib " + gib_number(room) +
-                                     ")"
+                        (S > 0 ? std::to_string(S * ctx.R) + " ranks would fit in " +
+                                     gib_text(room) + " each (requant-dist plan JOB --mem-gib " +
+                                     gib_number(room) + ")"
                                : std::string("even one rank per layer would not fit")) +
                         ", or set run.mem_check = false to start anyway");
 }

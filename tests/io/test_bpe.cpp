@@ -181,13 +181,18 @@ TEST(Bpe, RefusesInvalidUtf8WithItsOffset) {
                                   {"not valid UTF-8 at byte " + std::to_string(long_text.size())});
 }
 
+// `j` written as d/tokenizer.json is refused with a FormatError naming the file and `needles`.
+void expect_refused(const TempDir& d, const nlohmann::json& j, std::vector<std::string> needles) {
+    write_file(d.file("tokenizer.json"), j.dump());
+    needles.push_back(d.file("tokenizer.json"));
+    expect_error<rq::FormatError>([&] { Tokenizer tok(d.file("tokenizer.json")); }, needles);
+}
+
 TEST(Bpe, RefusesWhatItDoesNotImplement) {
     auto    json = nlohmann::json::parse(read_file(llama3_dir() + "/tokenizer.json"));
     TempDir d;
     auto    refused = [&](const nlohmann::json& j, const std::string& needle) {
-        write_file(d.file("tokenizer.json"), j.dump());
-        expect_error<rq::FormatError>([&] { Tokenizer tok(d.file("tokenizer.json")); },
-                                      {d.file("tokenizer.json"), needle});
+        expect_refused(d, j, {needle});
     };
     auto j          = json;
     j["normalizer"] = {{"type", "NFC"}};
@@ -212,9 +217,7 @@ TEST(Bpe, RefusesIdsThatAreNotTokenIds) {
     auto    json = nlohmann::json::parse(read_file(llama3_dir() + "/tokenizer.json"));
     TempDir d;
     auto    refused = [&](const nlohmann::json& j, const std::string& needle) {
-        write_file(d.file("tokenizer.json"), j.dump());
-        expect_error<rq::FormatError>([&] { Tokenizer tok(d.file("tokenizer.json")); },
-                                      {d.file("tokenizer.json"), needle, "not a whole number"});
+        expect_refused(d, j, {needle, "not a whole number"});
     };
     for (const nlohmann::json& bad : {nlohmann::json(5.55556e+49), nlohmann::json(12.5),
                                       nlohmann::json(-3), nlohmann::json(int64_t(1) << 40)}) {

@@ -23,6 +23,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iterator>
 #include <map>
 #include <optional>
@@ -922,37 +923,45 @@ std::vector<std::string> damaged_versions(const std::string& good, uint64_t seed
     return out;
 }
 
-struct BatteryCount {
-    int64_t                  damaged = 0, refused = 0, same = 0;
-    std::vector<std::string> wrong;
-};
+enum class Outcome { Damaged, Refused, Same, Wrong };
 
-TEST_F(WrittenLayer, DamagedLayerFileBattery) {
-    const HdfDamagedReads damaged;
-    const std::string     good = read_bytes(p);
-    BatteryCount          c;
-    const auto            all = damaged_versions(good, 20261204);
+// Writes every damaged version of `good` (seeded) to `path` in turn and counts what `read`
+// makes of each; `why` says what was wrong. Prints the counts under `label`.
+std::map<Outcome, int64_t> run_battery(const std::string& label, const std::string& path,
+                                       const std::string& good, uint64_t seed,
+                                       const std::function<Outcome(std::string& why)>& read) {
+    const HdfDamagedReads      damaged;
+    const auto                 all = damaged_versions(good, seed);
+    std::map<Outcome, int64_t> n;
+    std::vector<std::string>   wrong;
     for (std::size_t i = 0; i < all.size(); ++i) {
-        write_bytes(p, all[i]);
-        try {
-            const auto back = read_layer_state(d.str(), kLayer, kFp);
-            if (!back)
-                ++c.damaged;
-            else if (layer_difference(q, *back).empty())
-                ++c.same;
-            else
-                c.wrong.push_back("case " + std::to_string(i) + ": " + layer_difference(q, *back));
-        } catch (const rq::Error&) {
-            ++c.refused;
-        }
+        write_bytes(path, all[i]);
+        std::string   why;
+        const Outcome o = read(why);
+        ++n[o];
+        if (o == Outcome::Wrong) wrong.push_back("case " + std::to_string(i) + ": " + why);
     }
     std::printf(
-        "layer file %zu bytes, %zu damaged versions: %lld redone, %lld refused, %lld "
-        "unchanged, %zu different\n",
-        good.size(), all.size(), (long long)c.damaged, (long long)c.refused, (long long)c.same,
-        c.wrong.size());
-    EXPECT_TRUE(c.wrong.empty()) << c.wrong.front();
-    EXPECT_GE(c.damaged, 200) << "every truncation reads as damaged";
+        "%s %zu bytes, %zu damaged versions: %lld damaged, %lld refused, %lld "
+        "unchanged, %zu wrong\n",
+        label.c_str(), good.size(), all.size(), (long long)n[Outcome::Damaged],
+        (long long)n[Outcome::Refused], (long long)n[Outcome::Same], wrong.size());
+    EXPECT_TRUE(wrong.empty()) << wrong.front();
+    return n;
+}
+
+TEST_F(WrittenLayer, DamagedLayerFileBattery) {
+    const auto n = run_battery("layer file", p, read_bytes(p), 20261204, [&](std::string& why) {
+        try {
+            const auto back = read_layer_state(d.str(), kLayer, kFp);
+            if (!back) return Outcome::Damaged;  // redone
+            why = layer_difference(q, *back);
+            return why.empty() ? Outcome::Same : Outcome::Wrong;
+        } catch (const rq::Error&) {
+            return Outcome::Refused;
+        }
+    });
+    EXPECT_GE(n.at(Outcome::Damaged), 200) << "every truncation reads as damaged";
 }
 
 RunState sample_run_state() {
@@ -984,35 +993,22 @@ TEST(StoreRunState, DamagedRunH5Battery) {
     const RunState s = sample_run_state();
     write_run_state(d.str(), s);
     const std::string path = run_state_path(d.str());
-    const std::string good = read_bytes(path);
     ASSERT_TRUE(read_run_state(d.str()).has_value());
     ASSERT_TRUE(same_run_state(s, *read_run_state(d.str())));
-    const HdfDamagedReads damaged;
-    BatteryCount          c;
-    const auto            all = damaged_versions(good, 4121);
-    for (std::size_t i = 0; i < all.size(); ++i) {
-        write_bytes(path, all[i]);
+    const auto n = run_battery("run.h5", path, read_bytes(path), 4121, [&](std::string& why) {
         try {
             const auto back = read_run_state(d.str());
-            if (back && same_run_state(s, *back))
-                ++c.same;
-            else if (back)
-                c.wrong.push_back("case " + std::to_string(i) + " read back different");
-            else
-                ++c.damaged;
+            if (!back) return Outcome::Damaged;  // as if absent
+            why = "read back different";
+            return same_run_state(s, *back) ? Outcome::Same : Outcome::Wrong;
         } catch (const rq::StateError&) {
-            ++c.refused;
+            return Outcome::Refused;
         } catch (const rq::Error& e) {
-            c.wrong.push_back("case " + std::to_string(i) + ": not a StateError: " + e.what());
+            why = std::string("not a StateError: ") + e.what();
+            return Outcome::Wrong;
         }
-    }
-    std::printf(
-        "run.h5 %zu bytes, %zu damaged versions: %lld refused, %lld unchanged, %lld "
-        "absent, %zu wrong\n",
-        good.size(), all.size(), (long long)c.refused, (long long)c.same, (long long)c.damaged,
-        c.wrong.size());
-    EXPECT_TRUE(c.wrong.empty()) << c.wrong.front();
-    EXPECT_GE(c.refused, 200) << "every truncation is refused with the way out";
+    });
+    EXPECT_GE(n.at(Outcome::Refused), 200) << "every truncation is refused with the way out";
 }
 
 }  // namespace rq::store
