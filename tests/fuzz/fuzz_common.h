@@ -20,8 +20,10 @@ namespace rq::fuzz {
 // A folder of this process's own under /dev/shm (or /tmp), made once and removed at exit.
 inline const std::string& scratch() {
     static const std::string* dir = [] {  // never destroyed: the exit handler reads it
-        const char* base = std::filesystem::exists("/dev/shm") ? "/dev/shm" : "/tmp";
-        auto* d = new std::string(std::string(base) + "/rq-fuzz-" + std::to_string(::getpid()));
+        const std::string base = std::filesystem::exists("/dev/shm")  // memory, not disk
+                                     ? std::string("/dev/shm")
+                                     : std::filesystem::temp_directory_path().string();
+        auto*             d    = new std::string(base + "/rq-fuzz-" + std::to_string(::getpid()));
         std::filesystem::create_directories(*d);
         std::atexit([] {
             std::error_code ec;
