@@ -140,10 +140,12 @@ PipelineLoss PipelineRunner::forward_backward(const at::Tensor&                 
                                               const std::function<void(int64_t)>& on_backward) {
     const int     r = t_.rank(), P = t_.size();
     const int64_t N = tokens.size(0), T = tokens.size(1);
-    const auto [m0, m1] = opt_.share(N);
-    const int64_t M     = m1 - m0;  // this replica's microbatches m0, m0 + 1, ...
-    stats_              = {};
-    stats_.n_micro      = M;
+    // Plain names, not a structured binding: the lambdas below capture them (C++17).
+    const std::pair<int64_t, int64_t> range = opt_.share(N);
+    const int64_t                     m0 = range.first, m1 = range.second;
+    const int64_t                     M = m1 - m0;  // this replica's microbatches m0, m0 + 1, ...
+    stats_                              = {};
+    stats_.n_micro                      = M;
     if (opt_.replicas > 1)
         for (auto& lw : stage_.weights().layers)
             for (model::Linear l : model::kLinears)
