@@ -7,7 +7,9 @@
 # or an exception that is not rq::Error fails the target; the input is saved under
 # $OUT/crashes/<target>/ (turn it into a unit test with the minimised input before the fix).
 # Usage: launch/fuzz.sh [SECONDS (600)] [TARGET...]
-# Environment: RQ_FUZZ_JOBS (1) targets at once; RQ_FUZZ_OUT (runs/fuzz); RQ_FUZZ_BUILD.
+# Environment: RQ_FUZZ_JOBS (1) targets at once; RQ_FUZZ_OUT (runs/fuzz); RQ_FUZZ_BUILD;
+# RQ_FUZZ_SEED (libFuzzer's -seed: unset, a new random one each run; launch/test.sh fixes it so
+# that a CI run's inputs are the same every time, up to how many fit in its seconds).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 SECS=${1:-600}; shift || true
@@ -34,6 +36,7 @@ one() {  # one TARGET: runs it, prints one result line, fails on a finding
   local rc=0
   "$FB/bin/fuzz_$t" -max_total_time="$SECS" -max_len=16384 -timeout=10 -rss_limit_mb=4096 \
     -dict="$RQ_ROOT/tests/fuzz/$t.dict" -artifact_prefix="$crashes" -print_final_stats=1 \
+    ${RQ_FUZZ_SEED:+-seed=$RQ_FUZZ_SEED} \
     "$corpus" "$RQ_ROOT/tests/fuzz/corpus/$t" > "$OUT/$t.log" 2>&1 || rc=$?
   local execs units
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$OUT/$t.log" | tail -1)
@@ -41,12 +44,23 @@ one() {  # one TARGET: runs it, prints one result line, fails on a finding
   if [ $rc -eq 0 ]; then
     printf 'fuzz %-15s %5s s  %10s inputs  corpus %5s  clean\n' "$t" "$SECS" "${execs:-?}" "$units"
   else
+    # The finding, not libFuzzer's progress lines (those start with '#' and may name a
+    # dictionary word such as "rank_timeout").
     printf 'fuzz %-15s FAILED (exit %d): %s; input in %s; log %s\n' "$t" $rc \
-      "$(grep -m1 -E 'ERROR|runtime error|not an rq::Error|deadly|timeout' "$OUT/$t.log" | cut -c1-160)" "$crashes" "$OUT/$t.log"
+      "$(grep -v '^#' "$OUT/$t.log" | grep -m1 -E 'ERROR|runtime error|not an rq::Error|deadly signal|Timeout|out-of-memory' | cut -c1-200)" \
+      "$crashes" "$OUT/$t.log"
+    # CI keeps no files: print the report and the input itself, so the log alone reproduces it.
+    grep -v '^#' "$OUT/$t.log" | grep -v '^INFO' | tail -n 40 | sed 's/^/    /'
+    local input
+    for input in "$crashes"*; do
+      [ -f "$input" ] || continue
+      echo "    input $(basename "$input") ($(stat -c %s "$input") bytes), base64:"
+      head -c 4096 "$input" | base64 | sed 's/^/    /'
+    done
     return 1
   fi
 }
-export -f one; export FB OUT SECS RQ_ROOT
+export -f one; export FB OUT SECS RQ_ROOT RQ_FUZZ_SEED
 mkdir -p "$OUT"
-echo "fuzz: ${#TARGETS[@]} target(s), $SECS s each, ${RQ_FUZZ_JOBS:-1} at once; logs in $OUT"
+echo "fuzz: ${#TARGETS[@]} target(s), $SECS s each, ${RQ_FUZZ_JOBS:-1} at once, seed ${RQ_FUZZ_SEED:-random}; logs in $OUT"
 printf '%s\n' "${TARGETS[@]}" | xargs -P "${RQ_FUZZ_JOBS:-1}" -I{} bash -c 'one {}'

@@ -2,6 +2,8 @@
 // and back to normalised TOML. Nothing here opens models or data; paths are only resolved.
 #include "requant/io/job.h"
 
+#include "requant/io/regex.h"
+
 #include <climits>
 #include <cstdio>
 #include <cstdlib>
@@ -85,6 +87,9 @@ std::string trim(const std::string& s) {
 // One "--set section.key=value" applied to the parsed file. The value is parsed as a TOML value;
 // text that is not one (a bare word such as gptq) is taken as a string.
 void apply_override(toml::table& root, const std::string& set, const std::string& origin) {
+    if (const auto bad = invalid_utf8_at(set); bad != std::string::npos)  // TOML is UTF-8
+        throw ConfigError(origin + ": --set argument is not valid UTF-8 at byte " +
+                          std::to_string(bad));
     const std::string where = origin + ": --set " + set + ": ";
     const auto        eq    = set.find('=');
     const std::string key   = trim(set.substr(0, eq));

@@ -81,4 +81,24 @@ bool Regex::Matcher::next(std::size_t& begin, std::size_t& end) {
     return true;
 }
 
+std::size_t invalid_utf8_at(std::string_view text) {
+    // pcre2_match checks the whole subject's UTF-8 before it matches; the empty pattern then
+    // matches at once. Compiled once, kept for the process.
+    static pcre2_code* const empty = [] {
+        int        err    = 0;
+        PCRE2_SIZE offset = 0;
+        return pcre2_compile(reinterpret_cast<PCRE2_SPTR>(""), 0, PCRE2_UTF, &err, &offset,
+                             nullptr);
+    }();
+    if (empty == nullptr) throw InternalError("pcre2_compile of the empty pattern failed");
+    std::unique_ptr<pcre2_match_data, void (*)(pcre2_match_data*)> md(
+        pcre2_match_data_create_from_pattern(empty, nullptr), pcre2_match_data_free);
+    if (!md) throw InternalError("pcre2_match_data_create_from_pattern failed");
+    const int rc = pcre2_match(empty, reinterpret_cast<PCRE2_SPTR>(text.data()), text.size(), 0, 0,
+                               md.get(), nullptr);
+    if (rc <= PCRE2_ERROR_UTF8_ERR1 && rc >= PCRE2_ERROR_UTF8_ERR21)
+        return pcre2_get_startchar(md.get());
+    return std::string_view::npos;
+}
+
 }  // namespace rq::io

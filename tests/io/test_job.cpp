@@ -254,6 +254,20 @@ TEST(Job, BadOverrides) {
     expect_config_error(kMinimal, {"expected section.key=value"}, {"quant.bits.x=3"});
 }
 
+// A --set value that is not TOML is taken as a string; it must still be UTF-8, as every TOML
+// string is, or the job would not print and parse back the same (found by fuzz_job).
+TEST(Job, OverridesMustBeUtf8) {
+    const std::pair<std::string, int> cases[] = {
+        {"\xff", 11}, {"\xc3", 11}, {"\xed\xa0\x80", 11} /* a surrogate */, {"ab\xc0\xaf", 13}};
+    for (const auto& [bad, at] : cases)
+        expect_config_error(kMinimal,
+                            {"--set argument is not valid UTF-8 at byte " + std::to_string(at)},
+                            {"model.path=" + bad});
+    const Job j = parse(kMinimal, {"model.path=caf\xc3\xa9"});  // é: valid
+    EXPECT_EQ(fs::path(j.model.path).filename(), "caf\xc3\xa9");
+    EXPECT_EQ(parse_job(rq::io::job_to_toml(j), kOrigin), j);
+}
+
 TEST(Job, RelativePathsResolveAgainstTheJobFolder) {
     const fs::path    root = fs::path(kDir) / "a";  // stands for any absolute folder
     const std::string abs1 = (root / "abs" / "calib.txt").string();

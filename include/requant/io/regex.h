@@ -48,4 +48,8 @@ class Regex {
     bool        jit_  = false;
 };
 
+// The offset of the first byte where `text` stops being valid UTF-8 (PCRE2's check: no overlong
+// forms, surrogates or code points above U+10FFFF), or npos when all of it is.
+std::size_t invalid_utf8_at(std::string_view text);
+
 }  // namespace rq::io
