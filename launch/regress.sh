@@ -37,9 +37,9 @@ PQI=(--set requant.significant_ratio=0.0005 --set requant.step_ratio=0.00025
 cells=()
 cell() {  # cell NAME RANKS COMMAND JOB ARGS...
   local name=$1 np=$2 cmd=$3 job=$4; shift 4
-  cells+=("$name")
-  [ $compare_only = 1 ] && return 0
   [ -n "${RQ_REGRESS_ONLY:-}" ] && ! [[ $name =~ $RQ_REGRESS_ONLY ]] && return 0
+  cells+=("$name")  # run (and compared) only when it matches RQ_REGRESS_ONLY
+  [ $compare_only = 1 ] && return 0
   local dir=$OUT/$name t0=$SECONDS
   rm -rf "$dir"
   local launch=("$RQ_BIN")

@@ -98,7 +98,7 @@ at::ScalarType Stage::dtype() const {
     return rope_.cos.scalar_type();
 }
 
-at::Tensor Stage::hidden(const at::Tensor& in, StageTape* tape) const {
+at::Tensor Stage::hidden(const at::Tensor& in, StageTape* tape, bool keep_graph) const {
     const int64_t T = in.size(1);
     if (T > rope_.cos.size(0))
         throw ConfigError("sequence length " + std::to_string(T) + " exceeds the stage's " +
@@ -114,10 +114,19 @@ at::Tensor Stage::hidden(const at::Tensor& in, StageTape* tape) const {
                              "]");
         x = in;
     }
+    const int64_t lo = keep_graph && weights_.range.first ? first_layer_with_grads() : 0;
     for (std::size_t i = 0; i < weights_.layers.size(); ++i) {
+        const bool graph = keep_graph && int64_t(i) >= lo;
+        // Kept graph: the layer's own graph from its detached input, as backward()'s replay
+        // builds it; below lo nothing needs a gradient and nothing is kept. Otherwise the
+        // caller's grad mode (forward() under autograd, forward_recorded() without).
+        at::AutoGradMode grad_mode(keep_graph ? graph : at::GradMode::is_enabled());
+        if (graph) x = x.detach().requires_grad_(needs_input_grad(int64_t(i), lo));
         if (tape) tape->layer_in.push_back(x);
         x = decoder_layer(x, weights_.layers[i], config_, rope_, observer_,
                           weights_.range.layer_begin + int64_t(i));
+        if (tape && keep_graph) tape->layer_out.push_back(graph ? x : at::Tensor());
+        if (graph) x = x.detach();
     }
     if (tape && weights_.range.last) tape->hidden = x;
     return x;
@@ -147,13 +156,21 @@ at::Tensor Stage::forward(const at::Tensor& in, const at::Tensor& tokens) const 
     return weights_.range.last ? losses(x, tokens) : x;
 }
 
-at::Tensor Stage::forward_recorded(const at::Tensor& in, const at::Tensor& tokens,
-                                   StageTape& tape) const {
+at::Tensor Stage::forward_recorded(const at::Tensor& in, const at::Tensor& tokens, StageTape& tape,
+                                   bool keep_graph) const {
     at::NoGradGuard no_grad;
-    tape         = {};
-    tape.tokens  = tokens;
-    at::Tensor x = hidden(in, &tape);
-    return weights_.range.last ? losses(x, tokens) : x;
+    tape        = {};
+    tape.tokens = tokens;
+    // Nothing to keep where backward() has no work: a first stage without weight gradients.
+    keep_graph   = keep_graph && !(weights_.range.first &&
+                                 first_layer_with_grads() == int64_t(weights_.layers.size()));
+    at::Tensor x = hidden(in, &tape, keep_graph);
+    if (!weights_.range.last) return x;
+    if (!keep_graph) return losses(x, tokens);
+    at::AutoGradMode grad_mode(true);
+    tape.hidden = x.detach().requires_grad_(true);
+    tape.losses = losses(tape.hidden, tokens);
+    return tape.losses.detach();
 }
 
 int64_t Stage::first_layer_with_grads() const {
@@ -169,6 +186,7 @@ at::Tensor Stage::backward(const StageTape& tape, const at::Tensor& grad_output)
     // need no backward at all.
     const int64_t lo = weights_.range.first ? first_layer_with_grads() : 0;
     if (lo == n) return {};
+    if (tape.kept()) return backward_kept(tape, grad_output, lo);
     at::Tensor g = grad_output;
     if (weights_.range.last) {
         at::Tensor x = tape.hidden.detach().requires_grad_(true);
@@ -177,12 +195,28 @@ at::Tensor Stage::backward(const StageTape& tape, const at::Tensor& grad_output)
         g = x.grad();
     }
     for (int64_t i = n - 1; i >= lo; --i) {
-        const bool need_in = i > lo || !weights_.range.first;
+        const bool need_in = needs_input_grad(i, lo);
         at::Tensor x       = tape.layer_in[std::size_t(i)].detach().requires_grad_(need_in);
         at::Tensor y = decoder_layer(x, weights_.layers[std::size_t(i)], config_, rope_, nullptr,
                                      weights_.range.layer_begin + i);
         y.backward(g);
         g = need_in ? x.grad() : at::Tensor();
+    }
+    return weights_.range.first ? at::Tensor() : g;
+}
+
+// backward() over the graphs forward_recorded kept: the replay's backward calls, in its order.
+at::Tensor Stage::backward_kept(const StageTape& tape, const at::Tensor& grad_output,
+                                int64_t lo) const {
+    at::Tensor g = grad_output;
+    if (weights_.range.last) {
+        const at::Tensor& l = tape.losses;
+        l.backward(g.dim() == 0 ? g.to(l.scalar_type()).expand_as(l) : g);
+        g = tape.hidden.grad();
+    }
+    for (int64_t i = int64_t(weights_.layers.size()) - 1; i >= lo; --i) {
+        tape.layer_out[std::size_t(i)].backward(g);
+        g = needs_input_grad(i, lo) ? tape.layer_in[std::size_t(i)].grad() : at::Tensor();
     }
     return weights_.range.first ? at::Tensor() : g;
 }

@@ -20,14 +20,19 @@ double MemoryPlan::max_total() const {
 
 namespace {
 
-// One layer's replay in backward: its saved internals (norms, q/k/v, attention output, the
-// MLP's gate/up/product, residuals: ~10 C + 4 F floats per token), one attention block's
+// One layer's saved internals for backward (norms, q/k/v, attention output, the MLP's
+// gate/up/product, residuals: ~10 C + 4 F floats per token), fp32.
+double layer_saved_bytes(const io::LlamaConfig& c, double mb, int64_t T) {
+    return 4 * mb * double(T) * (10 * double(c.n_embd) + 4 * double(c.n_ff));
+}
+
+// One layer's replay in backward: its saved internals, one attention block's
 // scores with their softmax and gradients (4 x [B, H, n, T]), and on the last stage one loss
 // chunk's logits, log-softmax and gradient (3 x [rows, V]).
 double replay_bytes(const io::LlamaConfig& c, double mb, int64_t T, bool last) {
-    const double C = double(c.n_embd), F = double(c.n_ff), V = double(c.n_vocab);
+    const double V     = double(c.n_vocab);
     const auto   B     = int64_t(mb);
-    double       bytes = 4 * mb * double(T) * (10 * C + 4 * F);
+    double       bytes = layer_saved_bytes(c, mb, T);
     bytes +=
         4 * 4 * mb * double(c.n_head) * double(model::attention_block(B, c.n_head, T)) * double(T);
     if (last) bytes += 3 * 4 * double(std::min(B * (T - 1), model::loss_chunk_rows(c.n_vocab))) * V;
@@ -85,10 +90,12 @@ MemoryPlan plan_memory(const io::LlamaConfig& c, const io::Job& job, int n_ranks
         // Rank 0 assembles the checkpoint after the stage is let go: the largest tensor outside
         // the decoder layers (the embedding), stored, its file pages and an fp32 copy.
         if (r == 0) m.assembly = (2 * stored + 4) * double(c.n_vocab) * C;
-        m.per_micro   = 4 * mb * double(T) * C * (L + (last ? 1 : 0));  // StageTape
-        m.transient   = replay_bytes(c, mb, T, last);
-        m.in_flight   = n_ranks - r;
-        m.activations = m.per_micro * double(m.in_flight) + m.transient;
+        m.per_micro = 4 * mb * double(T) * C * (L + (last ? 1 : 0));  // StageTape
+        m.transient = replay_bytes(c, mb, T, last);
+        // Kept graphs: every layer's internals, and the head's normed input on the last stage.
+        m.graph_per_micro = layer_saved_bytes(c, mb, T) * L + (last ? 4 * mb * double(T) * C : 0);
+        m.in_flight       = n_ranks - r;
+        m.activations     = m.per_micro * double(m.in_flight) + m.transient;
         p.ranks.push_back(m);
     }
     if (job.run.mem_gib > 0) {

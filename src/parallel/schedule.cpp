@@ -170,7 +170,7 @@ PipelineLoss PipelineRunner::forward_backward(const at::Tensor&                 
         const auto       tb = Clock::now();
         const double     cb = process_cpu_s();
         model::StageTape tape;
-        at::Tensor       out = stage_.forward_recorded(in, tok, tape);
+        at::Tensor       out = stage_.forward_recorded(in, tok, tape, opt_.keep_graph);
         if (r == P - 1) {
             sum += out.to(at::kDouble).sum().item<double>();
             n += out.numel();

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <optional>
 
 #include "requant/error.h"
 #include "requant/io/dataset.h"
@@ -109,14 +110,15 @@ at::Tensor from_lead(RunContext& ctx, const at::Tensor& mine) {
 // Before anything is loaded: this rank's planned peak (parallel/memory_plan.h) and the tensor
 // cache's cap against the room the tightest memory limit leaves it (parallel/memory_budget.h).
 // Refused with the numbers and the rank count that would fit unless run.mem_check = false; the
-// tensor cache is shrunk when only its cap does not fit.
-void check_memory(const RunContext& ctx) {
+// tensor cache is shrunk when only its cap does not fit. Returns the room, or nothing when no
+// limit is known.
+std::optional<double> check_memory(const RunContext& ctx) {
     const io::Job&              job = ctx.job;
     const parallel::LimitInputs in{job.run.mem_gib, parallel::ranks_on_node(),
                                    parallel::slurm_memory_env(), ""};
     const double                startup = process_memory().rss;  // libraries, MPI
     const auto                  limit   = parallel::tightest(parallel::memory_limits(in), startup);
-    if (!limit) return;
+    if (!limit) return std::nullopt;
     const parallel::MemoryPlan plan  = parallel::plan_memory(ctx.ckpt.config(), job, ctx.P);
     const double               need  = plan.ranks[std::size_t(ctx.rank)].total();
     const double               room  = parallel::plan_room(*limit, startup);
@@ -126,10 +128,10 @@ void check_memory(const RunContext& ctx) {
                      gib_text(plan.max_total()), gib_text(double(cache)), gib_text(room),
                      limit->detail,
                      room < limit->bytes ? " less " + gib_text(startup) + " held at start-up" : "");
-    if (need + double(cache) <= room) return;
+    if (need + double(cache) <= room) return room;
     if (need <= room) {  // the cache is optional: it keeps what the budget leaves over
         if (cache > 0) model::install_tensor_cache(std::max<int64_t>(1, int64_t(room - need)));
-        return;
+        return room;
     }
     const std::string msg =
         "host " + parallel::host_name() + ": this rank's planned peak is " + gib_text(need) +
@@ -139,7 +141,7 @@ void check_memory(const RunContext& ctx) {
         ")";
     if (!job.run.mem_check) {
         spdlog::warn("{}; starting anyway (run.mem_check = false)", msg);
-        return;
+        return room;
     }
     const int S = parallel::ranks_for_memory(ctx.ckpt.config(), job, room / kGiB);
     throw ResourceError(msg + "; " +
@@ -152,9 +154,25 @@ void check_memory(const RunContext& ctx) {
 
 }  // namespace
 
+// Whether this rank keeps each layer's graph from forward to backward (1 forward + 1 backward
+// per pass) instead of recomputing it (2 + 1): when the plan with kept graphs and the tensor
+// cache fits the room, or no limit is known. The results are the same bit for bit either way.
+bool keep_graphs(const RunContext& ctx, std::optional<double> room) {
+    const parallel::MemoryPlan plan = parallel::plan_memory(ctx.ckpt.config(), ctx.job, ctx.P);
+    const double               need = plan.ranks[std::size_t(ctx.rank)].total_keeping_graph() +
+                        double(model::tensor_cache_cap_from_env());
+    const bool keep = !room || need <= *room;
+    if (ctx.lead())
+        spdlog::info("backward: {} (planned peak with kept graphs {}{})",
+                     keep ? "keeps each layer's graph" : "recomputes each layer's forward",
+                     gib_text(plan.ranks[0].total_keeping_graph()),
+                     room ? ", room " + gib_text(*room) : std::string(", no memory limit known"));
+    return keep;
+}
+
 void prepare(RunContext& ctx) {
-    check_memory(ctx);    // a rank that does not fit throws here, and ends the job:
-    ctx.all_ranks(true);  // the others wait, so that nothing is written
+    const auto room = check_memory(ctx);  // a rank that does not fit throws here, and ends
+    ctx.all_ranks(true);                  // the job: the others wait, so nothing is written
     const auto          t0       = Clock::now();
     const ProcessMemory at_start = process_memory();  // libraries and MPI, before any data
     const io::Job&      job      = ctx.job;
@@ -228,6 +246,7 @@ void prepare(RunContext& ctx) {
                 "in {} calibration pass(es)",
                 job.run.mem_gib, ctx.schedule.max_in_flight, ctx.stats_passes);
     }
+    ctx.schedule.keep_graph = keep_graphs(ctx, room);
     ctx.runner = std::make_unique<parallel::PipelineRunner>(*ctx.stage, ctx.t, ctx.schedule);
     ctx.seconds["prepare"] = since(t0);
 }

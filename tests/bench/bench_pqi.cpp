@@ -2,9 +2,14 @@
 // calibration batch, plus the endpoint passes the rule does not visit) under mpirun: its time,
 // achieved GFLOP/s against the fp32 GEMM roofline of the ranks, and per-rank memory: the
 // gradient accumulators a rank holds (its own layers' linears only) and its peak RSS.
-// FLOPs are counted analytically (bench_model's formula; printed). Run through launch/bench.sh.
+// FLOPs are counted analytically (bench_model's formula; printed). On one rank it also times,
+// in the same run, a plain forward+backward of the same microbatches (autograd over the whole
+// model, no pipeline, no PQI accumulation) and a plain forward, and prints the time of one PQI
+// pass (a node's forward+backward with its accumulation) against the plain one.
+// --graph keep (the run's choice when memory allows) or recompute (each layer's forward again in
+// backward): parallel::ScheduleOptions::keep_graph. Run through launch/bench.sh.
 // Usage: mpirun -np P bench_pqi --model DIR [--seqs N] [--seq-len T] [--microbatch B]
-//        [--nodes K] [--rule R] [--threads n]
+//        [--nodes K] [--rule R] [--threads n] [--graph keep|recompute]
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 
@@ -15,6 +20,7 @@
 #include "bench_args.h"
 #include "requant/cli/sysinfo.h"
 #include "requant/io/hf_checkpoint.h"
+#include "requant/model/weights.h"
 #include "requant/parallel/control.h"
 #include "requant/parallel/mpi_env.h"
 #include "requant/parallel/partition.h"
@@ -27,15 +33,51 @@ using Clock = std::chrono::steady_clock;
 double since(Clock::time_point t0) {
     return std::chrono::duration<double>(Clock::now() - t0).count();
 }
+struct PlainTimes {
+    double forward = 0, forward_backward = 0;  // seconds, the faster of two runs each
+};
+
+// The same microbatches through the whole model as plain autograd would run them: forward()
+// with its graph, backward into the linears' gradients (cleared after), and forward alone.
+PlainTimes plain_passes(rq::model::Stage& stage, const at::Tensor& tok, int64_t mb) {
+    const int64_t    N = tok.size(0), T = tok.size(1);
+    const at::Tensor dloss = at::scalar_tensor(1.0 / double(N * (T - 1)));
+    PlainTimes       best{1e300, 1e300};
+    rq::model::enable_linear_grads(stage.weights());  // every linear, as at a PQI node
+    for (int rep = 0; rep < 2; ++rep) {
+        auto t0 = Clock::now();
+        for (int64_t b = 0; b < N; b += mb) {
+            const at::Tensor x = tok.narrow(0, b, std::min(mb, N - b));
+            rq::model::stage_backward(x, stage.forward(x, x), dloss);
+        }
+        best.forward_backward = std::min(best.forward_backward, since(t0));
+        for (auto& lw : stage.weights().layers)
+            for (rq::model::Linear l : rq::model::kLinears)
+                lw.linear(l).mutable_grad() = at::Tensor();
+        at::NoGradGuard no_grad;
+        t0 = Clock::now();
+        for (int64_t b = 0; b < N; b += mb) {
+            const at::Tensor x = tok.narrow(0, b, std::min(mb, N - b));
+            stage.forward(x, x);
+        }
+        best.forward = std::min(best.forward, since(t0));
+    }
+    return best;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
     rq::parallel::MpiEnv env(&argc, &argv);
     try {
         const rq::bench::Args a(
-            argc, argv, {"model", "seqs", "seq-len", "microbatch", "nodes", "rule", "threads"},
+            argc, argv,
+            {"model", "seqs", "seq-len", "microbatch", "nodes", "rule", "threads", "graph"},
             "usage: bench_pqi --model DIR [--seqs N] [--seq-len T] "
-            "[--microbatch B] [--nodes K] [--rule R] [--threads n]");
+            "[--microbatch B] [--nodes K] [--rule R] [--threads n] [--graph keep|recompute]");
+        const std::string graph = a.str("graph", "keep");
+        if (graph != "keep" && graph != "recompute")
+            throw std::runtime_error("--graph: keep or recompute");
         const std::string model = a.str("model"), rule = a.str("rule", "midpoint");
         const int64_t     N = a.integer("seqs", 32), T = a.integer("seq-len", 256),
                       mb = a.integer("microbatch", 4);
@@ -76,8 +118,10 @@ int main(int argc, char** argv) {
             if (rule == rq::io::name(r)) pqi_rule = r, known = true;
         if (!known) throw std::runtime_error("--rule: left, right, midpoint or trapezoid");
         const rq::sensitivity::PqiOptions opt{rq::sensitivity::quadrature(pqi_rule, nodes), {}};
+        rq::parallel::ScheduleOptions     sched(mb);
+        sched.keep_graph  = graph == "keep";
         t0                = Clock::now();
-        const auto   r    = rq::sensitivity::compute_pqi(stage, *t, wq, tok, mb, opt);
+        const auto   r    = rq::sensitivity::compute_pqi(stage, *t, wq, tok, sched, opt);
         const double wall = since(t0);
         // Passes: the rule's nodes with backward, plus t = 0 (F(w), first order) when the rule
         // does not visit it (forward+backward) and t = 1 when it does not (forward only).
@@ -104,10 +148,11 @@ int main(int argc, char** argv) {
             const double roof = gemms.sum().item<double>(), achieved = flops / wall / 1e9;
             const double total_lin = owns.sum().item<double>();
             std::printf(
-                "  pqi P=%d threads=%d %s N=%d  %lldx%lld tokens  %5.0f+%.0f passes  "
+                "  pqi P=%d threads=%d %s N=%d graph %s  %lldx%lld tokens  %5.0f+%.0f passes  "
                 "%7.1f s  %7.1f GFLOP/s  roofline %6.1f  %5.1f%%  %s\n",
-                P, threads, rule.c_str(), nodes, (long long)N, (long long)T, fb, fw, wall, achieved,
-                roof, 100 * achieved / roof, achieved >= 0.5 * roof ? "OK" : "BELOW 50%");
+                P, threads, rule.c_str(), nodes, graph.c_str(), (long long)N, (long long)T, fb, fw,
+                wall, achieved, roof, 100 * achieved / roof,
+                achieved >= 0.5 * roof ? "OK" : "BELOW 50%");
             std::printf(
                 "    per rank: layers, accumulators (fp32, own linears) MiB, share of the "
                 "model's linears, peak RSS MiB:");
@@ -119,6 +164,14 @@ int main(int argc, char** argv) {
             }
             std::printf("\n    self-test: dF %.6e  sum PQI %.6e  rel %.2e\n", r.delta_f(),
                         r.pqi_sum, std::abs(r.pqi_sum - r.delta_f()) / std::abs(r.delta_f()));
+        }
+        if (P == 1) {
+            const PlainTimes p    = plain_passes(stage, tok, mb);
+            const double     pass = (wall - fw * p.forward) / fb;  // one node's fwd+bwd
+            std::printf(
+                "    one PQI pass %.3f s, a plain forward+backward %.3f s (forward %.3f s): "
+                "ratio %.3f (target <= 1.10)\n",
+                pass, p.forward_backward, p.forward, pass / p.forward_backward);
         }
         return 0;
     } catch (const std::exception& e) {

@@ -192,19 +192,35 @@ TEST(RecomputeBackward, MatchesTheWholeGraphBitwise) {
                 const auto ref = stage_grads(s, stage_backward(x, out, gout));
                 clear_grads(s);
 
-                StageTape  tape;
-                at::Tensor out2 = s.forward_recorded(in, tok, tape);
-                EXPECT_TRUE(at::equal(out2, out.detach())) << at << ": forward";
-                EXPECT_FALSE(out2.requires_grad()) << at;
-                const auto got = stage_grads(s, s.backward(tape, gout));
-                ASSERT_EQ(got.size(), ref.size());
-                for (std::size_t i = 0; i < got.size(); ++i) {
-                    ASSERT_EQ(got[i].defined(), ref[i].defined()) << at << ": tensor " << i;
-                    if (got[i].defined()) {
-                        EXPECT_TRUE(at::equal(got[i], ref[i])) << at << ": tensor " << i;
+                for (bool keep : {false, true}) {  // recomputing, then over kept graphs
+                    const std::string how = at + (keep ? ", graph kept" : ", recomputed");
+                    StageTape         tape;
+                    at::Tensor        out2 = s.forward_recorded(in, tok, tape, keep);
+                    EXPECT_TRUE(at::equal(out2, out.detach())) << how << ": forward";
+                    EXPECT_FALSE(out2.requires_grad()) << how;
+                    EXPECT_EQ(tape.kept(), keep) << how;
+                    const auto got = stage_grads(s, s.backward(tape, gout));
+                    clear_grads(s);
+                    ASSERT_EQ(got.size(), ref.size());
+                    for (std::size_t i = 0; i < got.size(); ++i) {
+                        ASSERT_EQ(got[i].defined(), ref[i].defined()) << how << ": tensor " << i;
+                        if (got[i].defined()) {
+                            EXPECT_TRUE(at::equal(got[i], ref[i])) << how << ": tensor " << i;
+                        }
                     }
                 }
             }
+}
+
+// A kept graph on a stage whose linears take no gradient (the first stage, all frozen) keeps
+// nothing: backward has no work, as when recomputing.
+TEST(RecomputeBackward, NothingIsKeptWithoutGradients) {
+    const auto c = test::tiny_config(false);
+    Stage      s(c, random_stage_weights(c, StageRange{0, 2, true, false}, at::kFloat, 7), 16);
+    StageTape  tape;
+    s.forward_recorded(test::tiny_tokens(c, 2, 11, 3), test::tiny_tokens(c, 2, 11, 3), tape, true);
+    EXPECT_FALSE(tape.kept());
+    EXPECT_FALSE(s.backward(tape, randn({2, 11, c.n_embd}, 5, at::kFloat)).defined());
 }
 
 }  // namespace

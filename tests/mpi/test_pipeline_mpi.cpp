@@ -106,9 +106,15 @@ void check_against_single_process(const std::string& model, const std::string& d
     // In-flight caps below 1F1B's P - r: a longer bubble, the same bits.
     const Result cap1 = run(ckpt, *world, mine, tok, {microbatch, 1}, true);
     const Result cap2 = run(ckpt, *world, mine, tok, {microbatch, 2}, true);
+    // Each layer's graph kept from forward to backward instead of recomputed: the same bits.
+    ScheduleOptions kept(microbatch), kept_cap(microbatch, 1);
+    kept.keep_graph = kept_cap.keep_graph = true;
+    const Result keep                     = run(ckpt, *world, mine, tok, kept, true);
+    const Result keep1                    = run(ckpt, *world, mine, tok, kept_cap, true);
 
     bool bitwise = pipe.loss == ref.loss && fwd.loss == ref.loss && pipe2.loss == pipe.loss &&
-                   cap1.loss == ref.loss && cap2.loss == ref.loss;
+                   cap1.loss == ref.loss && cap2.loss == ref.loss && keep.loss == ref.loss &&
+                   keep1.loss == ref.loss;
     double            max_rel = std::abs(pipe.loss - ref.loss) / std::abs(ref.loss);
     const std::size_t off     = std::size_t(mine.layer_begin) * model::kLinears.size();
     for (std::size_t i = 0; i < pipe.grads.size(); ++i) {
@@ -116,7 +122,8 @@ void check_against_single_process(const std::string& model, const std::string& d
         const double rel = ((pipe.grads[i] - want).abs().max() / want.abs().max()).item<double>();
         max_rel          = std::max(max_rel, rel);
         bitwise = bitwise && at::equal(pipe.grads[i], want) && at::equal(pipe2.grads[i], want) &&
-                  at::equal(cap1.grads[i], want) && at::equal(cap2.grads[i], want);
+                  at::equal(cap1.grads[i], want) && at::equal(cap2.grads[i], want) &&
+                  at::equal(keep.grads[i], want) && at::equal(keep1.grads[i], want);
     }
     std::printf(
         "[rank %d] %s: layers [%lld,%lld) loss %.9f (P=1 %.9f), %zu gradients, "
@@ -124,7 +131,9 @@ void check_against_single_process(const std::string& model, const std::string& d
         world->rank(), model.c_str(), (long long)mine.layer_begin, (long long)mine.layer_end,
         pipe.loss, ref.loss, pipe.grads.size(), max_rel, bitwise ? "yes" : "no");
     expect_all_ranks(max_rel <= kMaxRel, model + ": max relative difference <= 1e-5");
-    expect_all_ranks(bitwise, model + ": bitwise equal to P = 1, across runs and in-flight caps");
+    expect_all_ranks(bitwise, model +
+                                  ": bitwise equal to P = 1, across runs, in-flight caps "
+                                  "and with kept graphs");
 }
 
 TEST(Pipeline, Stories260kEqualsSingleProcess) {

@@ -296,6 +296,26 @@ TEST(MemoryPlan, ActivationsScaleWithMicrobatch) {
     }
 }
 
+// Kept graphs hold every layer's saved internals per microbatch in flight (the replay's
+// per-layer share times the stage's layers, and the head's input on the last stage): more than
+// recomputing, by exactly that, and in proportion to the layers a rank holds.
+TEST(MemoryPlan, KeptGraphsAddEveryLayersInternalsPerMicrobatchInFlight) {
+    const auto       c         = llama_1b();
+    const MemoryPlan p         = plan_memory(c, job({"run.microbatch=4"}), 3);
+    const double     T         = double(job().data.seq_len);
+    const double     per_layer = 4 * 4 * T * (10 * double(c.n_embd) + 4 * double(c.n_ff));  // fp32
+    for (std::size_t r = 0; r < 3; ++r) {
+        const RankMemory& m    = p.ranks[r];
+        const auto&       s    = p.pipeline.stages[r].range;
+        const double      head = s.last ? 4 * 4 * T * double(c.n_embd) : 0;
+        EXPECT_DOUBLE_EQ(m.graph_per_micro, per_layer * double(s.layer_end - s.layer_begin) + head)
+            << "rank " << r;
+        EXPECT_DOUBLE_EQ(m.total_keeping_graph(),
+                         m.total() + m.graph_per_micro * double(m.in_flight))
+            << "rank " << r;
+    }
+}
+
 // run.mem_gib caps the microbatches in flight: one cap for every rank (the schedule needs it),
 // never above 1F1B's P - r, every rank within the budget whenever one microbatch in flight
 // fits, and a larger budget never lowers the cap.

@@ -46,11 +46,17 @@ at::Tensor prediction_losses(const at::Tensor& logits, const at::Tensor& targets
 at::Tensor next_token_losses(const at::Tensor& logits, const at::Tensor& tokens);
 
 // What Stage::forward_recorded keeps of one microbatch for Stage::backward: the input of each
-// of the stage's layers and the last layer's output, [B, T, C] each — nothing inside a layer.
+// of the stage's layers and the last layer's output, [B, T, C] each. Recomputing (the default),
+// nothing inside a layer: backward replays each layer. Keeping the graph, also each layer's
+// output with its autograd graph (the layer's saved internals) and the losses with theirs, so
+// that backward runs no forward again.
 struct StageTape {
-    at::Tensor              tokens;    // int64 [B, T]
-    std::vector<at::Tensor> layer_in;  // per stage layer: its input
-    at::Tensor              hidden;    // the last layer's output (the head's input on the last)
+    at::Tensor              tokens;     // int64 [B, T]
+    std::vector<at::Tensor> layer_in;   // per stage layer: its input
+    at::Tensor              hidden;     // the last layer's output (the head's input on the last)
+    std::vector<at::Tensor> layer_out;  // kept graph: per stage layer, its output; else empty
+    at::Tensor              losses;     // kept graph, last stage: [B, T-1] with its graph
+    bool                    kept() const { return !layer_out.empty() || losses.defined(); }
 };
 
 // One pipeline stage. forward() takes token ids (first stage) or boundary activations, and
@@ -68,11 +74,16 @@ class Stage {
     // in: int64 [B, T] tokens on the first stage, else [B, T, C]. tokens: int64 [B, T], needed
     // on the last stage (targets). Returns [B, T, C], or [B, T-1] losses on the last stage.
     at::Tensor forward(const at::Tensor& in, const at::Tensor& tokens) const;
-    // forward() without autograd that records the microbatch's tape; backward() then replays
-    // one layer at a time with autograd (activation recomputation): a microbatch in flight
-    // holds (layers + 1) x [B, T, C], and one layer's internals exist only while it is replayed.
-    at::Tensor forward_recorded(const at::Tensor& in, const at::Tensor& tokens,
-                                StageTape& tape) const;
+    // forward() that records the microbatch's tape for backward(). Recomputing (keep_graph
+    // false), without autograd: backward() replays one layer at a time (activation
+    // recomputation, 2 forwards + 1 backward per pass); a microbatch in flight holds
+    // (layers + 1) x [B, T, C], and one layer's internals exist only while it is replayed.
+    // Keeping the graph, each layer runs with autograd on its own detached input, so backward()
+    // only walks the graphs (1 forward + 1 backward): the same operations on the same values,
+    // so the same gradients bit for bit, for each layer's saved internals in memory
+    // (parallel/memory_plan.h, graph_per_micro).
+    at::Tensor forward_recorded(const at::Tensor& in, const at::Tensor& tokens, StageTape& tape,
+                                bool keep_graph = false) const;
     // grad_output: dF/d output ([B, T, C]), or on the last stage the weight of every loss (a
     // scalar or [B, T-1]). Weight gradients accumulate in the linears' .grad(); returns dF/d
     // input, or an undefined tensor on the first stage. The same gradients as stage_backward()
@@ -92,9 +103,15 @@ class Stage {
 
   private:
     // embedding (first) + this stage's layers; tape, when given, records each layer's input
-    at::Tensor hidden(const at::Tensor& in, StageTape* tape = nullptr) const;
+    // (and with keep_graph its output with its graph, from the first layer with grads on)
+    at::Tensor hidden(const at::Tensor& in, StageTape* tape = nullptr,
+                      bool keep_graph = false) const;
+    // Whether layer il's input needs a gradient in backward (first_layer_with_grads: lo)
+    bool needs_input_grad(int64_t il, int64_t lo) const { return il > lo || !weights_.range.first; }
     at::Tensor losses(const at::Tensor& x, const at::Tensor& tokens) const;  // last stage
     int64_t    first_layer_with_grads() const;  // stage layer index; layers.size() if none
+    at::Tensor backward_kept(const StageTape& tape, const at::Tensor& grad_output,
+                             int64_t lo) const;
 
     LlamaConfig     config_;
     StageWeights    weights_;

@@ -27,7 +27,11 @@
 //   activations what a microbatch in flight keeps (each layer's input: activations are
 //               recomputed in backward), times the microbatches in flight (1F1B: P - r on
 //               rank r, capped by run.mem_gib), plus the transient of one layer's replay: its
-//               saved internals, one attention block's scores, one loss chunk's logits
+//               saved internals, one attention block's scores, one loss chunk's logits.
+//               A run keeps each layer's graph instead of recomputing it (1 forward + 1
+//               backward per pass, not 2 + 1) where total_keeping_graph() fits the rank's
+//               room: then every layer's saved internals stay per microbatch in flight
+//               (graph_per_micro)
 //   assembly    rank 0 at the end, the stage freed: the checkpoint's largest other tensor
 //               (the embedding) as stored, its file pages, and in fp32
 // The peak is weights + activations + the larger of the two phases (statistics, w_orig + pqi),
@@ -47,18 +51,24 @@ inline constexpr double kRuntimeBytes = 32.0 * 1024 * 1024;
 
 struct RankMemory {
     double  weights = 0, w_orig = 0, pqi = 0, activations = 0;
-    double  runtime    = kRuntimeBytes;
-    double  statistics = 0;  // besides X^T X (GPTQ's workspace, Fisher)
-    double  assembly   = 0;  // rank 0, after the stage is freed: writing the checkpoint
-    double  xtx_layer  = 0;  // one layer's X^T X
-    int64_t xtx_layers = 0;  // layers whose X^T X is held at once
-    double  per_micro  = 0;  // bytes one microbatch in flight keeps (part of activations)
-    double  transient  = 0;  // bytes of one layer's replay (part of activations)
-    int64_t in_flight  = 0;  // microbatches in flight at once
+    double  runtime         = kRuntimeBytes;
+    double  statistics      = 0;  // besides X^T X (GPTQ's workspace, Fisher)
+    double  assembly        = 0;  // rank 0, after the stage is freed: writing the checkpoint
+    double  xtx_layer       = 0;  // one layer's X^T X
+    int64_t xtx_layers      = 0;  // layers whose X^T X is held at once
+    double  per_micro       = 0;  // bytes one microbatch in flight keeps (part of activations)
+    double  transient       = 0;  // bytes of one layer's replay (part of activations)
+    int64_t in_flight       = 0;  // microbatches in flight at once
+    double  graph_per_micro = 0;  // bytes one microbatch in flight adds when graphs are kept
     double  stats() const { return statistics + xtx_layer * double(xtx_layers); }
     double  total() const {
          return runtime +
                 std::max(weights + activations + std::max(stats(), w_orig + pqi), assembly);
+    }
+    double total_keeping_graph() const {
+        RankMemory k = *this;
+        k.activations += graph_per_micro * double(in_flight);
+        return k.total();
     }
 };
 

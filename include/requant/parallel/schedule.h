@@ -58,8 +58,12 @@ int gradient_tag(int64_t m);
 struct ScheduleOptions {
     ScheduleOptions(int64_t mb = 1, int64_t in_flight = 0)  // NOLINT: a microbatch alone is one
         : microbatch(mb), max_in_flight(in_flight) {}
-    int64_t    microbatch;
-    int64_t    max_in_flight;
+    int64_t microbatch;
+    int64_t max_in_flight;
+    // Keep each layer's autograd graph from forward to backward instead of recomputing it
+    // (model::Stage::forward_recorded): 1 forward + 1 backward per pass instead of 2 + 1, the
+    // same results bit for bit, for more memory (memory_plan.h: graph_per_micro).
+    bool       keep_graph = false;
     int        replica = 0, replicas = 1;
     Transport* across = nullptr;  // required when replicas > 1
     // This replica's microbatches [begin, end) of N sequences.
