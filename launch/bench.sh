@@ -4,12 +4,15 @@
 #     sequence length 256 and their fraction of the roofline (FLOPs counted analytically);
 #  1b. the same model in plain PyTorch eager (tests/reference/llama_eager.py, Debian python3-torch)
 #     at 16 x 256 with the same tokens, threads and OpenBLAS core: both rates and their ratio;
+#  1d. the same comparison on one decoder layer of the Llama-3.2-1B shape at 512 tokens;
 #  1c. each fused kernel of the decoder block (RMSNorm, SwiGLU, RoPE, attention) against its
 #     plain twin of ATen ops, forward and forward+backward, at llama-7m-en's shapes (bench_kernels);
 #  2. the 1F1B pipeline: forward+backward tokens/s for P = 1 and P = 2 on llama-7m-en, the
 #     measured bubble against the ideal (P-1)/(M+P-1), peak RSS per rank for P = 1, 2, 4;
 #  3. peak RSS per rank for P = 1, 2, 4 on a synthetic 1.3 GB (BF16) model in HF layout, written
 #     once to $RQ_BENCH_TMP (default /tmp/requant-synth-1b3);
+#  4b. launch/bench-pqi.sh: a PQI node against a plain forward+backward (graphs kept and
+#     recomputed), and the time to the paper's PQI accuracy against its eager recipe;
 #  4. one PQI pass on llama-7m-en (32 x 256 calibration tokens, midpoint rule, RQ_BENCH_NODES
 #     nodes, default 8) for P = 1 and 2: time, GFLOP/s against the GEMM roofline of the ranks
 #     (target >= 50%), and each rank's gradient accumulators (its own layers' linears only);
@@ -47,14 +50,14 @@ echo "## 1. single process vs the GEMM roofline"
   --threads "${RQ_BENCH_THREADS:-2}" --min-seconds "${RQ_BENCH_SECONDS:-3}"
 
 echo "## 1b. against PyTorch eager (tests/reference/llama_eager.py): llama-7m-en, 16 x 256, same tokens, threads and OpenBLAS core"
-eager_cmp() {
+eager_cmp() {  # MODEL SEQ_LEN BATCH
   local cpp py core
   cpp=$(mktemp); py=$(mktemp)
-  "$RQ_BUILD/bin/bench_model" --model "$M7" --seq-len 256 --batch 16 \
+  "$RQ_BUILD/bin/bench_model" --model "$1" --seq-len "$2" --batch "$3" \
     --threads "${RQ_BENCH_THREADS:-2}" --min-seconds "${RQ_BENCH_SECONDS:-3}" > "$cpp"
   core=$(grep -o 'core=[A-Za-z0-9]*' "$cpp" | head -1 | cut -d= -f2)
   OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-$core} /usr/bin/python3 "$RQ_ROOT/tests/reference/llama_eager.py" \
-    --model "$M7" --seq-len 256 --batch 16 --threads "${RQ_BENCH_THREADS:-2}" \
+    --model "$1" --seq-len "$2" --batch "$3" --threads "${RQ_BENCH_THREADS:-2}" \
     --min-seconds "${RQ_BENCH_SECONDS:-3}" > "$py"
   grep -E "^# BLAS|^  (loss|forward)" "$cpp" | sed 's/^/  requant-dist: /'
   sed 's/^/  /' "$py"
@@ -66,7 +69,13 @@ eager_cmp() {
       printf "# requant-dist / eager, OpenBLAS core %s: forward %.2fx, forward+backward %.2fx (target >= 2x)\n", core, fc / fe, bc / be }' "$cpp" "$py"
   rm -f "$cpp" "$py"
 }
-eager_cmp
+eager_cmp "$M7" 256 16
+
+echo "## 1d. one decoder layer of the Llama-3.2-1B shape (hidden 2048, ff 8192, 32/8 heads; random BF16 weights, vocabulary 1024 so that the head is negligible), 1 x 512 tokens, against eager"
+L1B=${RQ_BENCH_TMP:-/tmp}/requant-layer-1b
+[ -f "$L1B/config.json" ] || "$RQ_BUILD/bin/make_synthetic_model" "$L1B" --hidden 2048 --ff 8192 \
+  --layers 1 --heads 32 --kv 8 --vocab 1024 > /dev/null
+eager_cmp "$L1B" 512 1
 
 echo "## 1c. fused kernels against their plain twins (bench_kernels, llama-7m-en shapes, 16 x 256)"
 "$RQ_BUILD/bin/bench_kernels" --threads "${RQ_BENCH_THREADS:-2}"
@@ -95,6 +104,9 @@ echo "## 4. PQI pass, llama-7m-en, 32 sequences x 256, microbatch 4"
 BQ="$RQ_BUILD/bin/bench_pqi --model $M7 --seqs 32 --seq-len 256 --microbatch 4 --nodes ${RQ_BENCH_NODES:-8}"
 $BQ --threads 2
 mpirun -np 2 $BQ --threads 1
+
+echo "## 4b. launch/bench-pqi.sh"
+"$RQ_ROOT/launch/bench-pqi.sh" | grep -v '^# machine'
 
 echo "## 5. tokenizers on sotu-1790-1980.txt (target >= 5 MB/s per core)"
 for t in "$RQ_SHARED/tokenizers/llama3/tokenizer.json" "$M7/tokenizer.model"; do

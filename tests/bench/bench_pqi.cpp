@@ -8,18 +8,22 @@
 // pass (a node's forward+backward with its accumulation) against the plain one.
 // --graph keep (the run's choice when memory allows) or recompute (each layer's forward again in
 // backward): parallel::ScheduleOptions::keep_graph. Run through launch/bench.sh.
+// --dump-wq FILE (one rank) writes w~ (RTN 4-bit g128, dequantized) in HF tensor names as
+// safetensors, for tests/reference/pqi_eager.py to integrate the same path.
 // Usage: mpirun -np P bench_pqi --model DIR [--seqs N] [--seq-len T] [--microbatch B]
-//        [--nodes K] [--rule R] [--threads n] [--graph keep|recompute]
+//        [--nodes K] [--rule R] [--threads n] [--graph keep|recompute] [--dump-wq FILE]
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 
 #include <chrono>
 #include <cstdio>
+#include <map>
 #include <string>
 
 #include "bench_args.h"
 #include "requant/cli/sysinfo.h"
 #include "requant/io/hf_checkpoint.h"
+#include "requant/io/safetensors.h"
 #include "requant/model/weights.h"
 #include "requant/parallel/control.h"
 #include "requant/parallel/mpi_env.h"
@@ -72,9 +76,10 @@ int main(int argc, char** argv) {
     try {
         const rq::bench::Args a(
             argc, argv,
-            {"model", "seqs", "seq-len", "microbatch", "nodes", "rule", "threads", "graph"},
-            "usage: bench_pqi --model DIR [--seqs N] [--seq-len T] "
-            "[--microbatch B] [--nodes K] [--rule R] [--threads n] [--graph keep|recompute]");
+            {"model", "seqs", "seq-len", "microbatch", "nodes", "rule", "threads", "graph",
+             "dump-wq"},
+            "usage: bench_pqi --model DIR [--seqs N] [--seq-len T] [--microbatch B] [--nodes K] "
+            "[--rule R] [--threads n] [--graph keep|recompute] [--dump-wq FILE]");
         const std::string graph = a.str("graph", "keep");
         if (graph != "keep" && graph != "recompute")
             throw std::runtime_error("--graph: keep or recompute");
@@ -98,6 +103,15 @@ int main(int argc, char** argv) {
                 wq[il][i]           = rq::quant::dequantize(rq::quant::rtn_quantize(w, {4, 128}));
                 own += double(w.numel());
             }
+        if (const std::string dump = a.str("dump-wq"); !dump.empty()) {
+            if (P != 1) throw std::runtime_error("--dump-wq needs one rank");
+            std::map<std::string, at::Tensor> named;
+            for (std::size_t il = 0; il < wq.size(); ++il)
+                for (std::size_t i = 0; i < rq::model::kLinears.size(); ++i)
+                    named[rq::model::linear_tensor_name(int64_t(il), rq::model::kLinears[i])] =
+                        wq[il][i].contiguous();
+            rq::io::write_safetensors(dump, named);
+        }
         at::Generator g   = at::detail::createCPUGenerator(1);
         at::Tensor    tok = at::randint(0, c.n_vocab, {N, T}, g, at::kLong);
 
