@@ -50,24 +50,44 @@ echo "## 1. single process vs the GEMM roofline"
   --threads "${RQ_BENCH_THREADS:-2}" --min-seconds "${RQ_BENCH_SECONDS:-3}"
 
 echo "## 1b. against PyTorch eager (tests/reference/llama_eager.py): llama-7m-en, 16 x 256, same tokens, threads and OpenBLAS core"
-eager_cmp() {  # MODEL SEQ_LEN BATCH
-  local cpp py core
-  cpp=$(mktemp); py=$(mktemp)
-  "$RQ_BUILD/bin/bench_model" --model "$1" --seq-len "$2" --batch "$3" \
-    --threads "${RQ_BENCH_THREADS:-2}" --min-seconds "${RQ_BENCH_SECONDS:-3}" > "$cpp"
-  core=$(grep -o 'core=[A-Za-z0-9]*' "$cpp" | head -1 | cut -d= -f2)
-  OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-$core} /usr/bin/python3 "$RQ_ROOT/tests/reference/llama_eager.py" \
-    --model "$1" --seq-len "$2" --batch "$3" --threads "${RQ_BENCH_THREADS:-2}" \
-    --min-seconds "${RQ_BENCH_SECONDS:-3}" > "$py"
-  grep -E "^# BLAS|^  (loss|forward)" "$cpp" | sed 's/^/  requant-dist: /'
-  sed 's/^/  /' "$py"
-  awk -v core="$core" '
-    FNR == NR && /^  loss/ {lc = $2} FNR == NR && /^  forward / {fc = $3} FNR == NR && /^  forward\+backward/ {bc = $3}
-    FNR != NR && /^  loss/ {le = $2} FNR != NR && /eager forward / {fe = $4} FNR != NR && /eager forward\+backward/ {be = $4}
-    END { d = lc - le; if (d < 0) d = -d
-      printf "# losses %s vs %s (|diff| %.1e: %s)\n", lc, le, d, d < 1e-4 ? "the same computation" : "DIFFERENT MODELS"
-      printf "# requant-dist / eager, OpenBLAS core %s: forward %.2fx, forward+backward %.2fx (target >= 2x)\n", core, fc / fe, bc / be }' "$cpp" "$py"
-  rm -f "$cpp" "$py"
+eager_cmp() {  # MODEL SEQ_LEN BATCH: RQ_BENCH_ROUNDS (3) rounds, each both engines in turn
+  local d core r
+  d=$(mktemp -d)
+  for r in $(seq "${RQ_BENCH_ROUNDS:-3}"); do
+    "$RQ_BUILD/bin/bench_model" --model "$1" --seq-len "$2" --batch "$3" \
+      --threads "${RQ_BENCH_THREADS:-2}" --min-seconds "${RQ_BENCH_SECONDS:-3}" > "$d/cpp.$r"
+    core=$(grep -o 'core=[A-Za-z0-9]*' "$d/cpp.$r" | head -1 | cut -d= -f2)
+    OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-$core} /usr/bin/python3 "$RQ_ROOT/tests/reference/llama_eager.py" \
+      --model "$1" --seq-len "$2" --batch "$3" --threads "${RQ_BENCH_THREADS:-2}" \
+      --min-seconds "${RQ_BENCH_SECONDS:-3}" > "$d/py.$r"
+  done
+  grep -E "^# BLAS" "$d/cpp.1" | sed 's/^/  requant-dist: /'
+  grep -E "^# eager" "$d/py.1" | sed 's/^/  /'
+  /usr/bin/python3 - "$d" "${RQ_BENCH_ROUNDS:-3}" "$core" <<'PY'
+import re, statistics, sys
+d, rounds, core = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+def rates(path, pat):
+    txt = open(path).read()
+    loss = float(re.search(r"^  loss\s+(\S+)", txt, re.M).group(1))
+    f = float(re.search(r"^  %sforward\s+\S+\s+(\S+)" % pat, txt, re.M).group(1))
+    b = float(re.search(r"^  %sforward\+backward\s+\S+\s+(\S+)" % pat, txt, re.M).group(1))
+    return loss, f, b
+rows = []
+for r in range(1, rounds + 1):
+    lc, fc, bc = rates("%s/cpp.%d" % (d, r), "")
+    le, fe, be = rates("%s/py.%d" % (d, r), "eager ")
+    rows.append((fc, bc, fe, be, fc / fe, bc / be))
+    print("  round %d: requant-dist %6.0f / %6.0f tokens/s, eager %6.0f / %6.0f (forward / "
+          "forward+backward): %.2fx / %.2fx" % (r, fc, bc, fe, be, fc / fe, bc / be))
+diff = abs(lc - le)
+print("# losses %.6f vs %.6f (|diff| %.1e: %s)" % (lc, le, diff,
+      "the same computation" if diff < 1e-4 else "DIFFERENT MODELS"))
+med = [statistics.median(c) for c in zip(*rows)]
+print("# medians of %d rounds: requant-dist %.0f / %.0f tokens/s, eager %.0f / %.0f; per-round "
+      "ratio, OpenBLAS core %s: forward %.2fx, forward+backward %.2fx (target >= 2x)"
+      % (rounds, med[0], med[1], med[2], med[3], core, med[4], med[5]))
+PY
+  rm -rf "$d"
 }
 eager_cmp "$M7" 256 16
 

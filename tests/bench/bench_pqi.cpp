@@ -183,8 +183,8 @@ int main(int argc, char** argv) {
             const PlainTimes p    = plain_passes(stage, tok, mb);
             const double     pass = (wall - fw * p.forward) / fb;  // one node's fwd+bwd
             std::printf(
-                "    one PQI pass %.3f s, a plain forward+backward %.3f s (forward %.3f s): "
-                "ratio %.3f (target <= 1.10)\n",
+                "    a PQI pass (the run's mean) %.3f s, a plain forward+backward %.3f s "
+                "(forward %.3f s): ratio %.3f (target <= 1.10)\n",
                 pass, p.forward_backward, p.forward, pass / p.forward_backward);
         }
         return 0;
