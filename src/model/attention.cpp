@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <vector>
 
 #include "requant/error.h"
 #include "requant/model/profile_scopes.h"
@@ -116,24 +117,41 @@ at::Tensor from_bthd(const at::Tensor& g, const Shape& s) {
         .view({s.G, s.T * s.R, s.D});
 }
 
-at::Tensor blocked_forward(const Operands& x, const Shape& s, int64_t block) {
+// kept: when given, receives each block's probabilities for the backward.
+at::Tensor blocked_forward(const Operands& x, const Shape& s, int64_t block,
+                           std::vector<at::Tensor>* kept) {
     at::Tensor o = at::empty({s.G, s.T * s.R, s.D}, x.q.options());
     for (int64_t t0 = 0; t0 < s.T; t0 += block) {
         const int64_t n = std::min(block, s.T - t0);
         at::Tensor    p = block_probs(x, s, t0, n);
         o.narrow(1, t0 * s.R, n * s.R).copy_(at::bmm(p, x.v.narrow(1, 0, t0 + n)));
+        if (kept) kept->push_back(p);
     }
     return o;
+}
+
+// Sum over the blocks of B * H * n * t1 elements.
+int64_t probs_elems(int64_t B, int64_t H, int64_t T, int64_t block) {
+    int64_t e = 0;
+    for (int64_t t0 = 0; t0 < T; t0 += block) {
+        const int64_t n = std::min(block, T - t0);
+        e += B * H * n * (t0 + n);
+    }
+    return e;
 }
 
 struct BlockedAttention : torch::autograd::Function<BlockedAttention> {
     // q [B, H, T, D], k and v [B, Hkv, T, D] -> [B, T, H, D]
     static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& q,
-                              const at::Tensor& k, const at::Tensor& v, int64_t block) {
+                              const at::Tensor& k, const at::Tensor& v, int64_t block, bool keep) {
         const Shape s = shape_of(q, k, v);
         ctx->save_for_backward({q, k, v});
         ctx->saved_data["block"] = block;
-        return to_bthd(blocked_forward(operands_of(q, k, v, s), s, block), s);
+        std::vector<at::Tensor> probs;
+        at::Tensor              o =
+            to_bthd(blocked_forward(operands_of(q, k, v, s), s, block, keep ? &probs : nullptr), s);
+        if (keep) ctx->saved_data["probs"] = probs;
+        return o;
     }
 
     // Per block: recompute p, then dp = dO V^T, dV += p^T dO, ds = softmax'(dp) (scale folded
@@ -145,11 +163,13 @@ struct BlockedAttention : torch::autograd::Function<BlockedAttention> {
             auto d = twin_backward(
                 [](const auto& in) { return causal_attention_ref(in[0], in[1], in[2]); },
                 {saved[0], saved[1], saved[2]}, grad[0]);
-            return {d[0], d[1], d[2], at::Tensor()};
+            return {d[0], d[1], d[2], at::Tensor(), at::Tensor()};
         }
-        const int64_t  block = ctx->saved_data["block"].toInt();
-        const Shape    s     = shape_of(saved[0], saved[1], saved[2]);
-        const Operands x     = operands_of(saved[0], saved[1], saved[2], s);
+        const int64_t block = ctx->saved_data["block"].toInt();
+        const auto kept = ctx->saved_data.count("probs") ? ctx->saved_data["probs"].toTensorVector()
+                                                         : std::vector<at::Tensor>();
+        const Shape    s = shape_of(saved[0], saved[1], saved[2]);
+        const Operands x = operands_of(saved[0], saved[1], saved[2], s);
         const int64_t  B = s.B, R = s.R, T = s.T, D = s.D, Hkv = s.Hkv;
         at::Tensor     dout = from_bthd(grad[0], s);  // [G, T*R, D]
         at::Tensor     dq   = at::empty_like(x.q);
@@ -158,8 +178,9 @@ struct BlockedAttention : torch::autograd::Function<BlockedAttention> {
             const int64_t n = std::min(block, T - t0), t1 = t0 + n;
             at::Tensor    qb = x.q.narrow(1, t0 * R, n * R), dob = dout.narrow(1, t0 * R, n * R);
             at::Tensor    kb = x.k.narrow(1, 0, t1), vb = x.v.narrow(1, 0, t1);  // [G, t1, D]
-            at::Tensor    p  = block_probs(x, s, t0, n);                         // [G, R*n, t1]
-            at::Tensor    ds = dob.bmm(vb.transpose(1, 2));                      // dp
+            at::Tensor    p  = kept.empty() ? block_probs(x, s, t0, n)           // [G, R*n, t1]
+                                            : kept[std::size_t(t0 / block)];
+            at::Tensor    ds = dob.bmm(vb.transpose(1, 2));  // dp
             dv.narrow(1, 0, t1).baddbmm_(p.transpose(1, 2), dob);
             causal_softmax_backward_(ds, p, t0, R, s.scale);
             dq.narrow(1, t0 * R, n * R).copy_(ds.bmm(kb));
@@ -167,7 +188,7 @@ struct BlockedAttention : torch::autograd::Function<BlockedAttention> {
         }
         at::Tensor dq4 =
             dq.view({B, Hkv, T, R, D}).permute({0, 1, 3, 2, 4}).contiguous().view({B, s.H, T, D});
-        return {dq4, dk.view({B, Hkv, T, D}), dv.view({B, Hkv, T, D}), at::Tensor()};
+        return {dq4, dk.view({B, Hkv, T, D}), dv.view({B, Hkv, T, D}), at::Tensor(), at::Tensor()};
     }
 };
 
@@ -212,11 +233,21 @@ int64_t attention_block(int64_t B, int64_t H, int64_t T) {
     return std::min({T, kAttentionBlockPositions, std::max<int64_t>(16, rows)});
 }
 
+int64_t attention_kept_bytes(int64_t B, int64_t H, int64_t T) {
+    const int64_t bytes = 4 * probs_elems(B, H, T, attention_block(B, H, T));
+    return bytes <= kAttentionKeepProbsBytes ? bytes : 0;
+}
+
 at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                            int64_t block) {
+                            int64_t block, int64_t keep_bytes) {
     RECORD_USER_SCOPE(kScopeAttention);
     if (block <= 0) block = attention_block(q.size(0), q.size(1), q.size(2));
-    return BlockedAttention::apply(q, k, v, block);
+    // Only a call that records a graph has a backward to keep them for.
+    const bool graph =
+        at::GradMode::is_enabled() && (q.requires_grad() || k.requires_grad() || v.requires_grad());
+    const int64_t bytes =
+        int64_t(q.element_size()) * probs_elems(q.size(0), q.size(1), q.size(2), block);
+    return BlockedAttention::apply(q, k, v, block, graph && bytes <= keep_bytes);
 }
 
 at::Tensor causal_attention_ref(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {

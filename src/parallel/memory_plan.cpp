@@ -21,9 +21,11 @@ double MemoryPlan::max_total() const {
 namespace {
 
 // One layer's saved internals for backward (norms, q/k/v, attention output, the MLP's
-// gate/up/product, residuals: ~10 C + 4 F floats per token), fp32.
+// gate/up/product, residuals: ~10 C + 4 F floats per token), fp32, and attention's
+// probabilities where it keeps them (short sequences, model/attention.h).
 double layer_saved_bytes(const io::LlamaConfig& c, double mb, int64_t T) {
-    return 4 * mb * double(T) * (10 * double(c.n_embd) + 4 * double(c.n_ff));
+    return 4 * mb * double(T) * (10 * double(c.n_embd) + 4 * double(c.n_ff)) +
+           double(model::attention_kept_bytes(int64_t(mb), c.n_head, T));
 }
 
 // One layer's replay in backward: its saved internals, one attention block's

@@ -7,6 +7,8 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <gtest/gtest.h>
 
+#include <climits>
+
 #include "requant/error.h"
 #include "requant/model/attention.h"
 #include "requant/model/head_loss.h"
@@ -42,6 +44,36 @@ AttnOut attn_grads(F f, const at::Tensor& q0, const at::Tensor& k0, const at::Te
 struct AttnCase {
     int64_t B, H, Hkv, T, D;
 };
+
+// Probabilities kept from forward for backward give the recomputing backward's results bit for
+// bit, in every blocking; a call without a graph (no input requires grad) keeps nothing.
+TEST(BlockedAttention, KeptProbabilitiesEqualRecomputedBitwise) {
+    for (auto dt : {at::kFloat, at::kDouble})
+        for (AttnCase c : {AttnCase{2, 6, 2, 37, 8}, AttnCase{1, 8, 8, 32, 16}}) {
+            const at::Tensor q = randn({c.B, c.H, c.T, c.D}, 4, dt),
+                             k = randn({c.B, c.Hkv, c.T, c.D}, 5, dt),
+                             v = randn({c.B, c.Hkv, c.T, c.D}, 6, dt);
+            for (int64_t block : {c.T, int64_t(1), int64_t(5)}) {
+                const auto kept =
+                    attn_grads([&](auto& a, auto& b,
+                                   auto& d) { return causal_attention(a, b, d, block, INT64_MAX); },
+                               q, k, v);
+                const auto again = attn_grads(
+                    [&](auto& a, auto& b, auto& d) { return causal_attention(a, b, d, block, 0); },
+                    q, k, v);
+                const std::string at = "T " + std::to_string(c.T) + ", block " +
+                                       std::to_string(block) +
+                                       (dt == at::kFloat ? " fp32" : " fp64");
+                EXPECT_TRUE(at::equal(kept.o, again.o)) << at;
+                EXPECT_TRUE(at::equal(kept.dq, again.dq)) << at;
+                EXPECT_TRUE(at::equal(kept.dk, again.dk)) << at;
+                EXPECT_TRUE(at::equal(kept.dv, again.dv)) << at;
+            }
+        }
+    EXPECT_GT(attention_kept_bytes(4, 8, 256), 0);    // llama-7m-en's PQI microbatch
+    EXPECT_EQ(attention_kept_bytes(1, 32, 4096), 0);  // a long sequence: recomputed
+    EXPECT_EQ(attention_kept_bytes(2, 4, 64) % 4, 0);
+}
 
 TEST(BlockedAttention, MatchesTheReferenceInEveryBlocking) {
     // fp32 to 1e-5 and fp64 to fp64 rounding, for one block and for blocks that cut the

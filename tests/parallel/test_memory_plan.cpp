@@ -17,6 +17,7 @@
 #include "../common/shared_dir.h"
 #include "requant/io/hf_config.h"
 #include "requant/io/job.h"
+#include "requant/model/attention.h"
 #include "requant/parallel/memory_plan.h"
 #include "requant/units.h"
 
@@ -303,7 +304,8 @@ TEST(MemoryPlan, KeptGraphsAddEveryLayersInternalsPerMicrobatchInFlight) {
     const auto       c         = llama_1b();
     const MemoryPlan p         = plan_memory(c, job({"run.microbatch=4"}), 3);
     const double     T         = double(job().data.seq_len);
-    const double     per_layer = 4 * 4 * T * (10 * double(c.n_embd) + 4 * double(c.n_ff));  // fp32
+    const double     per_layer = 4 * 4 * T * (10 * double(c.n_embd) + 4 * double(c.n_ff)) +
+                             double(model::attention_kept_bytes(4, c.n_head, int64_t(T)));
     for (std::size_t r = 0; r < 3; ++r) {
         const RankMemory& m    = p.ranks[r];
         const auto&       s    = p.pipeline.stages[r].range;
