@@ -117,8 +117,15 @@ int main(int argc, char** argv) try {
     };
     const double t_fb = time_it(step, 1, a.min_s);
     if (!a.profile.empty()) {
-        torch::autograd::profiler::RecordProfile trace(a.profile);
-        for (int i = 0; i < 2; ++i) step();
+        {
+            torch::autograd::profiler::RecordProfile trace(a.profile);
+            for (int i = 0; i < 2; ++i) step();
+        }
+        // The forward alone (no graph), beside it: TRACE.forward.json.
+        const std::string fwd = a.profile.substr(0, a.profile.rfind(".json")) + ".forward.json";
+        torch::autograd::profiler::RecordProfile trace(fwd);
+        at::NoGradGuard                          g;
+        for (int i = 0; i < 2; ++i) stage.forward(tok, tok);
     }
 
     // Analytic FLOPs per token. N_lin = linear weights in decoder layers; attention computes the

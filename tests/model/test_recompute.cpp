@@ -9,11 +9,13 @@
 #include <torch/csrc/autograd/autograd.h>
 
 #include <climits>
+#include <cstdio>
 
 #include "requant/error.h"
 #include "requant/model/attention.h"
 #include "requant/model/head_loss.h"
 #include "requant/model/llama.h"
+#include "requant/model/vec_math.h"
 #include "tiny_model.h"
 
 namespace rq::model {
@@ -100,6 +102,22 @@ TEST(BlockedAttention, MatchesTheReferenceInEveryBlocking) {
                 EXPECT_LT(max_rel(got.dv, ref.dv), tol) << "T=" << c.T << " block " << block;
             }
         }
+}
+
+// The fp32 softmax rows run as an AVX2 build where the CPU has one; the baseline build must
+// give the same bits (no FMA, fixed lanes), so results do not depend on the machine.
+TEST(CausalSoftmax, Avx2AndBaselineBuildsGiveTheSameBits) {
+    std::printf("AVX2 build in use on this CPU: %s\n", use_avx2() ? "yes" : "no (both baseline)");
+    for (int64_t R : {1, 2, 3}) {
+        const int64_t    t0 = 37, n = 29;
+        const at::Tensor s0   = randn({5, R * n, t0 + n}, 21, at::kFloat) * 8;
+        at::Tensor       fast = s0.clone(), base = s0.clone();
+        causal_softmax_(fast, t0, R, 0.125);
+        force_baseline(true);
+        causal_softmax_(base, t0, R, 0.125);
+        force_baseline(false);
+        EXPECT_TRUE(at::equal(fast, base)) << "R " << R;
+    }
 }
 
 TEST(CausalSoftmax, FusedMatchesTheReferenceAndAutograd) {

@@ -9,13 +9,16 @@
 // an exp built from arithmetic and bit operations instead of a libm call. Each has a plain twin
 // (tests/model/test_block_ops.cpp compares them).
 
+// Inlined into every caller, so that a caller compiled for AVX2 (below) gets AVX2 code.
+#define RQ_VEC_INLINE inline __attribute__((always_inline))
+
 namespace rq::model {
 
 constexpr int64_t kLanes = 8;
 
 // sum_i f(i) for i in [0, n), in kLanes partial sums added pairwise at the end.
 template <class T, class F>
-T lane_sum(int64_t n, F f) {
+RQ_VEC_INLINE T lane_sum(int64_t n, F f) {
     T       acc[kLanes] = {};
     int64_t i           = 0;
     for (; i + kLanes <= n; i += kLanes)
@@ -28,7 +31,7 @@ T lane_sum(int64_t n, F f) {
 
 // max of x[0..n), n >= 1, in kLanes partial maxima.
 template <class T>
-T lane_max(const T* x, int64_t n) {
+RQ_VEC_INLINE T lane_max(const T* x, int64_t n) {
     T acc[kLanes];
     for (int64_t k = 0; k < kLanes; ++k) acc[k] = x[0];
     int64_t i = 0;
@@ -43,7 +46,7 @@ T lane_max(const T* x, int64_t n) {
 // e^r by its degree-7 Taylor polynomial, 2^n added into the exponent bits. Within 3 ulp of
 // std::exp on [-87, 88]; x is clamped to that range (e^-87 ~ 1.6e-38 stands for anything
 // smaller, where a softmax or sigmoid reads 0 either way).
-inline float exp_vec(float x) {
+RQ_VEC_INLINE float exp_vec(float x) {
     x             = x > -87.0f ? x : -87.0f;  // maxss/minss forms (std::max is not)
     x             = x < 88.0f ? x : 88.0f;
     const float t = x * 1.44269504088896341f + 12582912.0f;  // round(x / ln2) in the low bits
@@ -68,5 +71,12 @@ inline float exp_vec(float x) {
 inline double exp_vec(double x) {
     return std::exp(x);  // fp64 (gradient checks): libm
 }
+
+// Hot fp32 loops are compiled twice, for AVX2 and for the baseline ISA, and run as AVX2 where
+// the CPU has it. Neither enables FMA and every reduction is in kLanes fixed lanes, so both
+// do the same operations in the same order: the same bits (tests compare them). force_baseline
+// makes them run the baseline version (tests).
+bool use_avx2();
+void force_baseline(bool on);
 
 }  // namespace rq::model
