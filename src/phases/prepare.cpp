@@ -155,13 +155,16 @@ std::optional<double> check_memory(const RunContext& ctx) {
 }  // namespace
 
 // Whether this rank keeps each layer's graph from forward to backward (1 forward + 1 backward
-// per pass) instead of recomputing it (2 + 1): when the plan with kept graphs and the tensor
-// cache fits the room, or no limit is known. The results are the same bit for bit either way.
+// per pass) instead of recomputing it (2 + 1): when the plan with kept graphs fits the room, or
+// no limit is known; the tensor cache then keeps what the room leaves beside it. The results
+// are the same bit for bit either way.
 bool keep_graphs(const RunContext& ctx, std::optional<double> room) {
-    const parallel::MemoryPlan plan = parallel::plan_memory(ctx.ckpt.config(), ctx.job, ctx.P);
-    const double               need = plan.ranks[std::size_t(ctx.rank)].total_keeping_graph() +
-                        double(model::tensor_cache_cap_from_env());
-    const bool keep = !room || need <= *room;
+    const parallel::MemoryPlan plan  = parallel::plan_memory(ctx.ckpt.config(), ctx.job, ctx.P);
+    const double               need  = plan.ranks[std::size_t(ctx.rank)].total_keeping_graph();
+    const int64_t              cache = model::tensor_cache_cap_from_env();
+    const bool                 keep  = !room || need <= *room;
+    if (keep && room && cache > 0 && need + double(cache) > *room)
+        model::install_tensor_cache(std::max<int64_t>(1, int64_t(*room - need)));
     if (ctx.lead())
         spdlog::info("backward: {} (planned peak with kept graphs {}{})",
                      keep ? "keeps each layer's graph" : "recomputes each layer's forward",

@@ -38,7 +38,7 @@
 // or the assembly if larger.
 // An estimate: allocator slack, libtorch's workspace, ~0.3 GiB of libraries per process and
 // the freed blocks the tensor cache keeps for reuse (model/tensor_cache.h, at most
-// RQ_TENSOR_CACHE_MIB, 256 MiB by default) come on top.
+// RQ_TENSOR_CACHE_MIB, 1 GiB by default, less where the room is tight) come on top.
 
 namespace rq::parallel {
 
