@@ -20,6 +20,7 @@
 #include "requant/units.h"
 
 int main(int argc, char** argv) {
+    rq::cli::reexec_with_runtime_env(argv);  // the OpenBLAS core and environment of requant-dist
     rq::parallel::MpiEnv env(&argc, &argv);
     try {
         const double          start_rss = rq::process_memory().rss;

@@ -12,6 +12,7 @@
 #include "bench_args.h"
 #include "requant/cli/sysinfo.h"
 #include "requant/io/hf_checkpoint.h"
+#include "requant/model/tensor_cache.h"
 #include "requant/parallel/control.h"
 #include "requant/parallel/mpi_env.h"
 #include "requant/parallel/partition.h"
@@ -19,6 +20,7 @@
 #include "requant/units.h"
 
 int main(int argc, char** argv) {
+    rq::cli::reexec_with_runtime_env(argv);  // the OpenBLAS core and environment of requant-dist
     rq::parallel::MpiEnv env(&argc, &argv);
     try {
         const rq::bench::Args a(
@@ -31,6 +33,7 @@ int main(int argc, char** argv) {
                       mb = a.integer("microbatch", 2), reps = a.integer("reps", 2);
         const int  threads  = int(a.integer("threads", 1));
         const bool fwd_only = a.integer("forward-only", 0) == 1;
+        rq::model::install_tensor_cache(rq::model::tensor_cache_cap_from_env());  // as a run
         rq::cli::set_threads(threads);
         auto                 t = rq::parallel::make_mpi_transport();
         rq::io::HfCheckpoint ckpt(model);

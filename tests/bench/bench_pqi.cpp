@@ -4,8 +4,9 @@
 // gradient accumulators a rank holds (its own layers' linears only) and its peak RSS.
 // FLOPs are counted analytically (bench_model's formula; printed). On one rank it also times,
 // in the same run, a plain forward+backward of the same microbatches (autograd over the whole
-// model, no pipeline, no PQI accumulation) and a plain forward, and prints the time of one PQI
-// pass (a node's forward+backward with its accumulation) against the plain one.
+// model, no pipeline, no PQI accumulation) and a plain forward, and prints the median time of
+// one PQI node (its forward+backward with the path's weights and its accumulation; the first
+// node, cold, left out) against the plain one.
 // --graph keep (the run's choice when memory allows) or recompute (each layer's forward again in
 // backward): parallel::ScheduleOptions::keep_graph. Run through launch/bench.sh.
 // --dump-wq FILE (one rank) writes w~ (RTN 4-bit g128, dequantized) in HF tensor names as
@@ -15,15 +16,18 @@
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <map>
 #include <string>
+#include <vector>
 
 #include "bench_args.h"
 #include "requant/cli/sysinfo.h"
 #include "requant/io/hf_checkpoint.h"
 #include "requant/io/safetensors.h"
+#include "requant/model/tensor_cache.h"
 #include "requant/model/weights.h"
 #include "requant/parallel/control.h"
 #include "requant/parallel/mpi_env.h"
@@ -37,24 +41,29 @@ using Clock = std::chrono::steady_clock;
 double since(Clock::time_point t0) {
     return std::chrono::duration<double>(Clock::now() - t0).count();
 }
+double median(std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v.empty() ? 0.0 : v[v.size() / 2];
+}
+
 struct PlainTimes {
-    double forward = 0, forward_backward = 0;  // seconds, the faster of two runs each
+    double forward = 0, forward_backward = 0;  // seconds, the median of three runs each
 };
 
 // The same microbatches through the whole model as plain autograd would run them: forward()
 // with its graph, backward into the linears' gradients (cleared after), and forward alone.
 PlainTimes plain_passes(rq::model::Stage& stage, const at::Tensor& tok, int64_t mb) {
-    const int64_t    N = tok.size(0), T = tok.size(1);
-    const at::Tensor dloss = at::scalar_tensor(1.0 / double(N * (T - 1)));
-    PlainTimes       best{1e300, 1e300};
+    const int64_t       N = tok.size(0), T = tok.size(1);
+    const at::Tensor    dloss = at::scalar_tensor(1.0 / double(N * (T - 1)));
+    std::vector<double> fb, fwd;
     rq::model::enable_linear_grads(stage.weights());  // every linear, as at a PQI node
-    for (int rep = 0; rep < 2; ++rep) {
+    for (int rep = 0; rep < 3; ++rep) {
         auto t0 = Clock::now();
         for (int64_t b = 0; b < N; b += mb) {
             const at::Tensor x = tok.narrow(0, b, std::min(mb, N - b));
             rq::model::stage_backward(x, stage.forward(x, x), dloss);
         }
-        best.forward_backward = std::min(best.forward_backward, since(t0));
+        fb.push_back(since(t0));
         for (auto& lw : stage.weights().layers)
             for (rq::model::Linear l : rq::model::kLinears)
                 lw.linear(l).mutable_grad() = at::Tensor();
@@ -64,14 +73,15 @@ PlainTimes plain_passes(rq::model::Stage& stage, const at::Tensor& tok, int64_t 
             const at::Tensor x = tok.narrow(0, b, std::min(mb, N - b));
             stage.forward(x, x);
         }
-        best.forward = std::min(best.forward, since(t0));
+        fwd.push_back(since(t0));
     }
-    return best;
+    return {median(fwd), median(fb)};
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
+    rq::cli::reexec_with_runtime_env(argv);  // the OpenBLAS core and environment of requant-dist
     rq::parallel::MpiEnv env(&argc, &argv);
     try {
         const rq::bench::Args a(
@@ -87,6 +97,7 @@ int main(int argc, char** argv) {
         const int64_t     N = a.integer("seqs", 32), T = a.integer("seq-len", 256),
                       mb = a.integer("microbatch", 4);
         const int nodes = int(a.integer("nodes", 8)), threads = int(a.integer("threads", 2));
+        rq::model::install_tensor_cache(rq::model::tensor_cache_cap_from_env());  // as a run
         rq::cli::set_threads(threads);
         auto                    t = rq::parallel::make_mpi_transport();
         const int               P = t->size();
@@ -133,9 +144,11 @@ int main(int argc, char** argv) {
         if (!known) throw std::runtime_error("--rule: left, right, midpoint or trapezoid");
         const rq::sensitivity::PqiOptions opt{rq::sensitivity::quadrature(pqi_rule, nodes), {}};
         rq::parallel::ScheduleOptions     sched(mb);
-        sched.keep_graph  = graph == "keep";
-        t0                = Clock::now();
-        const auto   r    = rq::sensitivity::compute_pqi(stage, *t, wq, tok, sched, opt);
+        sched.keep_graph = graph == "keep";
+        t0               = Clock::now();
+        std::vector<Clock::time_point> marks;  // before the first node and after each
+        const auto                     r = rq::sensitivity::compute_pqi(
+                                stage, *t, wq, tok, sched, opt, [&](int, int) { marks.push_back(Clock::now()); });
         const double wall = since(t0);
         // Passes: the rule's nodes with backward, plus t = 0 (F(w), first order) when the rule
         // does not visit it (forward+backward) and t = 1 when it does not (forward only).
@@ -180,12 +193,17 @@ int main(int argc, char** argv) {
                         r.pqi_sum, std::abs(r.pqi_sum - r.delta_f()) / std::abs(r.delta_f()));
         }
         if (P == 1) {
-            const PlainTimes p    = plain_passes(stage, tok, mb);
-            const double     pass = (wall - fw * p.forward) / fb;  // one node's fwd+bwd
+            // One node: its forward+backward with the path's weights set before and the
+            // directional derivative and the accumulation after; the first (cold) left out.
+            std::vector<double> node;
+            for (std::size_t k = 2; k < marks.size(); ++k)
+                node.push_back(std::chrono::duration<double>(marks[k] - marks[k - 1]).count());
+            const PlainTimes p = plain_passes(stage, tok, mb);
             std::printf(
-                "    a PQI pass (the run's mean) %.3f s, a plain forward+backward %.3f s "
-                "(forward %.3f s): ratio %.3f (target <= 1.10)\n",
-                pass, p.forward_backward, p.forward, pass / p.forward_backward);
+                "    a PQI node %.3f s (median of %zu), a plain forward+backward %.3f s (median of "
+                "3; forward %.3f s): ratio %.3f (target <= 1.10)\n",
+                median(node), node.size(), p.forward_backward, p.forward,
+                median(node) / p.forward_backward);
         }
         return 0;
     } catch (const std::exception& e) {
