@@ -14,9 +14,10 @@ trap '"$root/launch/slurm-local.sh" stop "$tmp/slurm" > /dev/null; rm -rf "$tmp"
 export SLURM_CONF=$tmp/slurm/slurm.conf RQ_BIN=$bin RQ_ROOT=$root RQ_STOP_GRACE=25
 cd "$tmp"
 
-# Half a minute of work or more in short steps (16 detach rounds of a few seconds), so that
+# Half a minute of work or more in short steps (16 detach rounds of a few seconds; 8 nodes each:
+# with kept graphs 4 made the run 18 s on CI), so that
 # every time slice between Slurm's warnings gets past at least one phase boundary.
-RQ=(--set data.calibration_seqs=24 --set sensitivity.nodes=4 --set quant.sequential=false
+RQ=(--set data.calibration_seqs=24 --set sensitivity.nodes=8 --set quant.sequential=false
     --set quant.method=squeezellm --set requant.outlier_ratio=0.0045 --set requant.outlier_select=adaptive
     --set requant.significant_ratio=0.0005 --set requant.step_ratio=0.00003125 --set requant.significant_select=pqi)
 t0=$(date +%s)
