@@ -9,6 +9,10 @@
 namespace rq::io {
 namespace {
 
+bool is_utf8_error(int rc) {
+    return rc <= PCRE2_ERROR_UTF8_ERR1 && rc >= PCRE2_ERROR_UTF8_ERR21;
+}
+
 std::string pcre2_message(int code) {
     PCRE2_UCHAR buf[256];
     pcre2_get_error_message(code, buf, sizeof(buf));
@@ -61,7 +65,7 @@ bool Regex::Matcher::next(std::size_t& begin, std::size_t& end) {
         pos_ = text_.size() + 1;
         return false;
     }
-    if (rc <= PCRE2_ERROR_UTF8_ERR1 && rc >= PCRE2_ERROR_UTF8_ERR21)
+    if (is_utf8_error(rc))
         throw FormatError(
             re_.origin_ + ": the text is not valid UTF-8 at byte " +
             std::to_string(offset_ + static_cast<long long>(pcre2_get_startchar(md))) + " (" +
@@ -96,8 +100,7 @@ std::size_t invalid_utf8_at(std::string_view text) {
     if (!md) throw InternalError("pcre2_match_data_create_from_pattern failed");
     const int rc = pcre2_match(empty, reinterpret_cast<PCRE2_SPTR>(text.data()), text.size(), 0, 0,
                                md.get(), nullptr);
-    if (rc <= PCRE2_ERROR_UTF8_ERR1 && rc >= PCRE2_ERROR_UTF8_ERR21)
-        return pcre2_get_startchar(md.get());
+    if (is_utf8_error(rc)) return pcre2_get_startchar(md.get());
     return std::string_view::npos;
 }
 

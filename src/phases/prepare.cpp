@@ -112,17 +112,16 @@ at::Tensor from_lead(RunContext& ctx, const at::Tensor& mine) {
 // Refused with the numbers and the rank count that would fit unless run.mem_check = false; the
 // tensor cache is shrunk when only its cap does not fit. Returns the room, or nothing when no
 // limit is known.
-std::optional<double> check_memory(const RunContext& ctx) {
+std::optional<double> check_memory(const RunContext& ctx, const parallel::MemoryPlan& plan) {
     const io::Job&              job = ctx.job;
     const parallel::LimitInputs in{job.run.mem_gib, parallel::ranks_on_node(),
                                    parallel::slurm_memory_env(), ""};
     const double                startup = process_memory().rss;  // libraries, MPI
     const auto                  limit   = parallel::tightest(parallel::memory_limits(in), startup);
     if (!limit) return std::nullopt;
-    const parallel::MemoryPlan plan  = parallel::plan_memory(ctx.ckpt.config(), job, ctx.P);
-    const double               need  = plan.ranks[std::size_t(ctx.rank)].total();
-    const double               room  = parallel::plan_room(*limit, startup);
-    const int64_t              cache = model::tensor_cache_cap_from_env();
+    const double  need  = plan.ranks[std::size_t(ctx.rank)].total();
+    const double  room  = parallel::plan_room(*limit, startup);
+    const int64_t cache = model::tensor_cache_cap_from_env();
     if (ctx.lead())
         spdlog::info("memory: planned peak {} + {} tensor cache per rank; room {} ({}{})",
                      gib_text(plan.max_total()), gib_text(double(cache)), gib_text(room),
@@ -158,11 +157,11 @@ std::optional<double> check_memory(const RunContext& ctx) {
 // per pass) instead of recomputing it (2 + 1): when the plan with kept graphs fits the room, or
 // no limit is known; the tensor cache then keeps what the room leaves beside it. The results
 // are the same bit for bit either way.
-bool keep_graphs(const RunContext& ctx, std::optional<double> room) {
-    const parallel::MemoryPlan plan  = parallel::plan_memory(ctx.ckpt.config(), ctx.job, ctx.P);
-    const double               need  = plan.ranks[std::size_t(ctx.rank)].total_keeping_graph();
-    const int64_t              cache = model::tensor_cache_cap_from_env();
-    const bool                 keep  = !room || need <= *room;
+bool keep_graphs(const RunContext& ctx, const parallel::MemoryPlan& plan,
+                 std::optional<double> room) {
+    const double  need  = plan.ranks[std::size_t(ctx.rank)].total_keeping_graph();
+    const int64_t cache = model::tensor_cache_cap_from_env();
+    const bool    keep  = !room || need <= *room;
     if (keep && room && cache > 0 && need + double(cache) > *room)
         model::install_tensor_cache(std::max<int64_t>(1, int64_t(*room - need)));
     if (ctx.lead())
@@ -174,8 +173,10 @@ bool keep_graphs(const RunContext& ctx, std::optional<double> room) {
 }
 
 void prepare(RunContext& ctx) {
-    const auto room = check_memory(ctx);  // a rank that does not fit throws here, and ends
-    ctx.all_ranks(true);                  // the job: the others wait, so nothing is written
+    // This rank's planned memory (config.json and the job only), for the checks below.
+    const parallel::MemoryPlan mem = parallel::plan_memory(ctx.ckpt.config(), ctx.job, ctx.P);
+    const auto room = check_memory(ctx, mem);  // a rank that does not fit throws here, and ends
+    ctx.all_ranks(true);                       // the job: the others wait, so nothing is written
     const auto          t0       = Clock::now();
     const ProcessMemory at_start = process_memory();  // libraries and MPI, before any data
     const io::Job&      job      = ctx.job;
@@ -240,16 +241,15 @@ void prepare(RunContext& ctx) {
                           "calibration microbatches; there are " + std::to_string(n_micro) +
                           " (data.calibration_seqs / run.microbatch)");
     if (job.run.mem_gib > 0) {
-        const parallel::MemoryPlan mem = parallel::plan_memory(cfg, job, ctx.P);
-        ctx.schedule.max_in_flight     = parallel::in_flight_cap(mem, job.run.mem_gib * kGiB);
-        ctx.stats_passes               = mem.stats_passes;
+        ctx.schedule.max_in_flight = parallel::in_flight_cap(mem, job.run.mem_gib * kGiB);
+        ctx.stats_passes           = mem.stats_passes;
         if (ctx.lead())
             spdlog::info(
                 "run.mem_gib = {}: at most {} microbatches in flight per rank, X^T X "
                 "in {} calibration pass(es)",
                 job.run.mem_gib, ctx.schedule.max_in_flight, ctx.stats_passes);
     }
-    ctx.schedule.keep_graph = keep_graphs(ctx, room);
+    ctx.schedule.keep_graph = keep_graphs(ctx, mem, room);
     ctx.runner = std::make_unique<parallel::PipelineRunner>(*ctx.stage, ctx.t, ctx.schedule);
     ctx.seconds["prepare"] = since(t0);
 }
