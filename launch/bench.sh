@@ -31,7 +31,7 @@ rq_need_shared
 # wins. Section 0 measures what the fallback would cost.
 M7=$RQ_SHARED/models/llama-7m-en
 echo "# machine  : $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
-echo "# env      : OMP_WAIT_POLICY=$OMP_WAIT_POLICY OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-(chosen by the binary)}"
+echo "# env      : OMP_WAIT_POLICY=$OMP_WAIT_POLICY OPENBLAS_THREAD_TIMEOUT=$OPENBLAS_THREAD_TIMEOUT OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-(chosen by the binary)}"
 echo "## 0. the OpenBLAS core: forward+backward of llama-7m-en on the fallback (Prescott) vs the core in use"
 core_fb() {  # tokens/s of forward+backward, and the core line
   "$RQ_BUILD/bin/bench_model" --model "$M7" --seq-len 256 --batch "${RQ_BENCH_BATCH:-8}" \

@@ -6,9 +6,9 @@ RQ_SHARED=${RQ_SHARED:-$(cd "$RQ_ROOT/.." && pwd)/shared}
 RQ_BIN=$RQ_BUILD/bin/requant-dist
 
 # First touch of fresh memory is ~100x slower without transparent huge pages on these VMs.
-export GLIBC_TUNABLES=${GLIBC_TUNABLES:-glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold=1048576}
+export GLIBC_TUNABLES=${GLIBC_TUNABLES:-glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold=1048576:glibc.malloc.trim_threshold=134217728}
 # OpenBLAS and ATen's OpenMP threads share the cores: idle threads must not spin.
-export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE} OPENBLAS_THREAD_TIMEOUT=${OPENBLAS_THREAD_TIMEOUT:-20}
 # mpirun as root (containers, CI)
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 

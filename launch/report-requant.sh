@@ -13,7 +13,7 @@
 #   squeezellm-ds          0.45% fixed-rule outliers + 0.05% Fisher (SqueezeLLM's own recipe)
 #                      vs  0.45% adaptive outliers + 0.05% PQI in 2 steps of 0.025%
 #   ablation (squeezellm): dense only; fixed outliers only; adaptive outliers only; significant
-#   only; full; random w_o and w_s; K = 1, 2, 4 steps; full ranked by |PQI|; full with one
+#   only; full; random w_o and w_s; K = 1, 2, 4 steps; full ranked by signed PQI (the jobs rank by |PQI|); full with one
 #   fraction per linear (scope = linear).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -55,8 +55,8 @@ model() {  # model NAME JOB G
   cell $m "$job" abl-significant "${S[@]}" "${PQI2[@]}"
   cell $m "$job" abl-random "${S[@]}" --set requant.outlier_ratio=0.0045 --set requant.outlier_select=random \
     --set requant.significant_ratio=0.0005 --set requant.significant_select=random
-  cell $m "$job" abl-full-abs "${S[@]}" --set requant.outlier_ratio=0.0045 "${AO[@]}" "${PQI2[@]}" \
-    --set requant.signed_ranking=false
+  cell $m "$job" abl-full-signed "${S[@]}" --set requant.outlier_ratio=0.0045 "${AO[@]}" "${PQI2[@]}" \
+    --set requant.signed_ranking=true
   cell $m "$job" abl-full-linear "${S[@]}" --set requant.outlier_ratio=0.0045 "${AO[@]}" "${PQI2[@]}" \
     --set requant.scope=linear
   for k in 1 2 4; do
@@ -75,7 +75,7 @@ J=$RQ_ROOT/jobs/llama-7m-en-rtn.toml
 want llama-7m-en && cell llama-7m-en "$J" cal128-squeezellm-ds "${C[@]}" --set requant.outlier_select=fixed \
   --set requant.significant_ratio=0.0005 --set requant.significant_select=fisher
 want llama-7m-en && cell llama-7m-en "$J" cal128-squeezellm-requant "${C[@]}" "${AO[@]}" "${PQI2[@]}"
-want llama-7m-en && cell llama-7m-en "$J" cal128-squeezellm-requant-abs "${C[@]}" "${AO[@]}" "${PQI2[@]}" --set requant.signed_ranking=false
+want llama-7m-en && cell llama-7m-en "$J" cal128-squeezellm-requant-signed "${C[@]}" "${AO[@]}" "${PQI2[@]}" --set requant.signed_ranking=true
 
 python3 - "$OUT" <<'PY'
 import json, os, sys
@@ -110,13 +110,13 @@ for m in ("llama-7m-en", "stories260k"):
     L += ["", f"## {m}: ablation (4-bit SqueezeLLM, PAPER.md Table 8)", "", head, sep]
     for c, name in (("abl-dense", "dense only"), ("abl-fixed-outliers", "outliers only, fixed rule"),
                     ("abl-adaptive-outliers", "outliers only, self-adaptive"), ("abl-significant", "significant only (PQI, 2 steps)"),
-                    ("abl-full-k2", "full (adaptive + PQI, 2 steps)"), ("abl-random", "random w_o and w_s"),
+                    ("abl-full-k2", "full (adaptive + |PQI|, 2 steps)"), ("abl-random", "random w_o and w_s"),
                     ("abl-full-k1", "full, K = 1"), ("abl-full-k2", "full, K = 2"), ("abl-full-k4", "full, K = 4"),
-                    ("abl-full-abs", "full, ranked by |PQI|"), ("abl-full-linear", "full, scope per linear")):
+                    ("abl-full-signed", "full, ranked by signed PQI"), ("abl-full-linear", "full, scope per linear")):
         r = load(m, c)
         if r: L.append(row(name, r))
-    cal = [(c, n) for c, n in (("cal128-squeezellm-ds", "SqueezeLLM D&S"), ("cal128-squeezellm-requant", "SqueezeLLM + ReQuant, signed PQI"),
-                               ("cal128-squeezellm-requant-abs", "SqueezeLLM + ReQuant, |PQI|")) if load(m, c)]
+    cal = [(c, n) for c, n in (("cal128-squeezellm-ds", "SqueezeLLM D&S"), ("cal128-squeezellm-requant", "SqueezeLLM + ReQuant, |PQI|"),
+                               ("cal128-squeezellm-requant-signed", "SqueezeLLM + ReQuant, signed PQI")) if load(m, c)]
     if cal:
         L += ["", f"## {m}: 4-bit, 128 calibration windows instead of 32", "", head, sep]
         L += [row(n, load(m, c)) for c, n in cal]

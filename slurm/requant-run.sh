@@ -13,7 +13,7 @@ set -uo pipefail
 ROOT=${RQ_ROOT:-$(cd "${SLURM_SUBMIT_DIR:-.}" && pwd)}
 BIN=${RQ_BIN:-$ROOT/build/bin/requant-dist}
 [ -x "$BIN" ] || { echo "requant: $BIN not found (build first: launch/setup.sh, or set RQ_BIN)" >&2; exit 2; }
-export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE} GLIBC_TUNABLES=${GLIBC_TUNABLES:-glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold=1048576}
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE} OPENBLAS_THREAD_TIMEOUT=${OPENBLAS_THREAD_TIMEOUT:-20} GLIBC_TUNABLES=${GLIBC_TUNABLES:-glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold=1048576:glibc.malloc.trim_threshold=134217728}
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 ntasks=${SLURM_NTASKS:-1}
 echo "requant: job ${SLURM_JOB_ID:-?} (restart ${SLURM_RESTART_COUNT:-0}): $ntasks ranks on ${SLURM_JOB_NODELIST:-localhost}: run $*"

@@ -105,8 +105,12 @@ void reexec_with_runtime_env(char** argv) {
         ::setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
         changed = true;
     }
+    if (std::getenv("OPENBLAS_THREAD_TIMEOUT") == nullptr) {
+        ::setenv("OPENBLAS_THREAD_TIMEOUT", kOpenblasThreadTimeout, 1);
+        changed = true;
+    }
     if (std::getenv("GLIBC_TUNABLES") == nullptr) {
-        ::setenv("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold=1048576", 1);
+        ::setenv("GLIBC_TUNABLES", kMallocTunables, 1);
         changed = true;
     }
     ::setenv("RQ_KEEP_ENV", "1", 1);  // never loop

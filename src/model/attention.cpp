@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "requant/error.h"
+#include "requant/model/attention_f32.h"
 #include "requant/model/profile_scopes.h"
 #include "requant/model/twin_grad.h"
 #include "requant/model/vec_math.h"
@@ -42,26 +43,6 @@ Shape shape_of(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
 
 // Rows of one softmax per parallel task: enough work per task to amortise the scheduling.
 constexpr int64_t kSoftmaxGrain = 64;
-
-// p = softmax(scale * s) over keys [0, pos], 0 beyond; s [L] raw scores, in place.
-template <class T>
-RQ_VEC_INLINE void softmax_row(T* s, int64_t pos, int64_t L, double scale) {
-    const int64_t n = pos + 1;
-    const T       m = lane_max(s, n), sc = T(scale);
-    for (int64_t j = 0; j < n; ++j) s[j] = exp_vec((s[j] - m) * sc);
-    const T inv = T(1) / lane_sum<T>(n, [&](int64_t j) { return s[j]; });
-    for (int64_t j = 0; j < n; ++j) s[j] *= inv;
-    std::fill(s + n, s + L, T(0));
-}
-
-// ds = scale * p * (dp - sum_j p_j dp_j) over keys [0, pos], in place of dp [L]; 0 beyond.
-template <class T>
-void softmax_backward_row(T* dp, const T* p, int64_t pos, int64_t L, double scale) {
-    const int64_t n = pos + 1;
-    const T       d = lane_sum<T>(n, [&](int64_t j) { return p[j] * dp[j]; }), sc = T(scale);
-    for (int64_t j = 0; j < n; ++j) dp[j] = sc * p[j] * (dp[j] - d);
-    std::fill(dp + n, dp + L, T(0));
-}
 
 // Applies `row(ptr, pos)` to every row of x [G, R*n, t1] (contiguous): row i of a group is
 // query position t0 + i / R. Rows are independent, so the result does not depend on threads.
@@ -148,8 +129,11 @@ struct BlockedAttention : torch::autograd::Function<BlockedAttention> {
         ctx->save_for_backward({q, k, v});
         ctx->saved_data["block"] = block;
         std::vector<at::Tensor> probs;
-        at::Tensor              o =
-            to_bthd(blocked_forward(operands_of(q, k, v, s), s, block, keep ? &probs : nullptr), s);
+        at::Tensor              o = q.scalar_type() == at::kFloat
+                                        ? attention_forward_f32(q, k, v, block, keep ? &probs : nullptr)
+                                        : to_bthd(blocked_forward(operands_of(q, k, v, s), s, block,
+                                                     keep ? &probs : nullptr),
+                                                  s);
         if (keep) ctx->saved_data["probs"] = probs;
         return o;
     }
@@ -168,6 +152,10 @@ struct BlockedAttention : torch::autograd::Function<BlockedAttention> {
         const int64_t block = ctx->saved_data["block"].toInt();
         const auto kept = ctx->saved_data.count("probs") ? ctx->saved_data["probs"].toTensorVector()
                                                          : std::vector<at::Tensor>();
+        if (saved[0].scalar_type() == at::kFloat) {
+            auto d = attention_backward_f32(saved[0], saved[1], saved[2], grad[0], block, kept);
+            return {d[0], d[1], d[2], at::Tensor(), at::Tensor()};
+        }
         const Shape    s = shape_of(saved[0], saved[1], saved[2]);
         const Operands x = operands_of(saved[0], saved[1], saved[2], s);
         const int64_t  B = s.B, R = s.R, T = s.T, D = s.D, Hkv = s.Hkv;
@@ -199,12 +187,12 @@ namespace {
 // Rows [b, e) of causal_softmax_ in fp32: the baseline build and the AVX2 one (vec_math.h).
 void softmax_rows_f32(float* d, int64_t b, int64_t e, int64_t per, int64_t L, int64_t t0, int64_t R,
                       double scale) {
-    for (int64_t i = b; i < e; ++i) softmax_row(d + i * L, t0 + (i % per) / R, L, scale);
+    for (int64_t i = b; i < e; ++i) causal_softmax_row(d + i * L, t0 + (i % per) / R, L, scale);
 }
 __attribute__((target("avx2"))) void softmax_rows_f32_avx2(float* d, int64_t b, int64_t e,
                                                            int64_t per, int64_t L, int64_t t0,
                                                            int64_t R, double scale) {
-    for (int64_t i = b; i < e; ++i) softmax_row(d + i * L, t0 + (i % per) / R, L, scale);
+    for (int64_t i = b; i < e; ++i) causal_softmax_row(d + i * L, t0 + (i % per) / R, L, scale);
 }
 
 }  // namespace
@@ -223,7 +211,7 @@ void causal_softmax_(at::Tensor& s, int64_t t0, int64_t R, double scale) {
     AT_DISPATCH_FLOATING_TYPES(s.scalar_type(), "causal_softmax_", [&] {
         scalar_t* d = s.data_ptr<scalar_t>();
         for_causal_rows(s, t0, R, [&](int64_t off, int64_t pos) {
-            softmax_row(d + off, pos, s.size(2), scale);
+            causal_softmax_row(d + off, pos, s.size(2), scale);
         });
     });
 }
@@ -237,7 +225,7 @@ void causal_softmax_backward_(at::Tensor& dp, const at::Tensor& p, int64_t t0, i
         scalar_t*       d  = dp.data_ptr<scalar_t>();
         const scalar_t* pp = p.data_ptr<scalar_t>();
         for_causal_rows(dp, t0, R, [&](int64_t off, int64_t pos) {
-            softmax_backward_row(d + off, pp + off, pos, dp.size(2), scale);
+            causal_softmax_backward_row(d + off, pp + off, pos, dp.size(2), scale);
         });
     });
 }
@@ -271,7 +259,9 @@ at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::
         at::GradMode::is_enabled() && (q.requires_grad() || k.requires_grad() || v.requires_grad());
     const int64_t bytes =
         int64_t(q.element_size()) * probs_elems(q.size(0), q.size(1), q.size(2), block);
-    return BlockedAttention::apply(q, k, v, block, graph && bytes <= keep_bytes);
+    // The fp32 kernel reads rows of D contiguous values (the layout the projections give).
+    auto rows = [](const at::Tensor& x) { return x.stride(3) == 1 ? x : x.contiguous(); };
+    return BlockedAttention::apply(rows(q), rows(k), rows(v), block, graph && bytes <= keep_bytes);
 }
 
 at::Tensor causal_attention_ref(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {

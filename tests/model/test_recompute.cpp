@@ -5,6 +5,7 @@
 // so the results are equal bit for bit; with many, equal to fp64 rounding.
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Parallel.h>
 #include <gtest/gtest.h>
 #include <torch/csrc/autograd/autograd.h>
 
@@ -102,6 +103,49 @@ TEST(BlockedAttention, MatchesTheReferenceInEveryBlocking) {
                 EXPECT_LT(max_rel(got.dv, ref.dv), tol) << "T=" << c.T << " block " << block;
             }
         }
+}
+
+// The fused fp32 kernels (attention_f32.cpp) read q, k, v through their strides (the model
+// passes transposed views of the projections) and tile D by 32 and 8, or go one by one: every
+// such shape matches the reference, forward and backward, and gives the same bits on 1 and 2
+// threads and in the AVX2 and baseline builds (each element is summed in one order by one
+// thread, without FMA), with probabilities kept or recomputed.
+TEST(BlockedAttention, Fp32KernelsSameBitsOnAnyThreadsAndBuild) {
+    struct Case {
+        int64_t B, H, Hkv, T, D, block;
+    };
+    const int threads = at::get_num_threads();
+    for (Case c : {Case{2, 8, 4, 70, 32, 16}, Case{1, 4, 1, 45, 64, 45}, Case{2, 6, 3, 33, 40, 7},
+                   Case{1, 2, 2, 19, 6, 5}}) {
+        // [B, T, heads, D] viewed as [B, heads, T, D], as the projections give them.
+        const at::Tensor q    = randn({c.B, c.T, c.H, c.D}, 7, at::kFloat).transpose(1, 2),
+                         k    = randn({c.B, c.T, c.Hkv, c.D}, 8, at::kFloat).transpose(1, 2),
+                         v    = randn({c.B, c.T, c.Hkv, c.D}, 9, at::kFloat).transpose(1, 2);
+        const std::string at  = "D " + std::to_string(c.D) + ", T " + std::to_string(c.T);
+        const auto        ref = attn_grads(
+            [](auto& a, auto& b, auto& d) { return causal_attention_ref(a, b, d); }, q, k, v);
+        auto run = [&](int nthreads, bool baseline, int64_t keep) {
+            at::set_num_threads(nthreads);
+            force_baseline(baseline);
+            const auto r = attn_grads(
+                [&](auto& a, auto& b, auto& d) { return causal_attention(a, b, d, c.block, keep); },
+                q, k, v);
+            force_baseline(false);
+            at::set_num_threads(threads);
+            return r;
+        };
+        const AttnOut two = run(2, false, 0);
+        EXPECT_LT(max_rel(two.o, ref.o), 1e-5) << at;
+        EXPECT_LT(max_rel(two.dq, ref.dq), 1e-5) << at;
+        EXPECT_LT(max_rel(two.dk, ref.dk), 1e-5) << at;
+        EXPECT_LT(max_rel(two.dv, ref.dv), 1e-5) << at;
+        for (const AttnOut& r : {run(1, false, 0), run(2, true, 0), run(2, false, INT64_MAX)}) {
+            EXPECT_TRUE(at::equal(two.o, r.o)) << at;
+            EXPECT_TRUE(at::equal(two.dq, r.dq)) << at;
+            EXPECT_TRUE(at::equal(two.dk, r.dk)) << at;
+            EXPECT_TRUE(at::equal(two.dv, r.dv)) << at;
+        }
+    }
 }
 
 // The fp32 softmax rows run as an AVX2 build where the CPU has one; the baseline build must

@@ -72,6 +72,29 @@ inline double exp_vec(double x) {
     return std::exp(x);  // fp64 (gradient checks): libm
 }
 
+// p = softmax(scale * s) over keys [0, pos], 0 beyond; s [L] raw scores, in place. One row of
+// the causal attention softmax (attention.cpp, attention_f32.cpp).
+template <class T>
+RQ_VEC_INLINE void causal_softmax_row(T* s, int64_t pos, int64_t L, double scale) {
+    const int64_t n = pos + 1;
+    const T       m = lane_max(s, n), sc = T(scale);
+    for (int64_t j = 0; j < n; ++j) s[j] = exp_vec((s[j] - m) * sc);
+    const T inv = T(1) / lane_sum<T>(n, [&](int64_t j) { return s[j]; });
+    for (int64_t j = 0; j < n; ++j) s[j] *= inv;
+    std::fill(s + n, s + L, T(0));
+}
+
+// ds = scale * p * (dp - sum_j p_j dp_j) over keys [0, pos], in place of dp [L]; 0 beyond. The
+// backward of causal_softmax_row.
+template <class T>
+RQ_VEC_INLINE void causal_softmax_backward_row(T* dp, const T* p, int64_t pos, int64_t L,
+                                               double scale) {
+    const int64_t n = pos + 1;
+    const T       d = lane_sum<T>(n, [&](int64_t j) { return p[j] * dp[j]; }), sc = T(scale);
+    for (int64_t j = 0; j < n; ++j) dp[j] = sc * p[j] * (dp[j] - d);
+    std::fill(dp + n, dp + L, T(0));
+}
+
 // Hot fp32 loops are compiled twice, for AVX2 and for the baseline ISA, and run as AVX2 where
 // the CPU has it. Neither enables FMA and every reduction is in kLanes fixed lanes, so both
 // do the same operations in the same order: the same bits (tests compare them). force_baseline
