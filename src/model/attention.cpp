@@ -182,32 +182,8 @@ struct BlockedAttention : torch::autograd::Function<BlockedAttention> {
 
 }  // namespace
 
-namespace {
-
-// Rows [b, e) of causal_softmax_ in fp32: the baseline build and the AVX2 one (vec_math.h).
-void softmax_rows_f32(float* d, int64_t b, int64_t e, int64_t per, int64_t L, int64_t t0, int64_t R,
-                      double scale) {
-    for (int64_t i = b; i < e; ++i) causal_softmax_row(d + i * L, t0 + (i % per) / R, L, scale);
-}
-__attribute__((target("avx2"))) void softmax_rows_f32_avx2(float* d, int64_t b, int64_t e,
-                                                           int64_t per, int64_t L, int64_t t0,
-                                                           int64_t R, double scale) {
-    for (int64_t i = b; i < e; ++i) causal_softmax_row(d + i * L, t0 + (i % per) / R, L, scale);
-}
-
-}  // namespace
-
 void causal_softmax_(at::Tensor& s, int64_t t0, int64_t R, double scale) {
     check_scores(s, t0, R);
-    if (s.scalar_type() == at::kFloat) {
-        float* const  d    = s.data_ptr<float>();
-        const int64_t rows = s.size(0) * s.size(1), per = s.size(1), L = s.size(2);
-        const bool    avx2 = use_avx2();
-        at::parallel_for(0, rows, kSoftmaxGrain, [&](int64_t b, int64_t e) {
-            (avx2 ? softmax_rows_f32_avx2 : softmax_rows_f32)(d, b, e, per, L, t0, R, scale);
-        });
-        return;
-    }
     AT_DISPATCH_FLOATING_TYPES(s.scalar_type(), "causal_softmax_", [&] {
         scalar_t* d = s.data_ptr<scalar_t>();
         for_causal_rows(s, t0, R, [&](int64_t off, int64_t pos) {
